@@ -1,0 +1,380 @@
+//! The command line (ashd-compatible short flags plus long forms) and its check into a [`Config`].
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::error::ConfigError;
+use crate::handling::Model;
+
+/// Raw command-line arguments, as clap parses them.
+#[derive(Parser, Debug)]
+#[command(
+    name = "scgi-wsgi",
+    version,
+    about = "Serve a Python WSGI application over SCGI",
+    long_about = "Serve a Python WSGI application over SCGI.\n\n\
+        Without -T or -u, the listening socket is taken from standard input (fd 0), \
+        as ashd's callscgi passes it. Without -A, HANDLER-MODULE's wmain(*ARGS) is called \
+        and what it returns is the WSGI application.",
+    after_help = "See scgi-wsgi(1) for the handling models, limits and signals."
+)]
+pub struct Args {
+    /// Use the object named `application` in HANDLER-MODULE as the WSGI app (mod_wsgi convention)
+    #[arg(short = 'A', long = "application")]
+    pub application: bool,
+
+    /// Do not configure Python's logging module
+    #[arg(short = 'L', long = "no-logging")]
+    pub no_logging: bool,
+
+    /// Prepend MODPATH to sys.path (may be given several times)
+    #[arg(short = 'p', long = "path", value_name = "MODPATH")]
+    pub module_paths: Vec<PathBuf>,
+
+    /// Request handling model: free[:max=N,timeout=S], pool[:max=N,queue=Q,abort=S], rplex[:max=N] or single
+    #[arg(short = 't', long = "handling", value_name = "MODEL", default_value = "free")]
+    pub handling: String,
+
+    /// Listen on TCP [HOST:]PORT instead of fd 0 (HOST defaults to localhost)
+    #[arg(
+        short = 'T',
+        long = "tcp",
+        value_name = "[HOST:]PORT",
+        conflicts_with = "unix"
+    )]
+    pub tcp: Option<String>,
+
+    /// Listen on a Unix socket at PATH instead of fd 0 (a stale socket file is replaced)
+    #[arg(short = 'u', long = "unix", value_name = "PATH")]
+    pub unix: Option<PathBuf>,
+
+    /// Permissions of the Unix socket file, in octal
+    #[arg(long = "unix-mode", value_name = "MODE", requires = "unix")]
+    pub unix_mode: Option<String>,
+
+    /// Remote-debugging socket for the PDM library (used when the `pdm` module is installed)
+    #[arg(short = 'm', long = "pdm", value_name = "PDM-SPEC")]
+    pub pdm: Option<String>,
+
+    /// Use the virtualenv DIR (default: $VIRTUAL_ENV when set)
+    #[arg(short = 'H', long = "virtualenv", value_name = "DIR")]
+    pub virtualenv: Option<PathBuf>,
+
+    /// Seconds to let requests in flight finish after SIGTERM or SIGINT
+    #[arg(long, value_name = "SECS", default_value = "30")]
+    pub graceful_timeout: String,
+
+    /// Largest SCGI header block accepted (bytes; K, M and G suffixes allowed)
+    #[arg(long, value_name = "BYTES", default_value = "64K")]
+    pub max_head: String,
+
+    /// Largest request body accepted (bytes; K, M and G suffixes allowed)
+    #[arg(long, value_name = "BYTES", default_value = "1G")]
+    pub max_body: String,
+
+    /// Bodies larger than this are kept in an unlinked temporary file instead of memory
+    #[arg(long, value_name = "BYTES", default_value = "1M")]
+    pub body_buffer: String,
+
+    /// Seconds a client has to send the whole SCGI header block
+    #[arg(long, value_name = "SECS", default_value = "30")]
+    pub head_timeout: String,
+
+    /// Seconds a request body may stall (no bytes arriving) before the request is answered 408
+    #[arg(long, value_name = "SECS", default_value = "60")]
+    pub body_timeout: String,
+
+    /// Seconds a response may stall (client not reading) before the connection is dropped
+    #[arg(long, value_name = "SECS", default_value = "60")]
+    pub write_timeout: String,
+
+    /// Most connections held open at once; beyond it, new ones wait in the listen backlog
+    #[arg(long, value_name = "N", default_value = "4096")]
+    pub max_connections: usize,
+
+    /// Listen backlog for sockets this program creates
+    #[arg(long, value_name = "N", default_value = "1024")]
+    pub backlog: i32,
+
+    /// Log one line per request at DEBUG level and other detail
+    #[arg(short = 'v', long)]
+    pub verbose: bool,
+
+    /// The Python module that provides the WSGI application
+    #[arg(value_name = "HANDLER-MODULE")]
+    pub module: String,
+
+    /// Arguments passed to wmain() as strings
+    #[arg(value_name = "ARGS", trailing_var_arg = true, allow_hyphen_values = true)]
+    pub args: Vec<String>,
+}
+
+/// Where the server listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenSpec {
+    /// The socket already open on fd 0 (callscgi's convention).
+    Stdin,
+    /// A TCP address: host (a name or an address) and port.
+    Tcp {
+        /// Host name or address to bind.
+        host: String,
+        /// Port number.
+        port: u16,
+    },
+    /// A Unix socket path, with optional permissions.
+    Unix {
+        /// Socket file path.
+        path: PathBuf,
+        /// Permission bits to set on the socket file.
+        mode: Option<u32>,
+    },
+}
+
+/// Limits that keep one connection, or many, from exhausting the server.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest header block (netstring payload) accepted.
+    pub max_head: usize,
+    /// Largest request body accepted.
+    pub max_body: u64,
+    /// Bodies above this size spill to a temporary file.
+    pub body_buffer: u64,
+    /// Time allowed from accept to a complete head.
+    pub head_timeout: Duration,
+    /// Longest stall allowed while the body arrives.
+    pub body_timeout: Duration,
+    /// Longest stall allowed while the response is written.
+    pub write_timeout: Duration,
+    /// Most connections held at once.
+    pub max_connections: usize,
+    /// Bytes of response queued per connection before the app is made to wait.
+    pub write_buffer: usize,
+}
+
+/// The validated configuration the rest of the program runs on.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Use `application` instead of calling `wmain`.
+    pub use_application: bool,
+    /// Leave Python's logging unconfigured.
+    pub no_logging: bool,
+    /// Directories prepended to sys.path.
+    pub module_paths: Vec<PathBuf>,
+    /// The handling model and its parameters.
+    pub model: Model,
+    /// Where to listen.
+    pub listen: ListenSpec,
+    /// Listen backlog for sockets we create.
+    pub backlog: i32,
+    /// PDM debugging socket spec, if any.
+    pub pdm: Option<String>,
+    /// Virtualenv to run in, if any.
+    pub virtualenv: Option<PathBuf>,
+    /// Bound on the wait for requests in flight at shutdown.
+    pub graceful_timeout: Duration,
+    /// Size and time limits.
+    pub limits: Limits,
+    /// Debug-level logging.
+    pub verbose: bool,
+    /// Handler module name.
+    pub module: String,
+    /// Arguments for wmain().
+    pub args: Vec<String>,
+}
+
+impl Args {
+    /// Checks every value and turns the raw arguments into a [`Config`].
+    pub fn into_config(self) -> Result<Config, ConfigError> {
+        let listen = match (&self.tcp, &self.unix) {
+            (Some(spec), _) => parse_tcp(spec)?,
+            (None, Some(path)) => ListenSpec::Unix {
+                path: path.clone(),
+                mode: self.unix_mode.as_deref().map(parse_mode).transpose()?,
+            },
+            (None, None) => ListenSpec::Stdin,
+        };
+        if self.module.is_empty() {
+            return Err(ConfigError::Invalid {
+                option: "HANDLER-MODULE",
+                value: String::new(),
+                reason: "the module name is empty".into(),
+            });
+        }
+        let virtualenv = self.virtualenv.or_else(|| {
+            std::env::var_os("VIRTUAL_ENV")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        });
+        if self.max_connections == 0 {
+            return Err(invalid("--max-connections", "0", "must be at least 1"));
+        }
+        if self.backlog <= 0 {
+            return Err(invalid(
+                "--backlog",
+                &self.backlog.to_string(),
+                "must be at least 1",
+            ));
+        }
+        let limits = Limits {
+            max_head: parse_size("--max-head", &self.max_head)? as usize,
+            max_body: parse_size("--max-body", &self.max_body)?,
+            body_buffer: parse_size("--body-buffer", &self.body_buffer)?,
+            head_timeout: parse_secs("--head-timeout", &self.head_timeout)?,
+            body_timeout: parse_secs("--body-timeout", &self.body_timeout)?,
+            write_timeout: parse_secs("--write-timeout", &self.write_timeout)?,
+            max_connections: self.max_connections,
+            write_buffer: 256 * 1024,
+        };
+        if limits.max_head == 0 {
+            return Err(invalid("--max-head", &self.max_head, "must be at least 1 byte"));
+        }
+        Ok(Config {
+            use_application: self.application,
+            no_logging: self.no_logging,
+            module_paths: self.module_paths,
+            model: Model::parse(&self.handling)?,
+            listen,
+            backlog: self.backlog,
+            pdm: self.pdm,
+            virtualenv,
+            graceful_timeout: parse_secs("--graceful-timeout", &self.graceful_timeout)?,
+            limits,
+            verbose: self.verbose,
+            module: self.module,
+            args: self.args,
+        })
+    }
+}
+
+fn invalid(option: &'static str, value: &str, reason: &str) -> ConfigError {
+    ConfigError::Invalid {
+        option,
+        value: value.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+/// Parses `-T [HOST:]PORT`; HOST may be a bracketed IPv6 address and defaults to localhost.
+pub fn parse_tcp(spec: &str) -> Result<ListenSpec, ConfigError> {
+    let (host, port) = match spec.rsplit_once(':') {
+        Some((host, port)) if !host.contains(':') || host.starts_with('[') => {
+            (host.trim_start_matches('[').trim_end_matches(']'), port)
+        }
+        Some(_) => {
+            return Err(invalid(
+                "-T",
+                spec,
+                "write an IPv6 address in brackets: [::1]:PORT",
+            ))
+        }
+        None => ("localhost", spec),
+    };
+    let port: u16 = port
+        .parse()
+        .map_err(|_| invalid("-T", spec, "the port is not a number from 0 to 65535"))?;
+    let host = if host.is_empty() { "localhost" } else { host };
+    Ok(ListenSpec::Tcp {
+        host: host.to_string(),
+        port,
+    })
+}
+
+fn parse_mode(text: &str) -> Result<u32, ConfigError> {
+    u32::from_str_radix(text, 8)
+        .ok()
+        .filter(|m| *m <= 0o7777)
+        .ok_or_else(|| invalid("--unix-mode", text, "not an octal mode such as 660"))
+}
+
+/// Parses a byte count with an optional K, M or G suffix (powers of 1024).
+pub fn parse_size(option: &'static str, text: &str) -> Result<u64, ConfigError> {
+    let trimmed = text.trim();
+    let (digits, scale) = match trimmed.as_bytes().last().map(|b| b.to_ascii_uppercase()) {
+        Some(b'K') => (&trimmed[..trimmed.len() - 1], 1u64 << 10),
+        Some(b'M') => (&trimmed[..trimmed.len() - 1], 1 << 20),
+        Some(b'G') => (&trimmed[..trimmed.len() - 1], 1 << 30),
+        _ => (trimmed, 1),
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(scale))
+        .ok_or_else(|| invalid(option, text, "not a byte count such as 65536, 64K or 1M"))
+}
+
+/// Parses a non-negative number of seconds (fractions allowed).
+pub fn parse_secs(option: &'static str, text: &str) -> Result<Duration, ConfigError> {
+    text.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s >= 0.0 && *s < 1e9)
+        .map(Duration::from_secs_f64)
+        .ok_or_else(|| invalid(option, text, "not a number of seconds"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tcp_spec_forms() {
+        let cases = [
+            ("8000", "localhost", 8000),
+            (":8000", "localhost", 8000),
+            ("127.0.0.1:9", "127.0.0.1", 9),
+            ("[::1]:4000", "::1", 4000),
+            ("example.org:80", "example.org", 80),
+        ];
+        for (spec, host, port) in cases {
+            assert_eq!(
+                parse_tcp(spec).unwrap(),
+                ListenSpec::Tcp {
+                    host: host.into(),
+                    port
+                },
+                "{spec}"
+            );
+        }
+        for bad in ["", "x", "1:2:3", "host:99999", "host:-1"] {
+            assert!(parse_tcp(bad).is_err(), "{bad} should be refused");
+        }
+    }
+
+    #[test]
+    fn sizes_and_seconds() {
+        assert_eq!(parse_size("x", "64K").unwrap(), 65536);
+        assert_eq!(parse_size("x", "1m").unwrap(), 1 << 20);
+        assert_eq!(parse_size("x", "123").unwrap(), 123);
+        assert!(parse_size("x", "-1").is_err());
+        assert!(parse_size("x", "1T").is_err());
+        assert!(parse_size("x", "99999999999G").is_err());
+        assert_eq!(parse_secs("x", "0.5").unwrap(), Duration::from_millis(500));
+        assert!(parse_secs("x", "-1").is_err());
+        assert!(parse_secs("x", "nan").is_err());
+    }
+
+    #[test]
+    fn trailing_args_may_look_like_flags() {
+        let args = Args::try_parse_from(["scgi-wsgi", "-A", "-T", "4000", "mod", "-x", "--y", "z"]).unwrap();
+        assert_eq!(args.module, "mod");
+        assert_eq!(args.args, ["-x", "--y", "z"]);
+        assert!(args.application);
+    }
+
+    #[test]
+    fn unix_mode_is_octal() {
+        let args = Args::try_parse_from(["scgi-wsgi", "-u", "/tmp/s", "--unix-mode", "660", "m"]).unwrap();
+        let config = args.into_config().unwrap();
+        assert_eq!(
+            config.listen,
+            ListenSpec::Unix {
+                path: "/tmp/s".into(),
+                mode: Some(0o660)
+            }
+        );
+        let args = Args::try_parse_from(["scgi-wsgi", "-u", "/tmp/s", "--unix-mode", "9", "m"]).unwrap();
+        assert!(args.into_config().is_err());
+    }
+}

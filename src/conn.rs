@@ -1,0 +1,343 @@
+//! One connection's state machine: read the head, read the body, wait for the app while
+//! writing what it produces, then close. No Poll and no Python here: the server drives it.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::{self, IoSlice, Read, Write};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::cli::Limits;
+use crate::dispatch::{Body, End, Outbox};
+use crate::listen::Stream;
+use crate::scgi::{self, HeadError, HeadInfo, Status};
+
+/// How long a closing connection may take to send its end of stream after ours.
+pub const LINGER: Duration = Duration::from_secs(2);
+
+/// Where a connection is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Reading the netstring head.
+    Head,
+    /// Reading CONTENT_LENGTH body bytes.
+    Body,
+    /// The request is with the app; its output is written as it comes.
+    Running,
+    /// Writing a response the loop made itself (an error), then closing.
+    Closing,
+    /// Our side is shut down; waiting briefly for the peer's end so unread input does not
+    /// turn our last bytes into a reset.
+    Lingering,
+}
+
+/// Why a request was refused before it reached the app: an HTTP status and a cause.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// Status line text, e.g. `400 Bad Request`.
+    pub status: &'static str,
+    /// The cause, for the log line and the response body.
+    pub cause: String,
+}
+
+impl Refusal {
+    fn new(status: &'static str, cause: impl Into<String>) -> Refusal {
+        Refusal {
+            status,
+            cause: cause.into(),
+        }
+    }
+
+    /// The CGI-style response that carries this refusal.
+    pub fn response(&self) -> Vec<u8> {
+        let body = format!("{}: {}\n", self.status, self.cause);
+        format!(
+            "Status: {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n\r\n{}",
+            self.status,
+            body.len(),
+            body
+        )
+        .into_bytes()
+    }
+}
+
+impl From<HeadError> for Refusal {
+    fn from(e: HeadError) -> Refusal {
+        // The SCGI reference treats an oversized head as malformed: 400, naming the limit.
+        let cause = match e {
+            HeadError::TooLarge { .. } => format!("{e} (--max-head)"),
+            _ => format!("malformed SCGI request: {e}"),
+        };
+        Refusal::new("400 Bad Request", cause)
+    }
+}
+
+/// What reading produced.
+#[derive(Debug)]
+pub enum ReadOutcome {
+    /// Nothing to act on yet.
+    Pending,
+    /// Head and body are complete: hand them to the app.
+    Complete,
+    /// The request cannot be served; answer with this and close.
+    Refuse(Refusal),
+    /// The peer closed or reset the connection.
+    Closed,
+}
+
+/// One client connection.
+pub struct Conn {
+    /// The socket.
+    pub stream: Stream,
+    /// Tells this connection apart from later ones in the same slot.
+    pub serial: u64,
+    /// Where it is in its life.
+    pub phase: Phase,
+    /// When it was accepted.
+    pub accepted: Instant,
+    /// Last time bytes moved in the direction that matters for the phase.
+    pub last_progress: Instant,
+    /// The app's response channel, while the request is with the app.
+    pub outbox: Option<Arc<Outbox>>,
+    buf: Vec<u8>,
+    head: Option<HeadInfo>,
+    spill: Option<File>,
+    body_received: u64,
+    out: VecDeque<Vec<u8>>,
+    out_pos: usize,
+    end: Option<End>,
+    /// Input arrived beyond the request (or is still arriving): close gently.
+    extra_input: bool,
+}
+
+impl Conn {
+    /// A freshly accepted connection.
+    pub fn new(stream: Stream, serial: u64, now: Instant) -> Conn {
+        Conn {
+            stream,
+            serial,
+            phase: Phase::Head,
+            accepted: now,
+            last_progress: now,
+            outbox: None,
+            buf: Vec::new(),
+            head: None,
+            spill: None,
+            body_received: 0,
+            out: VecDeque::new(),
+            out_pos: 0,
+            end: None,
+            extra_input: false,
+        }
+    }
+
+    /// When this connection times out in its current phase, if it can.
+    pub fn deadline(&self, limits: &Limits) -> Option<Instant> {
+        match self.phase {
+            Phase::Head => Some(self.accepted + limits.head_timeout),
+            Phase::Body => Some(self.last_progress + limits.body_timeout),
+            Phase::Running if self.out.is_empty() => None,
+            Phase::Running | Phase::Closing => Some(self.last_progress + limits.write_timeout),
+            Phase::Lingering => Some(self.last_progress + LINGER),
+        }
+    }
+
+    /// Bytes of the head received so far (for log lines about stalled clients).
+    pub fn bytes_received(&self) -> usize {
+        self.buf.len() + self.body_received as usize
+    }
+
+    /// The declared body length and how much of it arrived.
+    pub fn body_progress(&self) -> (u64, u64) {
+        let declared = self.head.as_ref().map_or(0, |h| h.content_length);
+        (self.body_received, declared)
+    }
+
+    /// Reads what the socket has, until it would block, and advances the state machine.
+    pub fn on_readable(&mut self, scratch: &mut [u8], limits: &Limits) -> ReadOutcome {
+        loop {
+            let n = match self.stream.read(scratch) {
+                Ok(0) => return ReadOutcome::Closed,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return ReadOutcome::Pending,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return ReadOutcome::Closed,
+            };
+            match self.phase {
+                Phase::Head | Phase::Body => {
+                    self.last_progress = Instant::now();
+                    match self.absorb(&scratch[..n], limits) {
+                        ReadOutcome::Pending => {}
+                        done => return done,
+                    }
+                }
+                // Anything after the request is not ours to read; drop it, but remember it.
+                _ => self.extra_input = true,
+            }
+        }
+    }
+
+    fn absorb(&mut self, mut data: &[u8], limits: &Limits) -> ReadOutcome {
+        if self.phase == Phase::Head {
+            self.buf.extend_from_slice(data);
+            let info = match scgi::parse_head(&self.buf, limits.max_head) {
+                Ok(Status::Partial) => return ReadOutcome::Pending,
+                Ok(Status::Complete(info)) => info,
+                Err(e) => return ReadOutcome::Refuse(e.into()),
+            };
+            if info.content_length > limits.max_body {
+                return ReadOutcome::Refuse(Refusal::new(
+                    "413 Content Too Large",
+                    format!(
+                        "request body of {} bytes exceeds the {}-byte limit (--max-body)",
+                        info.content_length, limits.max_body
+                    ),
+                ));
+            }
+            let head_len = info.head_len;
+            let content_length = info.content_length;
+            self.head = Some(info);
+            self.phase = Phase::Body;
+            // The body bytes that came with the head are handled below like later ones.
+            let tail = self.buf.split_off(head_len);
+            if content_length > limits.body_buffer {
+                match tempfile::tempfile() {
+                    Ok(file) => self.spill = Some(file),
+                    Err(e) => {
+                        return ReadOutcome::Refuse(Refusal::new(
+                            "503 Service Unavailable",
+                            format!("cannot create a temporary file for a {content_length}-byte body: {e}"),
+                        ))
+                    }
+                }
+            } else {
+                self.buf.reserve_exact(content_length as usize);
+            }
+            return self.absorb_body(&tail);
+        }
+        if self.phase == Phase::Body {
+            return self.absorb_body(std::mem::take(&mut data));
+        }
+        ReadOutcome::Pending
+    }
+
+    fn absorb_body(&mut self, data: &[u8]) -> ReadOutcome {
+        let declared = self.head.as_ref().map_or(0, |h| h.content_length);
+        let wanted = (declared - self.body_received).min(data.len() as u64) as usize;
+        if wanted < data.len() {
+            self.extra_input = true;
+        }
+        let chunk = &data[..wanted];
+        if let Some(file) = &mut self.spill {
+            if let Err(e) = file.write_all(chunk) {
+                return ReadOutcome::Refuse(Refusal::new(
+                    "503 Service Unavailable",
+                    format!("cannot store the request body in a temporary file: {e}"),
+                ));
+            }
+        } else {
+            self.buf.extend_from_slice(chunk);
+        }
+        self.body_received += wanted as u64;
+        if self.body_received == declared {
+            ReadOutcome::Complete
+        } else {
+            ReadOutcome::Pending
+        }
+    }
+
+    /// Takes the complete request's bytes and body out of the connection; it is now Running.
+    pub fn take_request(&mut self) -> (Vec<u8>, std::ops::Range<usize>, Body) {
+        let head = self.head.as_ref().expect("take_request after a complete head");
+        let payload = head.payload.clone();
+        let head_len = head.head_len;
+        let body = match self.spill.take() {
+            Some(file) => Body::File(file, self.body_received),
+            None => Body::InBuffer(head_len..self.buf.len()),
+        };
+        self.phase = Phase::Running;
+        self.last_progress = Instant::now();
+        // `buf` holds the head and then (when not spilled) the body: one buffer, no copy.
+        (std::mem::take(&mut self.buf), payload, body)
+    }
+
+    /// Queues a response the loop made itself and moves to closing.
+    pub fn refuse(&mut self, refusal: &Refusal) {
+        self.out.clear();
+        self.out_pos = 0;
+        self.out.push_back(refusal.response());
+        self.end = Some(End::Complete);
+        self.phase = Phase::Closing;
+        self.last_progress = Instant::now();
+        // The client may still be sending: read and drop it so our answer is not reset away.
+        self.extra_input = true;
+    }
+
+    /// Collects what the app queued since the last call.
+    pub fn collect_output(&mut self) {
+        if let Some(outbox) = &self.outbox {
+            if let Some(end) = outbox.take(&mut self.out) {
+                self.end = Some(end);
+            }
+        }
+    }
+
+    /// Whether everything produced so far has been written.
+    pub fn output_drained(&self) -> bool {
+        self.out.is_empty()
+    }
+
+    /// How the response ended, once it has.
+    pub fn end(&self) -> Option<End> {
+        self.end
+    }
+
+    /// Whether to linger on close because input may still be arriving.
+    pub fn wants_linger(&self) -> bool {
+        self.extra_input
+    }
+
+    /// Writes queued output until done or the socket would block. `Err` means the client is gone.
+    pub fn write_out(&mut self) -> io::Result<()> {
+        while !self.out.is_empty() {
+            let mut slices: [IoSlice<'_>; 16] = [IoSlice::new(&[]); 16];
+            let mut count = 0;
+            for (i, chunk) in self.out.iter().take(16).enumerate() {
+                let start = if i == 0 { self.out_pos } else { 0 };
+                slices[count] = IoSlice::new(&chunk[start..]);
+                count += 1;
+            }
+            let written = match self.stream.write_vectored_bufs(&slices[..count]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            self.last_progress = Instant::now();
+            if let Some(outbox) = &self.outbox {
+                outbox.written(written);
+            }
+            let mut left = written;
+            while left > 0 {
+                let front_len = self.out[0].len() - self.out_pos;
+                if left >= front_len {
+                    left -= front_len;
+                    self.out.pop_front();
+                    self.out_pos = 0;
+                } else {
+                    self.out_pos += left;
+                    left = 0;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts a gentle close: our side ends, the peer gets [`LINGER`] to finish its side.
+    pub fn start_linger(&mut self) {
+        self.stream.shutdown_write();
+        self.phase = Phase::Lingering;
+        self.last_progress = Instant::now();
+    }
+}

@@ -1,0 +1,327 @@
+//! The listening socket: the one on fd 0 (callscgi's convention), TCP, or a Unix path;
+//! and the accepted connection type that the event loop reads and writes.
+
+use std::io::{self, IoSlice, Read, Write};
+use std::net::{Shutdown, SocketAddr, ToSocketAddrs};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, RawFd};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::net::UnixStream as StdUnixStream;
+use std::path::{Path, PathBuf};
+
+use mio::event::Source;
+use mio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use mio::{Interest, Registry, Token};
+use socket2::{Domain, Socket, Type};
+
+use crate::cli::ListenSpec;
+use crate::error::ListenError;
+
+/// A listening socket.
+#[derive(Debug)]
+pub enum Listener {
+    /// TCP, IPv4 or IPv6.
+    Tcp(TcpListener),
+    /// A Unix stream socket; `created` is the path to remove at exit when we made it.
+    Unix(UnixListener, Option<PathBuf>),
+}
+
+/// An accepted connection.
+#[derive(Debug)]
+pub enum Stream {
+    /// Over TCP.
+    Tcp(TcpStream),
+    /// Over a Unix socket.
+    Unix(UnixStream),
+}
+
+impl Listener {
+    /// Opens the listener the configuration names.
+    pub fn open(spec: &ListenSpec, backlog: i32) -> Result<Listener, ListenError> {
+        match spec {
+            ListenSpec::Stdin => from_fd(0),
+            ListenSpec::Tcp { host, port } => bind_tcp(host, *port, backlog),
+            ListenSpec::Unix { path, mode } => bind_unix(path, *mode, backlog),
+        }
+    }
+
+    /// Accepts one connection; `WouldBlock` when none is waiting.
+    pub fn accept(&self) -> io::Result<Stream> {
+        match self {
+            Listener::Tcp(l) => l.accept().map(|(s, _)| {
+                // Responses are written whole or in large pieces: do not hold back small tails.
+                let _ = s.set_nodelay(true);
+                Stream::Tcp(s)
+            }),
+            Listener::Unix(l, _) => l.accept().map(|(s, _)| Stream::Unix(s)),
+        }
+    }
+
+    /// A description for log lines, e.g. `tcp 127.0.0.1:4000` or `unix /run/app.sock`.
+    pub fn describe(&self) -> String {
+        match self {
+            Listener::Tcp(l) => match l.local_addr() {
+                Ok(addr) => format!("tcp {addr}"),
+                Err(_) => "tcp".into(),
+            },
+            Listener::Unix(l, _) => match l
+                .local_addr()
+                .ok()
+                .and_then(|a| a.as_pathname().map(Path::to_path_buf))
+            {
+                Some(path) => format!("unix {}", path.display()),
+                None => "unix socket".into(),
+            },
+        }
+    }
+
+    /// Removes the socket file this process created, if any.
+    pub fn remove_socket_file(&mut self) {
+        if let Listener::Unix(_, Some(path)) = self {
+            let _ = std::fs::remove_file(&*path);
+        }
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.remove_socket_file();
+    }
+}
+
+impl Source for Listener {
+    fn register(&mut self, registry: &Registry, token: Token, interests: Interest) -> io::Result<()> {
+        match self {
+            Listener::Tcp(l) => l.register(registry, token, interests),
+            Listener::Unix(l, _) => l.register(registry, token, interests),
+        }
+    }
+    fn reregister(&mut self, registry: &Registry, token: Token, interests: Interest) -> io::Result<()> {
+        match self {
+            Listener::Tcp(l) => l.reregister(registry, token, interests),
+            Listener::Unix(l, _) => l.reregister(registry, token, interests),
+        }
+    }
+    fn deregister(&mut self, registry: &Registry) -> io::Result<()> {
+        match self {
+            Listener::Tcp(l) => l.deregister(registry),
+            Listener::Unix(l, _) => l.deregister(registry),
+        }
+    }
+}
+
+impl Stream {
+    /// Closes the sending side, so the peer sees the end of the response.
+    pub fn shutdown_write(&self) {
+        let _ = match self {
+            Stream::Tcp(s) => s.shutdown(Shutdown::Write),
+            Stream::Unix(s) => s.shutdown(Shutdown::Write),
+        };
+    }
+
+    /// Writes several buffers in one call.
+    pub fn write_vectored_bufs(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.write_vectored(bufs),
+            Stream::Unix(s) => s.write_vectored(bufs),
+        }
+    }
+}
+
+impl AsRawFd for Stream {
+    fn as_raw_fd(&self) -> RawFd {
+        match self {
+            Stream::Tcp(s) => s.as_raw_fd(),
+            Stream::Unix(s) => s.as_raw_fd(),
+        }
+    }
+}
+
+impl AsFd for Stream {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Stream::Tcp(s) => s.as_fd(),
+            Stream::Unix(s) => s.as_fd(),
+        }
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.read(buf),
+            Stream::Unix(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.write(buf),
+            Stream::Unix(s) => s.write(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Source for Stream {
+    fn register(&mut self, registry: &Registry, token: Token, interests: Interest) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.register(registry, token, interests),
+            Stream::Unix(s) => s.register(registry, token, interests),
+        }
+    }
+    fn reregister(&mut self, registry: &Registry, token: Token, interests: Interest) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.reregister(registry, token, interests),
+            Stream::Unix(s) => s.reregister(registry, token, interests),
+        }
+    }
+    fn deregister(&mut self, registry: &Registry) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.deregister(registry),
+            Stream::Unix(s) => s.deregister(registry),
+        }
+    }
+}
+
+fn io_error(what: impl Into<String>) -> impl FnOnce(io::Error) -> ListenError {
+    let what = what.into();
+    move |source| ListenError::Io { what, source }
+}
+
+fn sockopt_int(fd: RawFd, level: libc::c_int, name: libc::c_int) -> io::Result<libc::c_int> {
+    let mut value: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    let rc = unsafe { libc::getsockopt(fd, level, name, (&mut value as *mut libc::c_int).cast(), &mut len) };
+    if rc == 0 {
+        Ok(value)
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Takes over an already listening socket, e.g. the one callscgi passes on fd 0.
+pub fn from_fd(fd: RawFd) -> Result<Listener, ListenError> {
+    let listening = sockopt_int(fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN).map_err(|e| {
+        let why = match e.raw_os_error() {
+            Some(libc::ENOTSOCK) => "it is not a socket".to_string(),
+            Some(libc::EBADF) => "it is closed".to_string(),
+            _ => e.to_string(),
+        };
+        ListenError::Fd0NotListening(why)
+    })?;
+    if listening == 0 {
+        return Err(ListenError::Fd0NotListening(
+            "it is a socket, but not listening".into(),
+        ));
+    }
+    let domain = sockopt_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN).map_err(io_error("cannot query fd 0"))?;
+    // The fd stays open for the life of the process; from here on the listener owns it.
+    let socket = unsafe { Socket::from_raw_fd(fd) };
+    socket
+        .set_nonblocking(true)
+        .map_err(io_error("cannot make fd 0 non-blocking"))?;
+    let _ = socket.set_cloexec(true);
+    match domain {
+        libc::AF_INET | libc::AF_INET6 => Ok(Listener::Tcp(TcpListener::from_std(socket.into()))),
+        libc::AF_UNIX => Ok(Listener::Unix(UnixListener::from_std(socket.into()), None)),
+        other => {
+            std::mem::forget(socket);
+            Err(ListenError::Fd0Family(other))
+        }
+    }
+}
+
+fn bind_tcp(host: &str, port: u16, backlog: i32) -> Result<Listener, ListenError> {
+    let addrs: Vec<SocketAddr> = (host, port)
+        .to_socket_addrs()
+        .map_err(|source| ListenError::Resolve {
+            host: host.to_string(),
+            port,
+            source,
+        })?
+        .collect();
+    let mut last_error = None;
+    for addr in addrs {
+        let bound = (|| {
+            let socket = Socket::new(Domain::for_address(addr), Type::STREAM.cloexec(), None)?;
+            socket.set_reuse_address(true)?;
+            if addr.is_ipv6() {
+                socket.set_only_v6(true)?;
+            }
+            socket.bind(&addr.into())?;
+            socket.listen(backlog)?;
+            socket.set_nonblocking(true)?;
+            Ok::<_, io::Error>(socket)
+        })();
+        match bound {
+            Ok(socket) => return Ok(Listener::Tcp(TcpListener::from_std(socket.into()))),
+            Err(source) => {
+                last_error = Some(ListenError::Bind {
+                    addr: addr.to_string(),
+                    source,
+                })
+            }
+        }
+    }
+    Err(last_error.unwrap_or_else(|| ListenError::Resolve {
+        host: host.to_string(),
+        port,
+        source: io::Error::new(io::ErrorKind::NotFound, "no addresses"),
+    }))
+}
+
+fn bind_unix(path: &Path, mode: Option<u32>, backlog: i32) -> Result<Listener, ListenError> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            // Another server may still own it: only a refused connection proves it stale.
+            match StdUnixStream::connect(path) {
+                Ok(_) => return Err(ListenError::UnixInUse(path.to_path_buf())),
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                    crate::info!("server", "removing stale socket {}", path.display());
+                    std::fs::remove_file(path)
+                        .map_err(io_error(format!("cannot remove stale socket {}", path.display())))?;
+                }
+                Err(e) => {
+                    return Err(ListenError::Io {
+                        what: format!("cannot check whether {} is in use", path.display()),
+                        source: e,
+                    })
+                }
+            }
+        }
+        Ok(_) => return Err(ListenError::UnixNotSocket(path.to_path_buf())),
+        Err(_) => {}
+    }
+    let bound = (|| {
+        let socket = Socket::new(Domain::UNIX, Type::STREAM.cloexec(), None)?;
+        socket.bind(&socket2::SockAddr::unix(path)?)?;
+        Ok::<_, io::Error>(socket)
+    })()
+    .map_err(|source| ListenError::Bind {
+        addr: path.display().to_string(),
+        source,
+    })?;
+    // The file is ours now: remove it again if the rest of the set-up fails.
+    let setup = (|| {
+        if let Some(mode) = mode {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+        }
+        bound.listen(backlog)?;
+        bound.set_nonblocking(true)
+    })();
+    if let Err(source) = setup {
+        let _ = std::fs::remove_file(path);
+        return Err(ListenError::Bind {
+            addr: path.display().to_string(),
+            source,
+        });
+    }
+    Ok(Listener::Unix(
+        UnixListener::from_std(bound.into()),
+        Some(path.to_path_buf()),
+    ))
+}

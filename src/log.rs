@@ -1,0 +1,124 @@
+//! Log lines in the original's format, `scgi-wsgi[NAME]: LEVEL: message`, on stderr or syslog.
+//!
+//! Each line goes out in one `write(2)` so lines from different threads never interleave,
+//! and the Python side's `logging` output (configured to the same format) shares the stream.
+
+use std::fmt::{self, Write as _};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+
+/// Severity of a log line; names match Python's `logging` level names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    /// Per-request detail, off by default.
+    Debug = 10,
+    /// Start-up, shutdown and other normal events.
+    Info = 20,
+    /// Something a client or an app did wrong; the server goes on.
+    Warning = 30,
+    /// Something failed; the server goes on.
+    Error = 40,
+}
+
+impl Level {
+    fn name(self) -> &'static str {
+        match self {
+            Level::Debug => "DEBUG",
+            Level::Info => "INFO",
+            Level::Warning => "WARNING",
+            Level::Error => "ERROR",
+        }
+    }
+
+    fn syslog_priority(self) -> libc::c_int {
+        match self {
+            Level::Debug => libc::LOG_DEBUG,
+            Level::Info => libc::LOG_INFO,
+            Level::Warning => libc::LOG_WARNING,
+            Level::Error => libc::LOG_ERR,
+        }
+    }
+}
+
+static USE_SYSLOG: AtomicBool = AtomicBool::new(false);
+static MIN_LEVEL: AtomicU8 = AtomicU8::new(Level::Info as u8);
+
+/// Sends later lines to syslog (facility daemon) instead of stderr, as `ASHD_USESYSLOG` asks.
+pub fn use_syslog() {
+    // openlog keeps the pointer: the identity must live for the rest of the process.
+    static IDENT: &[u8] = b"scgi-wsgi\0";
+    unsafe { libc::openlog(IDENT.as_ptr().cast(), libc::LOG_PID, libc::LOG_DAEMON) };
+    USE_SYSLOG.store(true, Ordering::Relaxed);
+}
+
+/// Lowers or raises the threshold below which lines are dropped.
+pub fn set_min_level(level: Level) {
+    MIN_LEVEL.store(level as u8, Ordering::Relaxed);
+}
+
+/// Whether a line at `level` would be written (to skip formatting work otherwise).
+pub fn enabled(level: Level) -> bool {
+    level as u8 >= MIN_LEVEL.load(Ordering::Relaxed)
+}
+
+/// Writes one log line (or, for a multi-line message, one prefixed line per message line).
+pub fn write(level: Level, name: &str, args: fmt::Arguments<'_>) {
+    if !enabled(level) {
+        return;
+    }
+    let mut message = String::with_capacity(128);
+    let _ = message.write_fmt(args);
+    if USE_SYSLOG.load(Ordering::Relaxed) {
+        for line in message.lines() {
+            let text = format!("[{name}]: {}: {line}", level.name()).replace('\0', " ");
+            if let Ok(text) = std::ffi::CString::new(text) {
+                let priority = libc::LOG_DAEMON | level.syslog_priority();
+                unsafe { libc::syslog(priority, c"%s".as_ptr(), text.as_ptr()) };
+            }
+        }
+        return;
+    }
+    let mut out = String::with_capacity(message.len() + 48);
+    for line in message.lines() {
+        let _ = writeln!(out, "scgi-wsgi[{name}]: {}: {line}", level.name());
+    }
+    write_stderr(out.as_bytes());
+}
+
+/// Writes bytes to fd 2 in as few calls as the kernel allows, ignoring failures (nowhere to report them).
+pub fn write_stderr(mut bytes: &[u8]) {
+    while !bytes.is_empty() {
+        let n = unsafe { libc::write(2, bytes.as_ptr().cast(), bytes.len()) };
+        if n > 0 {
+            bytes = &bytes[n as usize..];
+        } else if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+            continue;
+        } else {
+            return;
+        }
+    }
+}
+
+/// Logs at INFO under a component name: `info!("server", "listening on {}", addr)`.
+#[macro_export]
+macro_rules! info {
+    ($name:expr, $($arg:tt)+) => { $crate::log::write($crate::log::Level::Info, $name, format_args!($($arg)+)) };
+}
+/// Logs at WARNING under a component name.
+#[macro_export]
+macro_rules! warning {
+    ($name:expr, $($arg:tt)+) => { $crate::log::write($crate::log::Level::Warning, $name, format_args!($($arg)+)) };
+}
+/// Logs at ERROR under a component name.
+#[macro_export]
+macro_rules! error {
+    ($name:expr, $($arg:tt)+) => { $crate::log::write($crate::log::Level::Error, $name, format_args!($($arg)+)) };
+}
+/// Logs at DEBUG under a component name (skipped cheaply when debug lines are off).
+#[macro_export]
+macro_rules! debug {
+    ($name:expr, $($arg:tt)+) => {
+        if $crate::log::enabled($crate::log::Level::Debug) {
+            $crate::log::write($crate::log::Level::Debug, $name, format_args!($($arg)+))
+        }
+    };
+}

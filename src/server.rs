@@ -1,0 +1,516 @@
+//! The event loop: owns the Poll, the listener, every connection, the timers and the waker.
+//! It is the only code that touches sockets, and it never takes the GIL.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::io::{self, Read};
+use std::os::fd::IntoRawFd;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mio::net::UnixStream;
+use mio::{Events, Interest, Poll, Token};
+use slab::Slab;
+
+use crate::cli::Limits;
+use crate::conn::{Conn, Phase, ReadOutcome, Refusal};
+use crate::dispatch::{ConnId, Dispatcher, End, Notifier, Outbox, Request};
+use crate::listen::Listener;
+use crate::{debug, error, info, warning};
+
+const LISTENER: Token = Token(usize::MAX - 1);
+const WAKER: Token = Token(usize::MAX - 2);
+const SIGNALS: Token = Token(usize::MAX - 3);
+
+/// How long to stop accepting after the process ran out of file descriptors.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Why the loop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Every request in flight finished after a stop signal.
+    Drained,
+    /// The graceful timeout ran out with requests still in flight.
+    GracefulTimeout,
+    /// A second stop signal (or SIGQUIT) asked to stop at once.
+    Immediate,
+}
+
+/// Signals the loop reacts to, delivered through a pipe written by the signal handler.
+pub struct SignalPipe {
+    reader: UnixStream,
+}
+
+impl SignalPipe {
+    /// Installs handlers for SIGTERM, SIGINT and SIGQUIT that write the signal number to a pipe.
+    pub fn install() -> io::Result<SignalPipe> {
+        let (reader, writer) = std::os::unix::net::UnixStream::pair()?;
+        reader.set_nonblocking(true)?;
+        writer.set_nonblocking(true)?;
+        let fd = writer.into_raw_fd();
+        for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGQUIT] {
+            let byte = signal as u8;
+            // Only write(2) runs in the handler: it is async-signal-safe.
+            unsafe {
+                signal_hook::low_level::register(signal, move || {
+                    libc::write(fd, (&byte as *const u8).cast(), 1);
+                })
+            }?;
+        }
+        Ok(SignalPipe {
+            reader: UnixStream::from_std(reader),
+        })
+    }
+
+    fn read_signals(&mut self) -> Vec<i32> {
+        let mut buf = [0u8; 32];
+        let mut seen = Vec::new();
+        loop {
+            match self.reader.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => seen.extend(buf[..n].iter().map(|b| *b as i32)),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            }
+        }
+        seen
+    }
+}
+
+/// The event loop and everything it owns.
+pub struct Server<D: Dispatcher> {
+    poll: Poll,
+    listener: Option<Listener>,
+    conns: Slab<Conn>,
+    notifier: Arc<Notifier>,
+    dispatcher: D,
+    limits: Limits,
+    timers: BinaryHeap<Reverse<(Instant, usize, u64)>>,
+    scratch: Vec<u8>,
+    next_serial: u64,
+    ready: Vec<ConnId>,
+    signals: SignalPipe,
+    graceful_timeout: Duration,
+    draining_since: Option<Instant>,
+    accept_paused_until: Option<Instant>,
+    /// The listener may have connections we left waiting (at the connection limit).
+    accept_pending: bool,
+}
+
+impl<D: Dispatcher> Server<D> {
+    /// Sets up the loop around an open listener. `make_dispatcher` receives nothing of the
+    /// loop: the dispatcher only ever sees complete requests.
+    pub fn new(
+        poll: Poll,
+        mut listener: Listener,
+        signals: SignalPipe,
+        dispatcher: D,
+        limits: Limits,
+        graceful_timeout: Duration,
+    ) -> io::Result<Server<D>> {
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let mut signals = signals;
+        poll.registry()
+            .register(&mut signals.reader, SIGNALS, Interest::READABLE)?;
+        let waker = mio::Waker::new(poll.registry(), WAKER)?;
+        Ok(Server {
+            poll,
+            listener: Some(listener),
+            conns: Slab::with_capacity(256),
+            notifier: Notifier::new(waker),
+            dispatcher,
+            limits,
+            timers: BinaryHeap::new(),
+            scratch: vec![0; 64 * 1024],
+            next_serial: 0,
+            ready: Vec::with_capacity(64),
+            signals,
+            graceful_timeout,
+            draining_since: None,
+            accept_paused_until: None,
+            accept_pending: false,
+        })
+    }
+
+    /// Runs until a stop signal and the drain that follows it.
+    pub fn run(&mut self) -> io::Result<Exit> {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let timeout = self.poll_timeout();
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept_all(),
+                    WAKER => self.collect_completions(),
+                    SIGNALS => {
+                        if let Some(exit) = self.on_signals() {
+                            return Ok(exit);
+                        }
+                    }
+                    Token(key) => self.on_conn_event(key, event.is_readable(), event.is_writable()),
+                }
+            }
+            self.expire_timers();
+            if self.accept_pending || self.accept_paused_until.is_some_and(|t| t <= Instant::now()) {
+                self.accept_paused_until = None;
+                self.accept_all();
+            }
+            if let Some(since) = self.draining_since {
+                if self.conns.is_empty() {
+                    return Ok(Exit::Drained);
+                }
+                if since.elapsed() >= self.graceful_timeout {
+                    warning!(
+                        "server",
+                        "graceful timeout ({:.0} s) ran out with {} connection(s) still open; exiting",
+                        self.graceful_timeout.as_secs_f64(),
+                        self.conns.len()
+                    );
+                    return Ok(Exit::GracefulTimeout);
+                }
+            }
+        }
+    }
+
+    fn poll_timeout(&mut self) -> Option<Duration> {
+        let now = Instant::now();
+        let mut next = self.timers.peek().map(|Reverse((t, _, _))| *t);
+        for candidate in [
+            self.accept_paused_until,
+            self.draining_since.map(|s| s + self.graceful_timeout),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            next = Some(next.map_or(candidate, |n| n.min(candidate)));
+        }
+        next.map(|t| t.saturating_duration_since(now) + Duration::from_millis(1))
+    }
+
+    fn on_signals(&mut self) -> Option<Exit> {
+        for signal in self.signals.read_signals() {
+            if signal == libc::SIGQUIT || self.draining_since.is_some() {
+                info!(
+                    "server",
+                    "stopping at once ({} connection(s) open)",
+                    self.conns.len()
+                );
+                return Some(Exit::Immediate);
+            }
+            let name = if signal == libc::SIGINT {
+                "SIGINT"
+            } else {
+                "SIGTERM"
+            };
+            info!(
+                "server",
+                "{name}: no longer accepting; finishing {} open connection(s) (up to {:.0} s)",
+                self.conns.len(),
+                self.graceful_timeout.as_secs_f64()
+            );
+            self.draining_since = Some(Instant::now());
+            if let Some(mut listener) = self.listener.take() {
+                let _ = self.poll.registry().deregister(&mut listener);
+                // Dropping closes our descriptor and removes a socket file we created.
+            }
+            self.accept_pending = false;
+            self.accept_paused_until = None;
+        }
+        None
+    }
+
+    fn accept_all(&mut self) {
+        self.accept_pending = false;
+        let Some(listener) = &self.listener else { return };
+        loop {
+            if self.conns.len() >= self.limits.max_connections || !self.dispatcher.has_room() {
+                // Leave the rest in the kernel's backlog until a slot frees up.
+                self.accept_pending = true;
+                return;
+            }
+            match listener.accept() {
+                Ok(stream) => {
+                    let now = Instant::now();
+                    let serial = self.next_serial;
+                    self.next_serial += 1;
+                    let entry = self.conns.vacant_entry();
+                    let key = entry.key();
+                    let conn = entry.insert(Conn::new(stream, serial, now));
+                    // Both interests once, edge-triggered: no re-registration per state change.
+                    if let Err(e) = self.poll.registry().register(
+                        &mut conn.stream,
+                        Token(key),
+                        Interest::READABLE | Interest::WRITABLE,
+                    ) {
+                        error!("server", "cannot watch a new connection: {e}");
+                        self.conns.remove(key);
+                        continue;
+                    }
+                    self.timers
+                        .push(Reverse((now + self.limits.head_timeout, key, serial)));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+                    ) =>
+                {
+                    warning!(
+                        "server",
+                        "cannot accept: {e} ({} connections open); pausing accepts for {} ms",
+                        self.conns.len(),
+                        ACCEPT_BACKOFF.as_millis()
+                    );
+                    self.accept_paused_until = Some(Instant::now() + ACCEPT_BACKOFF);
+                    return;
+                }
+                // The peer gave up before we accepted it: nothing to serve.
+                Err(e) => {
+                    debug!("server", "accept failed: {e}");
+                    continue;
+                }
+            }
+        }
+    }
+
+    fn on_conn_event(&mut self, key: usize, readable: bool, writable: bool) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if readable {
+            match conn.on_readable(&mut self.scratch, &self.limits) {
+                ReadOutcome::Pending => {}
+                ReadOutcome::Complete => self.dispatch(key),
+                ReadOutcome::Refuse(refusal) => self.refuse(key, &refusal),
+                ReadOutcome::Closed => {
+                    self.on_peer_closed(key);
+                    return;
+                }
+            }
+        }
+        if writable || readable {
+            self.pump_output(key);
+        }
+    }
+
+    fn on_peer_closed(&mut self, key: usize) {
+        let conn = &self.conns[key];
+        match conn.phase {
+            Phase::Head if conn.bytes_received() > 0 => info!(
+                "server",
+                "client closed the connection after {} bytes of an incomplete SCGI head",
+                conn.bytes_received()
+            ),
+            Phase::Body => {
+                let (got, declared) = conn.body_progress();
+                warning!(
+                    "server",
+                    "client closed the connection after {got} of {declared} body bytes; request dropped"
+                );
+            }
+            Phase::Running => {
+                if let Some(outbox) = &conn.outbox {
+                    debug!("server", "client went away while the app was running");
+                    outbox.mark_client_gone();
+                }
+            }
+            _ => {}
+        }
+        self.close(key);
+    }
+
+    fn dispatch(&mut self, key: usize) {
+        let conn = &mut self.conns[key];
+        let (buf, payload, body) = conn.take_request();
+        let outbox = Outbox::new(
+            ConnId {
+                key,
+                serial: conn.serial,
+            },
+            Arc::clone(&self.notifier),
+            self.limits.write_buffer,
+        );
+        conn.outbox = Some(Arc::clone(&outbox));
+        let request = Request {
+            buf,
+            payload,
+            body,
+            outbox,
+            accepted: conn.accepted,
+        };
+        if let Err(request) = self.dispatcher.dispatch(request) {
+            drop(request);
+            let refusal = Refusal {
+                status: "503 Service Unavailable",
+                cause: "the request queue is full (raise the model's queue= or max=)".into(),
+            };
+            self.refuse(key, &refusal);
+        }
+    }
+
+    fn refuse(&mut self, key: usize, refusal: &Refusal) {
+        let conn = &mut self.conns[key];
+        let level = if refusal.status.starts_with('5') {
+            crate::log::Level::Error
+        } else {
+            crate::log::Level::Warning
+        };
+        crate::log::write(
+            level,
+            "server",
+            format_args!(
+                "{} ({} bytes received): {}",
+                refusal.status,
+                conn.bytes_received(),
+                refusal.cause
+            ),
+        );
+        conn.outbox = None;
+        conn.refuse(refusal);
+        let deadline = conn.deadline(&self.limits);
+        let serial = conn.serial;
+        if let Some(t) = deadline {
+            self.timers.push(Reverse((t, key, serial)));
+        }
+        self.pump_output(key);
+    }
+
+    fn collect_completions(&mut self) {
+        let mut ready = std::mem::take(&mut self.ready);
+        self.notifier.drain(&mut ready);
+        for id in ready.drain(..) {
+            let current = self.conns.get(id.key).is_some_and(|c| c.serial == id.serial);
+            if current {
+                self.pump_output(id.key);
+            }
+        }
+        self.ready = ready;
+    }
+
+    /// Moves the app's output to the socket and closes the connection when the response is done.
+    fn pump_output(&mut self, key: usize) {
+        let conn = &mut self.conns[key];
+        if conn.phase == Phase::Lingering {
+            return;
+        }
+        conn.collect_output();
+        let was_blocked = !conn.output_drained();
+        if let Err(e) = conn.write_out() {
+            debug!("server", "client went away while receiving the response: {e}");
+            if let Some(outbox) = &conn.outbox {
+                outbox.mark_client_gone();
+            }
+            self.close(key);
+            return;
+        }
+        if !conn.output_drained() {
+            if !was_blocked || conn.phase == Phase::Closing {
+                let serial = conn.serial;
+                if let Some(t) = conn.deadline(&self.limits) {
+                    self.timers.push(Reverse((t, key, serial)));
+                }
+            }
+            return;
+        }
+        match conn.end() {
+            Some(End::Complete) if conn.wants_linger() => {
+                conn.start_linger();
+                let serial = conn.serial;
+                if let Some(t) = conn.deadline(&self.limits) {
+                    self.timers.push(Reverse((t, key, serial)));
+                }
+            }
+            Some(End::Complete) => self.close(key),
+            Some(End::Abort) => {
+                // Reset rather than close cleanly, so a frontend can tell the response is cut short.
+                let _ = socket2::SockRef::from(&self.conns[key].stream).set_linger(Some(Duration::ZERO));
+                self.close(key);
+            }
+            None => {}
+        }
+    }
+
+    fn expire_timers(&mut self) {
+        let now = Instant::now();
+        while let Some(Reverse((when, key, serial))) = self.timers.peek().copied() {
+            if when > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(conn) = self.conns.get(key).filter(|c| c.serial == serial) else {
+                continue;
+            };
+            match conn.deadline(&self.limits) {
+                None => continue,
+                Some(deadline) if deadline > now => {
+                    self.timers.push(Reverse((deadline, key, serial)));
+                    continue;
+                }
+                Some(_) => {}
+            }
+            match conn.phase {
+                Phase::Head if conn.bytes_received() == 0 => {
+                    debug!("server", "closing a connection that sent nothing");
+                    self.close(key);
+                }
+                Phase::Head => self.refuse(
+                    key,
+                    &Refusal {
+                        status: "408 Request Timeout",
+                        cause: format!(
+                            "the SCGI head did not arrive within {:.0} s (--head-timeout)",
+                            self.limits.head_timeout.as_secs_f64()
+                        ),
+                    },
+                ),
+                Phase::Body => {
+                    let (got, declared) = conn.body_progress();
+                    self.refuse(
+                        key,
+                        &Refusal {
+                            status: "408 Request Timeout",
+                            cause: format!(
+                                "request body stalled at {got} of {declared} bytes for {:.0} s (--body-timeout)",
+                                self.limits.body_timeout.as_secs_f64()
+                            ),
+                        },
+                    )
+                }
+                Phase::Running | Phase::Closing => {
+                    warning!(
+                        "server",
+                        "client has not read any of the response for {:.0} s (--write-timeout); dropping it",
+                        self.limits.write_timeout.as_secs_f64()
+                    );
+                    if let Some(outbox) = &conn.outbox {
+                        outbox.mark_client_gone();
+                    }
+                    self.close(key);
+                }
+                Phase::Lingering => self.close(key),
+            }
+        }
+    }
+
+    fn close(&mut self, key: usize) {
+        let mut conn = self.conns.remove(key);
+        let _ = self.poll.registry().deregister(&mut conn.stream);
+        if let Some(outbox) = &conn.outbox {
+            // A response still being produced has nobody to go to any more.
+            if conn.end().is_none() {
+                outbox.mark_client_gone();
+            }
+        }
+        if self.accept_pending {
+            self.accept_all();
+        }
+    }
+}

@@ -1,0 +1,240 @@
+//! The request head becomes the environ dict: every SCGI header, values as native strings
+//! holding the raw bytes as Latin-1 (PEP 3333), plus the `wsgi.*` keys.
+
+use pyo3::ffi;
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyString, PyTuple};
+
+use crate::scgi;
+
+/// Values that are the same in every environ, made once.
+pub struct EnvironConsts {
+    version: Py<PyTuple>,
+    errors: Py<PyAny>,
+    multithread: bool,
+    multiprocess: bool,
+}
+
+impl EnvironConsts {
+    /// Builds the shared values; `wsgi.errors` is the interpreter's `sys.stderr`.
+    pub fn new(py: Python<'_>, multithread: bool, multiprocess: bool) -> PyResult<EnvironConsts> {
+        Ok(EnvironConsts {
+            version: PyTuple::new(py, [1, 0])?.unbind(),
+            errors: py.import("sys")?.getattr("stderr")?.unbind(),
+            multithread,
+            multiprocess,
+        })
+    }
+}
+
+/// Decodes bytes as Latin-1: each byte becomes the code point of the same value.
+pub fn latin1<'py>(py: Python<'py>, bytes: &[u8]) -> PyResult<Bound<'py, PyString>> {
+    // SAFETY: the pointer and length describe a live slice; a NULL result raises below.
+    unsafe {
+        let ptr = ffi::PyUnicode_DecodeLatin1(
+            bytes.as_ptr().cast(),
+            bytes.len() as ffi::Py_ssize_t,
+            std::ptr::null(),
+        );
+        if ptr.is_null() {
+            return Err(PyErr::fetch(py));
+        }
+        Ok(Bound::from_owned_ptr(py, ptr).cast_into_unchecked())
+    }
+}
+
+/// The interned key for a well-known header name, so each request reuses one string object.
+fn known_key<'py>(py: Python<'py>, name: &[u8]) -> Option<&'py Bound<'py, PyString>> {
+    macro_rules! keys {
+        ($($key:literal),* $(,)?) => {
+            match name {
+                $(n if n == $key.as_bytes() => Some(intern!(py, $key)),)*
+                _ => None,
+            }
+        };
+    }
+    keys!(
+        "CONTENT_LENGTH",
+        "CONTENT_TYPE",
+        "SCGI",
+        "REQUEST_METHOD",
+        "REQUEST_URI",
+        "QUERY_STRING",
+        "SCRIPT_NAME",
+        "PATH_INFO",
+        "DOCUMENT_URI",
+        "DOCUMENT_ROOT",
+        "SERVER_PROTOCOL",
+        "REQUEST_SCHEME",
+        "HTTPS",
+        "REMOTE_ADDR",
+        "REMOTE_PORT",
+        "SERVER_ADDR",
+        "SERVER_PORT",
+        "SERVER_NAME",
+        "SERVER_SOFTWARE",
+        "GATEWAY_INTERFACE",
+        "SCRIPT_FILENAME",
+        "PATH_TRANSLATED",
+        "REDIRECT_STATUS",
+        "HTTP_HOST",
+        "HTTP_USER_AGENT",
+        "HTTP_ACCEPT",
+        "HTTP_ACCEPT_ENCODING",
+        "HTTP_ACCEPT_LANGUAGE",
+        "HTTP_CONNECTION",
+        "HTTP_COOKIE",
+        "HTTP_REFERER",
+        "HTTP_CACHE_CONTROL",
+        "HTTP_CONTENT_LENGTH",
+        "HTTP_CONTENT_TYPE",
+        "HTTP_ORIGIN",
+        "HTTP_AUTHORIZATION",
+        "HTTP_IF_MODIFIED_SINCE",
+        "HTTP_IF_NONE_MATCH",
+        "HTTP_X_FORWARDED_FOR",
+        "HTTP_X_FORWARDED_PROTO",
+        "HTTP_X_REAL_IP",
+        "HTTP_X_ASH_ADDRESS",
+        "HTTP_X_ASH_PORT",
+        "HTTP_X_ASH_PROTOCOL",
+        "HTTP_X_ASH_SERVER_ADDRESS",
+        "HTTP_X_ASH_SERVER_PORT",
+        "HTTP_X_ASH_FILE",
+        "HTTP_X_ASH_CONNECTION_ID",
+        "HTTP_UPGRADE_INSECURE_REQUESTS",
+        "HTTP_TRANSFER_ENCODING",
+        "HTTP_PRAGMA",
+        "HTTP_DNT",
+    )
+}
+
+/// A short value that repeats across requests, interned.
+fn known_value<'py>(py: Python<'py>, value: &[u8]) -> Option<&'py Bound<'py, PyString>> {
+    Some(match value {
+        b"" => intern!(py, ""),
+        b"0" => intern!(py, "0"),
+        b"1" => intern!(py, "1"),
+        b"GET" => intern!(py, "GET"),
+        b"POST" => intern!(py, "POST"),
+        b"HEAD" => intern!(py, "HEAD"),
+        b"HTTP/1.1" => intern!(py, "HTTP/1.1"),
+        b"HTTP/1.0" => intern!(py, "HTTP/1.0"),
+        b"CGI/1.1" => intern!(py, "CGI/1.1"),
+        b"http" => intern!(py, "http"),
+        b"https" => intern!(py, "https"),
+        b"on" => intern!(py, "on"),
+        b"/" => intern!(py, "/"),
+        b"80" => intern!(py, "80"),
+        b"443" => intern!(py, "443"),
+        b"127.0.0.1" => intern!(py, "127.0.0.1"),
+        b"localhost" => intern!(py, "localhost"),
+        _ => return None,
+    })
+}
+
+/// Builds the environ for a request head (without `wsgi.input`, which the caller adds).
+pub fn build<'py>(
+    py: Python<'py>,
+    header_block: &[u8],
+    consts: &EnvironConsts,
+) -> PyResult<Bound<'py, PyDict>> {
+    let environ = PyDict::new(py);
+    let mut ash_protocol: Option<&[u8]> = None;
+    let mut https = false;
+    for (name, value) in scgi::headers(header_block) {
+        let key = match known_key(py, name) {
+            Some(key) => key.clone(),
+            None => latin1(py, name)?,
+        };
+        let value_obj = match known_value(py, value) {
+            Some(v) => v.clone(),
+            None => latin1(py, value)?,
+        };
+        // SAFETY: dict, key and value are live objects; the result is a borrowed reference.
+        let existing = unsafe { ffi::PyDict_SetDefault(environ.as_ptr(), key.as_ptr(), value_obj.as_ptr()) };
+        if existing.is_null() {
+            return Err(PyErr::fetch(py));
+        }
+        if existing != value_obj.as_ptr() && name.starts_with(b"HTTP_") {
+            // The same HTTP header twice (nginx and ashd pass them so): join as a proxy would.
+            let separator = if name == b"HTTP_COOKIE" { "; " } else { ", " };
+            let first = unsafe { Bound::from_borrowed_ptr(py, existing) };
+            let joined = format!("{}{separator}{}", first.str()?, value_obj);
+            environ.set_item(&key, latin1_from_str(py, &joined)?)?;
+        }
+        match name {
+            b"HTTP_X_ASH_PROTOCOL" => ash_protocol = Some(value),
+            b"HTTPS" => https = value.eq_ignore_ascii_case(b"on") || value == b"1",
+            _ => {}
+        }
+    }
+    let scheme = match ash_protocol {
+        Some(b"https") => intern!(py, "https"),
+        Some(b"http") => intern!(py, "http"),
+        _ if https => intern!(py, "https"),
+        _ => intern!(py, "http"),
+    };
+    fill_cgi_defaults(py, &environ, scheme)?;
+    environ.set_item(intern!(py, "wsgi.version"), consts.version.bind(py))?;
+    environ.set_item(intern!(py, "wsgi.url_scheme"), scheme)?;
+    environ.set_item(intern!(py, "wsgi.errors"), consts.errors.bind(py))?;
+    environ.set_item(intern!(py, "wsgi.multithread"), consts.multithread)?;
+    environ.set_item(intern!(py, "wsgi.multiprocess"), consts.multiprocess)?;
+    environ.set_item(intern!(py, "wsgi.run_once"), false)?;
+    environ.set_item(intern!(py, "wsgi.input_terminated"), true)?;
+    Ok(environ)
+}
+
+/// Re-makes a str whose characters are all below 256 (joined header values) without a UTF-8 trip.
+fn latin1_from_str<'py>(py: Python<'py>, text: &str) -> PyResult<Bound<'py, PyString>> {
+    let bytes: Vec<u8> = text.chars().map(|c| c as u32 as u8).collect();
+    latin1(py, &bytes)
+}
+
+/// Gives the CGI variables PEP 3333 requires a value when the frontend left them out.
+fn fill_cgi_defaults(
+    py: Python<'_>,
+    environ: &Bound<'_, PyDict>,
+    scheme: &Bound<'_, PyString>,
+) -> PyResult<()> {
+    for key in [
+        intern!(py, "SCRIPT_NAME"),
+        intern!(py, "PATH_INFO"),
+        intern!(py, "QUERY_STRING"),
+    ] {
+        if !environ.contains(key)? {
+            environ.set_item(key, intern!(py, ""))?;
+        }
+    }
+    if !environ.contains(intern!(py, "REQUEST_METHOD"))? {
+        environ.set_item(intern!(py, "REQUEST_METHOD"), intern!(py, "GET"))?;
+    }
+    if !environ.contains(intern!(py, "SERVER_PROTOCOL"))? {
+        environ.set_item(intern!(py, "SERVER_PROTOCOL"), intern!(py, "HTTP/1.0"))?;
+    }
+    if !environ.contains(intern!(py, "SERVER_NAME"))? {
+        // ashd sends no SERVER_NAME without a Host header; derive it as CGI servers do.
+        let host = environ.get_item(intern!(py, "HTTP_HOST"))?;
+        let name = match &host {
+            Some(host) => {
+                let host: String = host.extract()?;
+                let bare = match host.rsplit_once(':') {
+                    Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !h.ends_with(':') => {
+                        h.to_string()
+                    }
+                    _ => host,
+                };
+                latin1_from_str(py, &bare)?
+            }
+            None => intern!(py, "localhost").clone(),
+        };
+        environ.set_item(intern!(py, "SERVER_NAME"), name)?;
+    }
+    if !environ.contains(intern!(py, "SERVER_PORT"))? {
+        let port = if scheme.to_str()? == "https" { "443" } else { "80" };
+        environ.set_item(intern!(py, "SERVER_PORT"), port)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,141 @@
+//! Starting the embedded interpreter: the same Python the binary was built against (or a
+//! virtualenv made from it), with signal handling left to us.
+
+use std::ffi::CString;
+use std::mem::MaybeUninit;
+use std::path::{Path, PathBuf};
+
+use pyo3::ffi;
+use pyo3::prelude::*;
+
+use crate::error::AppError;
+
+/// The interpreter executable found at build time.
+pub const BUILD_PYTHON: &str = env!("SCGI_WSGI_BUILD_PYTHON");
+/// Its major.minor version.
+pub const BUILD_PYTHON_VERSION: &str = env!("SCGI_WSGI_BUILD_PYTHON_VERSION");
+
+/// Checks that `dir` is a virtualenv of our Python version and returns its interpreter path.
+pub fn virtualenv_python(dir: &Path) -> Result<PathBuf, AppError> {
+    let fail = |reason: String| AppError::Virtualenv {
+        path: dir.to_path_buf(),
+        reason,
+    };
+    let cfg = std::fs::read_to_string(dir.join("pyvenv.cfg"))
+        .map_err(|e| fail(format!("cannot read pyvenv.cfg ({e}); is it a virtualenv?")))?;
+    let version = cfg
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .find(|(k, _)| matches!(k.trim(), "version" | "version_info"))
+        .map(|(_, v)| v.trim().to_string());
+    if let Some(version) = version {
+        let major_minor: String = version.split('.').take(2).collect::<Vec<_>>().join(".");
+        if major_minor != BUILD_PYTHON_VERSION {
+            return Err(fail(format!(
+                "it was made with Python {version}, but this scgi-wsgi embeds Python {BUILD_PYTHON_VERSION}"
+            )));
+        }
+    }
+    let python = dir.join("bin").join("python");
+    if !python.exists() {
+        return Err(fail("it has no bin/python".into()));
+    }
+    Ok(python)
+}
+
+fn status_error(status: ffi::PyStatus) -> AppError {
+    let message = if status.err_msg.is_null() {
+        "unknown error".to_string()
+    } else {
+        unsafe { std::ffi::CStr::from_ptr(status.err_msg) }
+            .to_string_lossy()
+            .into_owned()
+    };
+    AppError::Interpreter(message)
+}
+
+/// Initialises Python as if `program` had been run with `argv`, without Python signal handlers,
+/// then releases the GIL so worker threads can take it.
+pub fn initialize(program: Option<&Path>, argv: &[String]) -> Result<(), AppError> {
+    let program = program
+        .map(Path::to_path_buf)
+        .or_else(|| Some(PathBuf::from(BUILD_PYTHON)).filter(|p| !BUILD_PYTHON.is_empty() && p.exists()));
+    unsafe {
+        let mut config = MaybeUninit::<ffi::PyConfig>::uninit();
+        ffi::PyConfig_InitPythonConfig(config.as_mut_ptr());
+        let mut config = config.assume_init();
+        config.install_signal_handlers = 0;
+        config.parse_argv = 0;
+        let result = (|| {
+            if let Some(program) = &program {
+                // getpath derives sys.prefix (and a virtualenv's site-packages) from this.
+                let text = CString::new(program.as_os_str().as_encoded_bytes())
+                    .map_err(|_| AppError::Interpreter("interpreter path contains a NUL byte".into()))?;
+                let status =
+                    ffi::PyConfig_SetBytesString(&mut config, &mut config.program_name, text.as_ptr());
+                if ffi::PyStatus_Exception(status) != 0 {
+                    return Err(status_error(status));
+                }
+            }
+            let args: Vec<CString> = argv
+                .iter()
+                .map(|a| CString::new(a.as_bytes()).unwrap_or_default())
+                .collect();
+            let mut pointers: Vec<*const std::ffi::c_char> = args.iter().map(|a| a.as_ptr()).collect();
+            let status = ffi::PyConfig_SetBytesArgv(
+                &mut config,
+                pointers.len() as ffi::Py_ssize_t,
+                pointers.as_mut_ptr(),
+            );
+            if ffi::PyStatus_Exception(status) != 0 {
+                return Err(status_error(status));
+            }
+            let status = ffi::Py_InitializeFromConfig(&config);
+            if ffi::PyStatus_Exception(status) != 0 {
+                return Err(status_error(status));
+            }
+            Ok(())
+        })();
+        ffi::PyConfig_Clear(&mut config);
+        result?;
+        ffi::PyEval_SaveThread();
+    }
+    Ok(())
+}
+
+/// Configures Python's `logging` like the original: stderr (or syslog, facility daemon, when
+/// `ASHD_USESYSLOG` is set) with the `scgi-wsgi[NAME]: LEVEL: message` format, level INFO.
+pub fn configure_logging(py: Python<'_>) -> PyResult<()> {
+    py.run(
+        cr#"
+import logging, os, sys
+_format = "scgi-wsgi[%(name)s]: %(levelname)s: %(message)s"
+_handler = None
+if "ASHD_USESYSLOG" in os.environ:
+    import logging.handlers
+    try:
+        _handler = logging.handlers.SysLogHandler(
+            address="/dev/log", facility=logging.handlers.SysLogHandler.LOG_DAEMON)
+    except OSError:
+        _handler = None
+if _handler is None:
+    _handler = logging.StreamHandler(sys.stderr)
+_handler.setFormatter(logging.Formatter(_format))
+_root = logging.getLogger()
+_root.addHandler(_handler)
+_root.setLevel(logging.INFO)
+"#,
+        None,
+        None,
+    )
+}
+
+/// Prepends the -p directories to sys.path, first given first.
+pub fn prepend_paths(py: Python<'_>, paths: &[PathBuf]) -> PyResult<()> {
+    let sys_path = py.import("sys")?.getattr("path")?;
+    for (i, path) in paths.iter().enumerate() {
+        let text = path.to_string_lossy();
+        sys_path.call_method1("insert", (i, text.as_ref()))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,53 @@
+//! Everything that touches Python: the interpreter, the app, the environ, wsgi.input and the
+//! response. Nothing here knows about sockets beyond the [`Outbox`](crate::dispatch::Outbox)
+//! a request carries.
+
+pub mod app;
+pub mod environ;
+pub mod input;
+pub mod interp;
+pub mod response;
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use pyo3::prelude::*;
+
+use crate::dispatch::{End, Request};
+use crate::handling::RequestHandler;
+
+/// Serves requests with one WSGI application object.
+pub struct WsgiHandler {
+    app: Py<PyAny>,
+    consts: environ::EnvironConsts,
+}
+
+impl WsgiHandler {
+    /// Wraps a loaded app; `multithread`/`multiprocess` go into every environ.
+    pub fn new(
+        py: Python<'_>,
+        app: Py<PyAny>,
+        multithread: bool,
+        multiprocess: bool,
+    ) -> PyResult<WsgiHandler> {
+        Ok(WsgiHandler {
+            app,
+            consts: environ::EnvironConsts::new(py, multithread, multiprocess)?,
+        })
+    }
+}
+
+impl RequestHandler for WsgiHandler {
+    fn handle(&self, py: Python<'_>, request: Request) {
+        let outbox = std::sync::Arc::clone(&request.outbox);
+        let served = catch_unwind(AssertUnwindSafe(|| {
+            response::serve(py, self.app.bind(py), &self.consts, request)
+        }));
+        if served.is_err() {
+            crate::error!(
+                "wsgi",
+                "internal error while serving a request; connection dropped"
+            );
+            outbox.finish(End::Abort);
+        }
+    }
+}

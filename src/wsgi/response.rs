@@ -1,0 +1,459 @@
+//! `start_response`, `write`, and the loop that calls the app and iterates its response.
+//!
+//! The head is checked when `start_response` is called and sent with the first non-empty body
+//! chunk (or `write`). The iterable's `close()` is called on every path. An error before
+//! anything was sent becomes a 500; after that, the connection is cut.
+
+use std::sync::Arc;
+
+use pyo3::exceptions::{PyBrokenPipeError, PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
+
+use super::app::traceback_text;
+use super::environ::{self, EnvironConsts};
+use super::input::InputStream;
+use crate::dispatch::{ClientGone, End, Outbox, Request};
+
+/// The response sent when the app fails before sending anything.
+pub const INTERNAL_ERROR: &[u8] = b"Status: 500 Internal Server Error\r\n\
+Content-Type: text/plain; charset=utf-8\r\nContent-Length: 26\r\n\r\n500 Internal Server Error\n";
+
+/// Response headers a WSGI app must not set (PEP 3333: hop-by-hop headers belong to the server).
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailers",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// A checked, serialised response head waiting for the first body bytes.
+struct Head {
+    bytes: Vec<u8>,
+    content_length: Option<u64>,
+}
+
+/// Per-response state shared by `start_response`, `write` and the iteration loop.
+struct ResponseState {
+    outbox: Arc<Outbox>,
+    pending: Option<Head>,
+    head_sent: bool,
+    content_length: Option<u64>,
+    body_sent: u64,
+    overflow_logged: bool,
+    is_head_request: bool,
+}
+
+impl ResponseState {
+    /// Sends body bytes (with the head before the first ones), honouring Content-Length,
+    /// and waits without the GIL when the client is behind. `end` ends the response with them.
+    fn send(&mut self, py: Python<'_>, data: &[u8], end: Option<End>) -> PyResult<()> {
+        let mut data = data;
+        if let Some(declared) = self.content_length {
+            let allowed = declared.saturating_sub(self.body_sent);
+            if (data.len() as u64) > allowed {
+                if !self.overflow_logged {
+                    crate::warning!(
+                        "wsgi",
+                        "app sent more than its Content-Length of {declared} bytes; the excess is dropped"
+                    );
+                    self.overflow_logged = true;
+                }
+                data = &data[..allowed as usize];
+            }
+        }
+        let chunk = if self.head_sent {
+            data.to_vec()
+        } else {
+            let head = self.pending.take().ok_or_else(|| {
+                PyRuntimeError::new_err("the app produced body data before calling start_response()")
+            })?;
+            self.head_sent = true;
+            let mut chunk = head.bytes;
+            chunk.extend_from_slice(data);
+            chunk
+        };
+        self.body_sent += data.len() as u64;
+        self.outbox.send(chunk, end).map_err(client_gone)?;
+        if self.outbox.is_full() {
+            let outbox = Arc::clone(&self.outbox);
+            py.detach(move || outbox.wait_for_room()).map_err(client_gone)?;
+        }
+        Ok(())
+    }
+
+    /// Ends a response that ran its course: sends a head still pending, checks the length.
+    fn finish(&mut self, py: Python<'_>) -> PyResult<()> {
+        if !self.head_sent {
+            if self.pending.is_none() {
+                return Err(PyRuntimeError::new_err(
+                    "the app returned without calling start_response()",
+                ));
+            }
+            return self.send(py, b"", Some(End::Complete));
+        }
+        match self.content_length {
+            Some(declared) if self.body_sent < declared && !self.is_head_request => {
+                crate::warning!(
+                    "wsgi",
+                    "response shorter than its Content-Length: {} of {declared} bytes; connection cut",
+                    self.body_sent
+                );
+                self.outbox.finish(End::Abort);
+            }
+            _ => self.outbox.finish(End::Complete),
+        }
+        Ok(())
+    }
+}
+
+fn client_gone(_: ClientGone) -> PyErr {
+    PyBrokenPipeError::new_err("the client closed the connection")
+}
+
+/// The `start_response` callable handed to the app; its `write` method is the WSGI `write`.
+#[pyclass(module = "scgi_wsgi", name = "StartResponse")]
+pub struct StartResponse {
+    state: ResponseState,
+}
+
+#[pymethods]
+impl StartResponse {
+    #[pyo3(signature = (status, headers, exc_info = None))]
+    fn __call__<'py>(
+        slf: &Bound<'py, Self>,
+        status: &Bound<'py, PyAny>,
+        headers: &Bound<'py, PyAny>,
+        exc_info: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        {
+            let mut this = slf.borrow_mut();
+            match exc_info.filter(|e| !e.is_none()) {
+                Some(exc_info) if this.state.head_sent => {
+                    // PEP 3333: too late to change the response; re-raise the app's error.
+                    let value = exc_info.get_item(1)?;
+                    return Err(PyErr::from_value(value));
+                }
+                Some(_) => {}
+                None if this.state.pending.is_some() || this.state.head_sent => {
+                    return Err(PyRuntimeError::new_err(
+                        "start_response() called a second time without exc_info",
+                    ));
+                }
+                None => {}
+            }
+            let head = build_head(status, headers)?;
+            this.state.content_length = head.content_length;
+            this.state.pending = Some(head);
+        }
+        slf.getattr(intern!(py, "write"))
+    }
+
+    /// The WSGI `write(data)` callable: sends `data` at once.
+    fn write(&mut self, py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let bytes = data
+            .cast::<PyBytes>()
+            .map_err(|_| PyTypeError::new_err(format!("write() takes bytes, not {}", type_name(data))))?;
+        if !self.state.head_sent && self.state.pending.is_none() {
+            return Err(PyRuntimeError::new_err("write() called before start_response()"));
+        }
+        self.state.send(py, bytes.as_bytes(), None)
+    }
+}
+
+fn type_name(obj: &Bound<'_, PyAny>) -> String {
+    obj.get_type()
+        .name()
+        .map(|n| n.to_string())
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// A str argument as Latin-1 bytes; anything else, or a character above U+00FF, is an error.
+fn latin1_bytes(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<u8>> {
+    let text = obj
+        .cast::<PyString>()
+        .map_err(|_| PyTypeError::new_err(format!("{what} must be a str, not {}", type_name(obj))))?
+        .to_cow()?;
+    if text.is_ascii() {
+        return Ok(text.as_bytes().to_vec());
+    }
+    text.chars()
+        .map(|c| u8::try_from(c as u32).ok())
+        .collect::<Option<Vec<u8>>>()
+        .ok_or_else(|| PyValueError::new_err(format!("{what} {text:?} has a character that is not Latin-1")))
+}
+
+/// RFC 9110 token characters, the only ones allowed in a header name.
+fn is_token(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&byte)
+}
+
+/// No control characters (CR, LF, NUL, ...) except horizontal tab: nothing that could end a line.
+fn is_field_text(bytes: &[u8]) -> bool {
+    bytes.iter().all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f))
+}
+
+/// Checks status and headers and serialises them as a CGI response head.
+fn build_head(status: &Bound<'_, PyAny>, headers: &Bound<'_, PyAny>) -> PyResult<Head> {
+    let status = latin1_bytes(status, "status")?;
+    let well_formed = status.len() >= 3
+        && status[..3].iter().all(u8::is_ascii_digit)
+        && status[0] != b'0'
+        && (status.len() == 3 || status[3] == b' ')
+        && is_field_text(&status);
+    if !well_formed {
+        return Err(PyValueError::new_err(format!(
+            "status {:?} is not a three-digit code followed by a space and a reason phrase",
+            String::from_utf8_lossy(&status)
+        )));
+    }
+    if !(headers.is_instance_of::<PyList>() || headers.is_instance_of::<PyTuple>()) {
+        return Err(PyTypeError::new_err(format!(
+            "headers must be a list of (name, value) tuples, not {}",
+            type_name(headers)
+        )));
+    }
+    let mut bytes = Vec::with_capacity(128);
+    bytes.extend_from_slice(b"Status: ");
+    bytes.extend_from_slice(&status);
+    bytes.extend_from_slice(b"\r\n");
+    let mut content_length = None;
+    for item in headers.try_iter()? {
+        let item = item?;
+        let pair = item
+            .cast::<PyTuple>()
+            .ok()
+            .filter(|t| t.len() == 2)
+            .ok_or_else(|| {
+                PyTypeError::new_err(format!("a header must be a (name, value) tuple, not {item}"))
+            })?;
+        let name = latin1_bytes(&pair.get_item(0)?, "header name")?;
+        let value = latin1_bytes(&pair.get_item(1)?, "header value")?;
+        if name.is_empty() || !name.iter().all(|&b| is_token(b)) {
+            return Err(PyValueError::new_err(format!(
+                "header name {:?} is not a valid token",
+                String::from_utf8_lossy(&name)
+            )));
+        }
+        if !is_field_text(&value) {
+            return Err(PyValueError::new_err(format!(
+                "header {:?} has a control character (CR, LF, NUL, ...) in its value",
+                String::from_utf8_lossy(&name)
+            )));
+        }
+        let lower = name.to_ascii_lowercase();
+        if HOP_BY_HOP.iter().any(|h| h.as_bytes() == lower.as_slice()) {
+            return Err(PyValueError::new_err(format!(
+                "hop-by-hop header {:?} is not allowed from a WSGI app",
+                String::from_utf8_lossy(&name)
+            )));
+        }
+        if lower == b"status" {
+            return Err(PyValueError::new_err(
+                "a 'Status' header is not allowed; pass the status to start_response()",
+            ));
+        }
+        if lower == b"content-length" {
+            let text = std::str::from_utf8(&value).unwrap_or("").trim();
+            let parsed = text
+                .parse::<u64>()
+                .ok()
+                .filter(|_| text.bytes().all(|b| b.is_ascii_digit()))
+                .ok_or_else(|| PyValueError::new_err(format!("Content-Length {text:?} is not a number")))?;
+            content_length = Some(parsed);
+        }
+        bytes.extend_from_slice(&name);
+        bytes.extend_from_slice(b": ");
+        bytes.extend_from_slice(&value);
+        bytes.extend_from_slice(b"\r\n");
+    }
+    bytes.extend_from_slice(b"\r\n");
+    Ok(Head {
+        bytes,
+        content_length,
+    })
+}
+
+/// Runs the app for one request and sends its response.
+pub fn serve(py: Python<'_>, app: &Bound<'_, PyAny>, consts: &EnvironConsts, request: Request) {
+    let Request {
+        buf,
+        payload,
+        body,
+        outbox,
+        ..
+    } = request;
+    let is_head_request =
+        crate::scgi::headers(&buf[payload.clone()]).any(|(n, v)| n == b"REQUEST_METHOD" && v == b"HEAD");
+    let environ = match environ::build(py, &buf[payload], consts) {
+        Ok(environ) => environ,
+        Err(err) => {
+            crate::error!("wsgi", "cannot build the environ: {}", traceback_text(py, &err));
+            let _ = outbox.send(INTERNAL_ERROR.to_vec(), Some(End::Complete));
+            return;
+        }
+    };
+    let responder = StartResponse {
+        state: ResponseState {
+            outbox: Arc::clone(&outbox),
+            pending: None,
+            head_sent: false,
+            content_length: None,
+            body_sent: 0,
+            overflow_logged: false,
+            is_head_request,
+        },
+    };
+    let prepared = Bound::new(py, InputStream::new(buf, body))
+        .and_then(|input| environ.set_item(intern!(py, "wsgi.input"), input))
+        .and_then(|_| Bound::new(py, responder));
+    let responder = match prepared {
+        Ok(responder) => responder,
+        Err(err) => {
+            crate::error!("wsgi", "cannot prepare the request: {}", traceback_text(py, &err));
+            let _ = outbox.send(INTERNAL_ERROR.to_vec(), Some(End::Complete));
+            return;
+        }
+    };
+    let result = match app.call1((&environ, &responder)) {
+        Ok(result) => result,
+        Err(err) => return fail(py, &environ, &responder, &err),
+    };
+    if let Err(err) = iterate(py, &result, &responder) {
+        fail(py, &environ, &responder, &err);
+    }
+    // PEP 3333: close() whenever the iterable has one, however the response ended.
+    match result.getattr_opt(intern!(py, "close")) {
+        Ok(Some(close)) => {
+            if let Err(err) = close.call0() {
+                log_app_error(py, &environ, "the response's close() raised", &err);
+            }
+        }
+        Ok(None) => {}
+        Err(err) => log_app_error(py, &environ, "looking up the response's close() failed", &err),
+    }
+}
+
+/// Sends every chunk of the response iterable; list and tuple responses end with their last chunk.
+fn iterate(py: Python<'_>, result: &Bound<'_, PyAny>, responder: &Bound<'_, StartResponse>) -> PyResult<()> {
+    let sequence = result
+        .cast::<PyList>()
+        .ok()
+        .map(|l| l.to_tuple())
+        .or_else(|| result.cast::<PyTuple>().ok().cloned());
+    if let Some(items) = sequence {
+        let count = items.len();
+        if count == 1 {
+            return send_only_chunk(py, &items.get_item(0)?, responder);
+        }
+        for item in items.iter() {
+            send_chunk(py, &item, responder)?;
+        }
+    } else {
+        for item in result.try_iter()? {
+            send_chunk(py, &item?, responder)?;
+        }
+    }
+    responder.borrow_mut().state.finish(py)
+}
+
+fn chunk_bytes<'a, 'py>(item: &'a Bound<'py, PyAny>) -> PyResult<&'a Bound<'py, PyBytes>> {
+    item.cast::<PyBytes>().map_err(|_| {
+        PyTypeError::new_err(format!(
+            "the response iterable yielded {}, not bytes",
+            type_name(item)
+        ))
+    })
+}
+
+fn send_chunk(py: Python<'_>, item: &Bound<'_, PyAny>, responder: &Bound<'_, StartResponse>) -> PyResult<()> {
+    let bytes = chunk_bytes(item)?.as_bytes();
+    if bytes.is_empty() {
+        return Ok(());
+    }
+    responder.borrow_mut().state.send(py, bytes, None)
+}
+
+/// A one-chunk response: head, body and end go to the loop in one hand-off, and the head
+/// gets a Content-Length when the app gave none.
+fn send_only_chunk(
+    py: Python<'_>,
+    item: &Bound<'_, PyAny>,
+    responder: &Bound<'_, StartResponse>,
+) -> PyResult<()> {
+    let bytes = chunk_bytes(item)?.as_bytes();
+    let mut this = responder.borrow_mut();
+    let state = &mut this.state;
+    if let Some(head) = state.pending.as_mut().filter(|h| h.content_length.is_none()) {
+        head.bytes.truncate(head.bytes.len() - 2);
+        head.bytes
+            .extend_from_slice(format!("Content-Length: {}\r\n\r\n", bytes.len()).as_bytes());
+        head.content_length = Some(bytes.len() as u64);
+        state.content_length = head.content_length;
+    }
+    if state.head_sent || bytes.is_empty() || state.pending.is_none() {
+        drop(this);
+        send_chunk(py, item, responder)?;
+        return responder.borrow_mut().state.finish(py);
+    }
+    let short = state.content_length.is_some_and(|cl| (bytes.len() as u64) < cl) && !state.is_head_request;
+    if short {
+        state.send(py, bytes, None)?;
+        return state.finish(py);
+    }
+    state.send(py, bytes, Some(End::Complete))
+}
+
+fn request_line(environ: &Bound<'_, PyDict>) -> String {
+    let get = |key: &str| {
+        environ
+            .get_item(key)
+            .ok()
+            .flatten()
+            .and_then(|v| v.extract::<String>().ok())
+            .unwrap_or_default()
+    };
+    let uri = match get("REQUEST_URI") {
+        uri if !uri.is_empty() => uri,
+        _ => format!("{}{}", get("SCRIPT_NAME"), get("PATH_INFO")),
+    };
+    format!("{} {}", get("REQUEST_METHOD"), uri)
+}
+
+fn log_app_error(py: Python<'_>, environ: &Bound<'_, PyDict>, what: &str, err: &PyErr) {
+    crate::error!(
+        "wsgi",
+        "{what} for {}:\n{}",
+        request_line(environ),
+        traceback_text(py, err).trim_end()
+    );
+}
+
+/// Handles an exception from the app: a 500 when nothing was sent yet, otherwise a cut connection.
+fn fail(py: Python<'_>, environ: &Bound<'_, PyDict>, responder: &Bound<'_, StartResponse>, err: &PyErr) {
+    let this = responder.borrow();
+    let outbox = &this.state.outbox;
+    if outbox.client_gone() {
+        crate::debug!("wsgi", "client went away during {}", request_line(environ));
+        outbox.finish(End::Abort);
+        return;
+    }
+    if this.state.head_sent {
+        log_app_error(
+            py,
+            environ,
+            "the app failed after the response began; connection cut",
+            err,
+        );
+        outbox.finish(End::Abort);
+    } else {
+        log_app_error(py, environ, "the app failed; answering 500", err);
+        let _ = outbox.send(INTERNAL_ERROR.to_vec(), Some(End::Complete));
+    }
+}
