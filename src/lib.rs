@@ -66,6 +66,11 @@ pub fn main_entry() -> ExitCode {
         log::set_min_level(log::Level::Debug);
     }
     raise_fd_limit();
+    // Before anything slow: a stop signal during start-up then ends in an orderly exit.
+    let signals = match SignalPipe::install() {
+        Ok(signals) => signals,
+        Err(e) => return fatal(format!("cannot install signal handlers: {e}")),
+    };
     let listener = match Listener::open(&config.listen, config.backlog) {
         Ok(listener) => listener,
         Err(e) => return fatal(e),
@@ -74,7 +79,7 @@ pub fn main_entry() -> ExitCode {
         Ok(handler) => handler,
         Err(message) => return fatal(message),
     };
-    serve(config, listener, handler)
+    serve(config, listener, signals, handler)
 }
 
 fn start_python(config: &Config) -> Result<wsgi::WsgiHandler, String> {
@@ -114,13 +119,9 @@ fn start_pdm(py: Python<'_>, spec: &str) {
     }
 }
 
-fn serve(config: Config, listener: Listener, handler: wsgi::WsgiHandler) -> ExitCode {
+fn serve(config: Config, listener: Listener, signals: SignalPipe, handler: wsgi::WsgiHandler) -> ExitCode {
     let description = listener.describe();
     let pool = WorkerPool::new(&config.model, Arc::new(handler));
-    let signals = match SignalPipe::install() {
-        Ok(signals) => signals,
-        Err(e) => return fatal(format!("cannot install signal handlers: {e}")),
-    };
     let poll = match mio::Poll::new() {
         Ok(poll) => poll,
         Err(e) => return fatal(format!("cannot create the event loop: {e}")),

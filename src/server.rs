@@ -286,8 +286,17 @@ impl<D: Dispatcher> Server<D> {
             return;
         };
         if readable {
+            let phase_before = conn.phase;
             match conn.on_readable(&mut self.scratch, &self.limits) {
-                ReadOutcome::Pending => {}
+                ReadOutcome::Pending => {
+                    // The body's stall timer replaces the head timer once the head is in.
+                    if phase_before == Phase::Head && conn.phase == Phase::Body {
+                        let serial = conn.serial;
+                        if let Some(deadline) = conn.deadline(&self.limits) {
+                            self.timers.push(Reverse((deadline, key, serial)));
+                        }
+                    }
+                }
                 ReadOutcome::Complete => self.dispatch(key),
                 ReadOutcome::Refuse(refusal) => self.refuse(key, &refusal),
                 ReadOutcome::Closed => {
@@ -466,7 +475,7 @@ impl<D: Dispatcher> Server<D> {
                     &Refusal {
                         status: "408 Request Timeout",
                         cause: format!(
-                            "the SCGI head did not arrive within {:.0} s (--head-timeout)",
+                            "the SCGI head did not arrive within {:.1} s (--head-timeout)",
                             self.limits.head_timeout.as_secs_f64()
                         ),
                     },
@@ -478,7 +487,7 @@ impl<D: Dispatcher> Server<D> {
                         &Refusal {
                             status: "408 Request Timeout",
                             cause: format!(
-                                "request body stalled at {got} of {declared} bytes for {:.0} s (--body-timeout)",
+                                "request body stalled at {got} of {declared} bytes for {:.1} s (--body-timeout)",
                                 self.limits.body_timeout.as_secs_f64()
                             ),
                         },
@@ -487,7 +496,7 @@ impl<D: Dispatcher> Server<D> {
                 Phase::Running | Phase::Closing => {
                     warning!(
                         "server",
-                        "client has not read any of the response for {:.0} s (--write-timeout); dropping it",
+                        "client has not read any of the response for {:.1} s (--write-timeout); dropping it",
                         self.limits.write_timeout.as_secs_f64()
                     );
                     if let Some(outbox) = &conn.outbox {

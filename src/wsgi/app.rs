@@ -46,7 +46,11 @@ pub fn one_line(py: Python<'_>, err: &PyErr) -> String {
 /// The full traceback of `err`, as Python would print it.
 pub fn traceback_text(py: Python<'_>, err: &PyErr) -> String {
     let formatted = py.import("traceback").and_then(|tb| {
-        tb.call_method1("format_exception", (err.value(py),))
+        let trace = err
+            .traceback(py)
+            .map(|t| t.into_any())
+            .unwrap_or_else(|| py.None().into_bound(py));
+        tb.call_method1("format_exception", (err.get_type(py), err.value(py), trace))
             .and_then(|lines| lines.extract::<Vec<String>>())
     });
     match formatted {

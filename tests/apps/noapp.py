@@ -1,0 +1,3 @@
+"""A handler module with neither `application` nor `wmain`."""
+
+NOTHING = None
