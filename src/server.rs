@@ -25,6 +25,17 @@ const SIGNALS: Token = Token(usize::MAX - 3);
 /// How long to stop accepting after the process ran out of file descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
+/// How often a starved listener repeats its warning.
+const STARVED_REMINDER: Duration = Duration::from_secs(10);
+
+/// An episode of accept failing for lack of descriptors or memory.
+#[derive(Debug, Clone, Copy)]
+struct AcceptStarved {
+    since: Instant,
+    warned: Option<Instant>,
+    failures: u64,
+}
+
 /// Why the loop ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {
@@ -95,6 +106,10 @@ pub struct Server<D: Dispatcher> {
     accept_paused_until: Option<Instant>,
     /// The listener may have connections we left waiting (at the connection limit).
     accept_pending: bool,
+    /// Accepting fails for lack of descriptors (or memory): since when, the last warning, and
+    /// how many retries failed. The episode ends when the backlog is empty again, so a few
+    /// lines describe it instead of one per retry.
+    accept_starved: Option<AcceptStarved>,
 }
 
 impl<D: Dispatcher> Server<D> {
@@ -130,6 +145,7 @@ impl<D: Dispatcher> Server<D> {
             draining_since: None,
             accept_paused_until: None,
             accept_pending: false,
+            accept_starved: None,
         })
     }
 
@@ -255,7 +271,17 @@ impl<D: Dispatcher> Server<D> {
                     self.timers
                         .push(Reverse((now + self.limits.head_timeout, key, serial)));
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if let Some(starved) = self.accept_starved.take() {
+                        info!(
+                            "server",
+                            "accepting normally again: every waiting connection taken after {:.1} s of failed accepts ({} failures)",
+                            starved.since.elapsed().as_secs_f64(),
+                            starved.failures
+                        );
+                    }
+                    return;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e)
                     if matches!(
@@ -263,12 +289,27 @@ impl<D: Dispatcher> Server<D> {
                         Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
                     ) =>
                 {
-                    warning!(
-                        "server",
-                        "cannot accept: {e} ({} connections open); pausing accepts for {} ms",
-                        self.conns.len(),
-                        ACCEPT_BACKOFF.as_millis()
-                    );
+                    let now = Instant::now();
+                    let starved = self.accept_starved.get_or_insert(AcceptStarved {
+                        since: now,
+                        warned: None,
+                        failures: 0,
+                    });
+                    starved.failures += 1;
+                    if starved
+                        .warned
+                        .is_none_or(|t| now.duration_since(t) >= STARVED_REMINDER)
+                    {
+                        starved.warned = Some(now);
+                        warning!(
+                            "server",
+                            "cannot accept: {e} ({} connections open, {} failures in {:.0} s); retrying every {} ms",
+                            self.conns.len(),
+                            starved.failures,
+                            now.duration_since(starved.since).as_secs_f64(),
+                            ACCEPT_BACKOFF.as_millis()
+                        );
+                    }
                     self.accept_paused_until = Some(Instant::now() + ACCEPT_BACKOFF);
                     return;
                 }

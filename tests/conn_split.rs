@@ -17,7 +17,11 @@ use scgi_wsgi::listen::Stream;
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Outcome {
     /// The request was complete: its header block and its body, as bytes.
-    Complete { headers: Vec<u8>, body: Vec<u8>, spilled: bool },
+    Complete {
+        headers: Vec<u8>,
+        body: Vec<u8>,
+        spilled: bool,
+    },
     /// Refused with this status and cause.
     Refused(Refusal),
     /// Still reading when the client ended its side, in this phase, with this many bytes in.
