@@ -1,6 +1,8 @@
 //! The request head becomes the environ dict: every SCGI header, values as native strings
 //! holding the raw bytes as Latin-1 (PEP 3333), plus the `wsgi.*` keys.
 
+use std::collections::HashMap;
+
 use pyo3::ffi;
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -143,7 +145,15 @@ pub fn build<'py>(
     let environ = PyDict::new(py);
     let mut ash_protocol: Option<&[u8]> = None;
     let mut https = false;
+    // Repeated HTTP_ headers, joined as raw bytes and stored once at the end: joining in the
+    // dict each time was quadratic (a 64 KiB head of duplicates took seconds under the GIL).
+    let mut repeated: HashMap<&[u8], Vec<u8>> = HashMap::new();
     for (name, value) in scgi::headers(header_block) {
+        if let Some(joined) = repeated.get_mut(name) {
+            joined.extend_from_slice(join_separator(name));
+            joined.extend_from_slice(value);
+            continue;
+        }
         let key = match known_key(py, name) {
             Some(key) => key.clone(),
             None => latin1(py, name)?,
@@ -152,23 +162,32 @@ pub fn build<'py>(
             Some(v) => v.clone(),
             None => latin1(py, value)?,
         };
+        // Whether the key was new shows in the size: the value returned cannot tell, as equal
+        // short strings are often the very same object.
+        let size_before = environ.len();
         // SAFETY: dict, key and value are live objects; the result is a borrowed reference.
         let existing = unsafe { ffi::PyDict_SetDefault(environ.as_ptr(), key.as_ptr(), value_obj.as_ptr()) };
         if existing.is_null() {
             return Err(PyErr::fetch(py));
         }
-        if existing != value_obj.as_ptr() && name.starts_with(b"HTTP_") {
+        if environ.len() == size_before && name.starts_with(b"HTTP_") {
             // The same HTTP header twice (nginx and ashd pass them so): join as a proxy would.
-            let separator = if name == b"HTTP_COOKIE" { "; " } else { ", " };
+            // SAFETY: `existing` is a live borrowed reference into the dict.
             let first = unsafe { Bound::from_borrowed_ptr(py, existing) };
-            let joined = format!("{}{separator}{}", first.str()?, value_obj);
-            environ.set_item(&key, latin1_from_str(py, &joined)?)?;
+            let first: String = first.extract()?;
+            let mut joined: Vec<u8> = first.chars().map(|c| c as u32 as u8).collect();
+            joined.extend_from_slice(join_separator(name));
+            joined.extend_from_slice(value);
+            repeated.insert(name, joined);
         }
         match name {
             b"HTTP_X_ASH_PROTOCOL" => ash_protocol = Some(value),
             b"HTTPS" => https = value.eq_ignore_ascii_case(b"on") || value == b"1",
             _ => {}
         }
+    }
+    for (name, joined) in &repeated {
+        environ.set_item(latin1(py, name)?, latin1(py, joined)?)?;
     }
     let scheme = match ash_protocol {
         Some(b"https") => intern!(py, "https"),
@@ -185,6 +204,15 @@ pub fn build<'py>(
     environ.set_item(intern!(py, "wsgi.run_once"), false)?;
     environ.set_item(intern!(py, "wsgi.input_terminated"), true)?;
     Ok(environ)
+}
+
+/// What goes between the values of a repeated HTTP header: cookies use `; ` (RFC 6265).
+fn join_separator(name: &[u8]) -> &'static [u8] {
+    if name == b"HTTP_COOKIE" {
+        b"; "
+    } else {
+        b", "
+    }
 }
 
 /// Re-makes a str whose characters are all below 256 (joined header values) without a UTF-8 trip.
