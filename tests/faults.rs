@@ -443,3 +443,47 @@ fn running_out_of_file_descriptors_recovers_when_clients_close() {
     assert!(log.contains("accepting normally again"), "{log}");
     assert_recovers(&server, base, "descriptor exhaustion");
 }
+
+#[test]
+fn out_of_descriptors_for_spill_files_each_request_is_answered_or_refused_clearly() {
+    let server = start();
+    let base = baseline(&server);
+    let pid = server.pid();
+    limit_fds(pid, 64);
+    // Bodies over the 1 MiB buffer each need a temporary file besides their connection.
+    let size = (1 << 20) + 4096;
+    let body = vec![b's'; size];
+    let outcomes: Vec<Response> = thread::scope(|s| {
+        let handles: Vec<_> = (0..60)
+            .map(|_| {
+                let body = &body;
+                let server = &server;
+                s.spawn(move || {
+                    server.request(&ScgiRequest::post(
+                        "/body-length",
+                        "application/octet-stream",
+                        body,
+                    ))
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut refused = 0;
+    for response in &outcomes {
+        match response.status {
+            200 => assert_eq!(response.text(), size.to_string()),
+            503 => {
+                assert!(
+                    response.text().contains("temporary file"),
+                    "a refusal names its cause: {}",
+                    response.text()
+                );
+                refused += 1;
+            }
+            other => panic!("unexpected status {other}: {}", response.text()),
+        }
+    }
+    println!("{refused} of {} refused for lack of descriptors", outcomes.len());
+    assert_recovers(&server, base, "descriptor exhaustion with spilled bodies");
+}
