@@ -502,3 +502,18 @@ fn out_of_descriptors_for_spill_files_each_request_is_answered_or_refused_clearl
     println!("{refused} of {} refused for lack of descriptors", outcomes.len());
     assert_recovers(&server, base, "descriptor exhaustion with spilled bodies");
 }
+
+/// Regression: a `write()` kept by the app and called after its response ended queued into an
+/// outbox nobody drains any more; past the buffer limit it waited for room forever, and the
+/// worker thread was lost.
+#[test]
+fn write_after_the_response_ended_fails_instead_of_wedging_a_worker() {
+    let server = start();
+    let base = baseline(&server);
+    assert_eq!(server.get("/keep-write").text(), "kept");
+    for _ in 0..3 {
+        let outcome = server.get("/stale-write?1048576").text();
+        assert!(outcome.starts_with("BrokenPipeError"), "{outcome}");
+    }
+    assert_recovers(&server, base, "write() after the end of its response");
+}

@@ -173,6 +173,26 @@ def body_length(environ, start_response):
     return _text(start_response, str(len(data)))
 
 
+_stale = []
+
+
+def keep_write(environ, start_response):
+    """Keeps its write() callable for a later request (an app bug)."""
+    _stale.append(start_response("200 OK", [("Content-Type", "text/plain")]))
+    return iter([b"kept"])
+
+
+def stale_write(environ, start_response):
+    """Calls the write() of a response that ended long ago, with QUERY_STRING bytes."""
+    size = int(_query(environ) or "1")
+    try:
+        _stale[-1](b"s" * size)
+        outcome = "accepted"
+    except Exception as e:
+        outcome = "%s: %s" % (type(e).__name__, e)
+    return _text(start_response, outcome)
+
+
 ROUTES = {
     "/ok": ok,
     "/sleep": sleep,
@@ -193,6 +213,8 @@ ROUTES = {
     "/stream": stream,
     "/closed": closed,
     "/body-length": body_length,
+    "/keep-write": keep_write,
+    "/stale-write": stale_write,
 }
 
 
