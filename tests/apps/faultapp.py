@@ -4,12 +4,14 @@ Served with -A. Requests that block wait on named events that /release sets, so 
 never depend on timing.
 """
 
+import collections
 import threading
 import time
 
 _events = {}
 _events_lock = threading.Lock()
-_closed = []
+# How many times each kind of iterable was closed (a count, so long runs do not grow it).
+_closed = collections.Counter()
 
 
 def _event(name):
@@ -97,7 +99,7 @@ class _CloseRaises:
         yield b"body"
 
     def close(self):
-        _closed.append("close-raises")
+        _closed["close-raises"] += 1
         raise RuntimeError("deliberate failure in close()")
 
 
@@ -156,7 +158,7 @@ class _Stream:
             yield block
 
     def close(self):
-        _closed.append("stream")
+        _closed["stream"] += 1
 
 
 def stream(environ, start_response):
@@ -165,7 +167,7 @@ def stream(environ, start_response):
 
 
 def closed(environ, start_response):
-    return _text(start_response, ",".join(_closed))
+    return _text(start_response, ",".join(_closed.elements()))
 
 
 def body_length(environ, start_response):
