@@ -32,8 +32,9 @@ const STARVED_REMINDER: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone, Copy)]
 struct AcceptStarved {
     since: Instant,
-    warned: Option<Instant>,
     failures: u64,
+    /// A warning was logged during this episode, so its end is logged too.
+    warned: bool,
 }
 
 /// Why the loop ended.
@@ -110,6 +111,9 @@ pub struct Server<D: Dispatcher> {
     /// how many retries failed. The episode ends when the backlog is empty again, so a few
     /// lines describe it instead of one per retry.
     accept_starved: Option<AcceptStarved>,
+    /// When the last starvation warning was logged: at most one per [`STARVED_REMINDER`],
+    /// across episodes, as a load that keeps descriptors scarce starts and ends many.
+    starved_warning: Option<Instant>,
 }
 
 impl<D: Dispatcher> Server<D> {
@@ -146,6 +150,7 @@ impl<D: Dispatcher> Server<D> {
             accept_paused_until: None,
             accept_pending: false,
             accept_starved: None,
+            starved_warning: None,
         })
     }
 
@@ -272,7 +277,7 @@ impl<D: Dispatcher> Server<D> {
                         .push(Reverse((now + self.limits.head_timeout, key, serial)));
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if let Some(starved) = self.accept_starved.take() {
+                    if let Some(starved) = self.accept_starved.take().filter(|s| s.warned) {
                         info!(
                             "server",
                             "accepting normally again: every waiting connection taken after {:.1} s of failed accepts ({} failures)",
@@ -292,15 +297,16 @@ impl<D: Dispatcher> Server<D> {
                     let now = Instant::now();
                     let starved = self.accept_starved.get_or_insert(AcceptStarved {
                         since: now,
-                        warned: None,
                         failures: 0,
+                        warned: false,
                     });
                     starved.failures += 1;
-                    if starved
-                        .warned
+                    if self
+                        .starved_warning
                         .is_none_or(|t| now.duration_since(t) >= STARVED_REMINDER)
                     {
-                        starved.warned = Some(now);
+                        self.starved_warning = Some(now);
+                        starved.warned = true;
                         warning!(
                             "server",
                             "cannot accept: {e} ({} connections open, {} failures in {:.0} s); retrying every {} ms",

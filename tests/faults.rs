@@ -449,10 +449,11 @@ fn running_out_of_file_descriptors_recovers_when_clients_close() {
     });
     assert!(answered.iter().all(|t| t == "ok"), "{answered:?}");
     // Regression: the warning was repeated every 100 ms for as long as descriptors lacked.
+    // Now it comes at most every 10 s (twice if this test ran that long).
     let log = server.stderr_text();
     let warnings = log.matches("cannot accept").count();
     assert!(
-        warnings <= 3,
+        warnings <= 2,
         "one warning per episode, not per retry ({warnings}):\n{log}"
     );
     assert!(log.contains("accepting normally again"), "{log}");
