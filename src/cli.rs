@@ -62,6 +62,11 @@ pub struct Args {
     #[arg(short = 'H', long = "virtualenv", value_name = "DIR")]
     pub virtualenv: Option<PathBuf>,
 
+    /// Run the app in worker processes of this Python (e.g. pypy3, python3.12) instead of the
+    /// embedded interpreter
+    #[arg(long, value_name = "PYTHON")]
+    pub interpreter: Option<String>,
+
     /// Seconds to let requests in flight finish after SIGTERM or SIGINT
     #[arg(long, value_name = "SECS", default_value = "30")]
     pub graceful_timeout: String,
@@ -172,6 +177,8 @@ pub struct Config {
     pub pdm: Option<String>,
     /// Virtualenv to run in, if any.
     pub virtualenv: Option<PathBuf>,
+    /// External interpreter command, when the app runs outside this process.
+    pub interpreter: Option<String>,
     /// Bound on the wait for requests in flight at shutdown.
     pub graceful_timeout: Duration,
     /// Size and time limits.
@@ -239,6 +246,7 @@ impl Args {
             backlog: self.backlog,
             pdm: self.pdm,
             virtualenv,
+            interpreter: self.interpreter.filter(|i| !i.is_empty()),
             graceful_timeout: parse_secs("--graceful-timeout", &self.graceful_timeout)?,
             limits,
             verbose: self.verbose,

@@ -71,11 +71,25 @@ pub struct ConnId {
     pub serial: u64,
 }
 
+/// What an outbox tells an observer (the external-interpreter mode forwards it to its worker).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutboxEvent {
+    /// This many bytes in all have reached the client's socket.
+    Written(u64),
+    /// The client went away.
+    ClientGone,
+}
+
+/// A callback the event loop runs (briefly, without blocking) on each [`OutboxEvent`].
+pub type OutboxObserver = Box<dyn Fn(OutboxEvent) + Send + Sync>;
+
 #[derive(Debug, Default)]
 struct OutState {
     chunks: VecDeque<Vec<u8>>,
     /// Bytes handed over and not yet written to the socket.
     unsent: usize,
+    /// Bytes written to the socket so far.
+    written_total: u64,
     end: Option<End>,
     client_gone: bool,
     /// A notification for this outbox is already on its way to the loop.
@@ -83,13 +97,22 @@ struct OutState {
 }
 
 /// One response's queue from a worker to the event loop.
-#[derive(Debug)]
 pub struct Outbox {
     id: ConnId,
     state: Mutex<OutState>,
     room: Condvar,
     notifier: Arc<Notifier>,
     high_water: usize,
+    observer: std::sync::OnceLock<OutboxObserver>,
+}
+
+impl std::fmt::Debug for Outbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbox")
+            .field("id", &self.id)
+            .field("high_water", &self.high_water)
+            .finish()
+    }
 }
 
 impl Outbox {
@@ -101,7 +124,18 @@ impl Outbox {
             room: Condvar::new(),
             notifier,
             high_water,
+            observer: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Sets the observer that hears about bytes written and the client going away (once).
+    pub fn observe(&self, observer: OutboxObserver) {
+        let _ = self.observer.set(observer);
+    }
+
+    /// The most bytes a producer may have queued before it must wait.
+    pub fn high_water(&self) -> usize {
+        self.high_water
     }
 
     fn lock(&self) -> MutexGuard<'_, OutState> {
@@ -175,18 +209,28 @@ impl Outbox {
         let mut state = self.lock();
         let before = state.unsent;
         state.unsent = state.unsent.saturating_sub(n);
+        state.written_total += n as u64;
+        let total = state.written_total;
         if before > self.high_water / 2 && state.unsent <= self.high_water / 2 {
             self.room.notify_all();
+        }
+        drop(state);
+        if let Some(observer) = self.observer.get() {
+            observer(OutboxEvent::Written(total));
         }
     }
 
     /// Loop side: the client is gone; producers stop at their next send or wait.
     pub(crate) fn mark_client_gone(&self) {
         let mut state = self.lock();
-        state.client_gone = true;
+        let was_gone = std::mem::replace(&mut state.client_gone, true);
         state.chunks.clear();
         state.unsent = 0;
         self.room.notify_all();
+        drop(state);
+        if let Some(observer) = self.observer.get().filter(|_| !was_gone) {
+            observer(OutboxEvent::ClientGone);
+        }
     }
 }
 

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod conn;
 pub mod dispatch;
 pub mod error;
+pub mod external;
 pub mod handling;
 pub mod listen;
 pub mod log;
@@ -75,11 +76,74 @@ pub fn main_entry() -> ExitCode {
         Ok(listener) => listener,
         Err(e) => return fatal(e),
     };
+    if let Some(interpreter) = config.interpreter.clone() {
+        let dispatcher = match start_external(&config, interpreter) {
+            Ok(dispatcher) => dispatcher,
+            Err(message) => return fatal(message),
+        };
+        return serve(config, listener, signals, dispatcher);
+    }
     let handler = match start_python(&config) {
         Ok(handler) => handler,
         Err(message) => return fatal(message),
     };
-    serve(config, listener, signals, handler)
+    let pool = WorkerPool::new(&config.model, Arc::new(handler));
+    let exit = serve(config, listener, signals, pool);
+    // Let the app's atexit handlers run and its output reach the streams.
+    Python::attach(|py| {
+        let _ = py.run(
+            c"import atexit, sys\natexit._run_exitfuncs()\nsys.stdout.flush()\nsys.stderr.flush()",
+            None,
+            None,
+        );
+    });
+    exit
+}
+
+/// Starts the external-interpreter worker (`--interpreter`), in the virtualenv if one is named.
+fn start_external(config: &Config, interpreter: String) -> Result<external::ExternalDispatcher, String> {
+    let mut env = Vec::new();
+    let mut interpreter = interpreter;
+    if let Some(venv) = &config.virtualenv {
+        let bin = venv.join("bin");
+        if !venv.join("pyvenv.cfg").exists() {
+            return Err(format!(
+                "cannot use virtualenv {}: it has no pyvenv.cfg",
+                venv.display()
+            ));
+        }
+        // The virtualenv's own interpreter: the same name in its bin/, else its bin/python.
+        let name = std::path::Path::new(&interpreter)
+            .file_name()
+            .map(|n| n.to_os_string())
+            .unwrap_or_default();
+        interpreter = [bin.join(&name), bin.join("python")]
+            .into_iter()
+            .find(|candidate| candidate.exists())
+            .ok_or_else(|| format!("cannot use virtualenv {}: it has no bin/python", venv.display()))?
+            .to_string_lossy()
+            .into_owned();
+        let path = std::env::var("PATH").unwrap_or_default();
+        env.push(("VIRTUAL_ENV".to_string(), venv.to_string_lossy().into_owned()));
+        env.push(("PATH".to_string(), format!("{}:{path}", bin.display())));
+    }
+    let spec = external::WorkerSpec {
+        interpreter,
+        module: config.module.clone(),
+        use_application: config.use_application,
+        args: config.args.clone(),
+        paths: config
+            .module_paths
+            .iter()
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect(),
+        no_logging: config.no_logging,
+        model: config.model.clone(),
+        multiprocess: false,
+        window: config.limits.write_buffer,
+        env,
+    };
+    external::ExternalDispatcher::start(spec, std::env::args().collect())
 }
 
 fn start_python(config: &Config) -> Result<wsgi::WsgiHandler, String> {
@@ -119,9 +183,13 @@ fn start_pdm(py: Python<'_>, spec: &str) {
     }
 }
 
-fn serve(config: Config, listener: Listener, signals: SignalPipe, handler: wsgi::WsgiHandler) -> ExitCode {
+fn serve<D: dispatch::Dispatcher>(
+    config: Config,
+    listener: Listener,
+    signals: SignalPipe,
+    pool: D,
+) -> ExitCode {
     let description = listener.describe();
-    let pool = WorkerPool::new(&config.model, Arc::new(handler));
     let poll = match mio::Poll::new() {
         Ok(poll) => poll,
         Err(e) => return fatal(format!("cannot create the event loop: {e}")),
@@ -144,14 +212,7 @@ fn serve(config: Config, listener: Listener, signals: SignalPipe, handler: wsgi:
         std::process::id()
     );
     let exit = server.run();
-    // Let the app's atexit handlers run and its output reach the streams.
-    Python::attach(|py| {
-        let _ = py.run(
-            c"import atexit, sys\natexit._run_exitfuncs()\nsys.stdout.flush()\nsys.stderr.flush()",
-            None,
-            None,
-        );
-    });
+    drop(server);
     match exit {
         Ok(Exit::Drained) => {
             info!("server", "all requests finished; exiting");

@@ -238,3 +238,79 @@ fn fill_cgi_defaults(
     }
     Ok(())
 }
+
+/// The CGI variables for a request as `NAME NUL VALUE NUL ...` bytes, by the same rules as
+/// [`build`] (duplicates joined, defaults filled), plus `wsgi.url_scheme`: what the
+/// external-interpreter worker turns into its environ.
+pub fn cgi_pairs(header_block: &[u8]) -> Vec<u8> {
+    use std::borrow::Cow;
+    let mut pairs: Vec<(Cow<'_, [u8]>, Cow<'_, [u8]>)> = Vec::with_capacity(32);
+    let mut ash_protocol: Option<&[u8]> = None;
+    let mut https = false;
+    for (name, value) in scgi::headers(header_block) {
+        match name {
+            b"HTTP_X_ASH_PROTOCOL" => ash_protocol = Some(value),
+            b"HTTPS" => https = value.eq_ignore_ascii_case(b"on") || value == b"1",
+            _ => {}
+        }
+        match pairs.iter_mut().find(|(n, _)| n.as_ref() == name) {
+            Some((_, first)) if name.starts_with(b"HTTP_") => {
+                let separator: &[u8] = if name == b"HTTP_COOKIE" { b"; " } else { b", " };
+                let mut joined = first.to_vec();
+                joined.extend_from_slice(separator);
+                joined.extend_from_slice(value);
+                *first = Cow::Owned(joined);
+            }
+            Some(_) => {}
+            None => pairs.push((Cow::Borrowed(name), Cow::Borrowed(value))),
+        }
+    }
+    let scheme: &[u8] = match ash_protocol {
+        Some(b"https") => b"https",
+        Some(b"http") => b"http",
+        _ if https => b"https",
+        _ => b"http",
+    };
+    let has =
+        |pairs: &[(Cow<'_, [u8]>, Cow<'_, [u8]>)], key: &[u8]| pairs.iter().any(|(n, _)| n.as_ref() == key);
+    for (key, default) in [
+        (&b"SCRIPT_NAME"[..], &b""[..]),
+        (b"PATH_INFO", b""),
+        (b"QUERY_STRING", b""),
+        (b"REQUEST_METHOD", b"GET"),
+        (b"SERVER_PROTOCOL", b"HTTP/1.0"),
+    ] {
+        if !has(&pairs, key) {
+            pairs.push((Cow::Borrowed(key), Cow::Borrowed(default)));
+        }
+    }
+    if !has(&pairs, b"SERVER_NAME") {
+        let host = pairs
+            .iter()
+            .find(|(n, _)| n.as_ref() == b"HTTP_HOST")
+            .map(|(_, v)| v.to_vec());
+        let name = match host {
+            Some(host) => match host.iter().rposition(|b| *b == b':') {
+                Some(i) if host[i + 1..].iter().all(u8::is_ascii_digit) && !host[..i].ends_with(b":") => {
+                    host[..i].to_vec()
+                }
+                _ => host,
+            },
+            None => b"localhost".to_vec(),
+        };
+        pairs.push((Cow::Borrowed(b"SERVER_NAME"), Cow::Owned(name)));
+    }
+    if !has(&pairs, b"SERVER_PORT") {
+        let port: &[u8] = if scheme == b"https" { b"443" } else { b"80" };
+        pairs.push((Cow::Borrowed(b"SERVER_PORT"), Cow::Borrowed(port)));
+    }
+    pairs.push((Cow::Borrowed(b"wsgi.url_scheme"), Cow::Borrowed(scheme)));
+    let mut out = Vec::with_capacity(header_block.len() + 128);
+    for (name, value) in &pairs {
+        out.extend_from_slice(name);
+        out.push(0);
+        out.extend_from_slice(value);
+        out.push(0);
+    }
+    out
+}

@@ -581,6 +581,29 @@ pub fn show_bytes(bytes: &[u8]) -> String {
 // Server processes
 // ---------------------------------------------------------------------------
 
+/// Environment variable naming a Python to run every test server's app under, in the
+/// external-interpreter mode (`--interpreter`); unset, the embedded interpreter is used.
+pub const INTERPRETER_ENV: &str = "SCGI_WSGI_TEST_INTERPRETER";
+
+/// The external interpreter the tests run under, if any.
+pub fn external_interpreter() -> Option<String> {
+    std::env::var(INTERPRETER_ENV).ok().filter(|v| !v.is_empty())
+}
+
+/// The Python the app runs under: the external interpreter, or the `python3` the binary embeds.
+pub fn app_python() -> String {
+    external_interpreter().unwrap_or_else(|| "python3".to_string())
+}
+
+/// A command for the server binary, in the mode the test run asks for.
+pub fn server_command() -> Command {
+    let mut command = Command::new(BIN);
+    if let Some(python) = external_interpreter() {
+        command.arg("--interpreter").arg(python);
+    }
+    command
+}
+
 /// How [`Server::start_with`] makes the server listen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Listen {
@@ -702,7 +725,7 @@ impl Server {
             };
             full_args.extend(args.iter().map(|a| a.to_string()));
 
-            let mut cmd = Command::new(BIN);
+            let mut cmd = server_command();
             cmd.args(&full_args)
                 .envs(env.iter().copied())
                 .stdin(stdin)
@@ -753,7 +776,7 @@ impl Server {
     /// stderr are piped). The caller must wait for or kill the child; see
     /// [`run_raw`] for a version that does.
     pub fn spawn_raw(args: &[&str], env: &[(&str, &str)]) -> Child {
-        Command::new(BIN)
+        server_command()
             .args(args)
             .envs(env.iter().copied())
             .stdin(Stdio::null())

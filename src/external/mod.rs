@@ -1,0 +1,650 @@
+//! The external-interpreter mode: the app runs in a worker process of any Python 3.8+
+//! (PyPy, another CPython) started with a small standard-library program shipped in this
+//! binary; this process keeps the sockets, parsing, limits, timeouts and flow control.
+//!
+//! One worker process per server process, multiplexing requests over a Unix socketpair in
+//! frames (see `worker.py` for the frame types). Requests beyond the model's `max` wait here;
+//! inside the worker, each request runs on a Python thread. A worker that dies is replaced,
+//! and the requests it held are answered 502 (or cut, if their response had begun).
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::FileExt;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::dispatch::{Body, Dispatcher, End, Outbox, OutboxEvent, Request};
+use crate::handling::Model;
+use crate::{error, info, warning};
+
+/// The worker program, run with `PYTHON -c`.
+pub const WORKER_SOURCE: &str = include_str!("worker.py");
+
+/// The fd number the worker finds its socket on.
+const WORKER_FD: i32 = 3;
+/// Largest body frame sent to the worker.
+const BODY_FRAME: usize = 64 * 1024;
+/// Longest wait between restarts of a worker that keeps dying.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// The answer when the worker died before the response began.
+const BAD_GATEWAY: &[u8] = b"Status: 502 Bad Gateway\r\nContent-Type: text/plain; charset=utf-8\r\n\
+Content-Length: 58\r\n\r\n502 Bad Gateway: the Python worker process ended abruptly\n";
+
+/// What starting the worker needs.
+#[derive(Debug, Clone)]
+pub struct WorkerSpec {
+    /// The interpreter command (`pypy3`, `/usr/bin/python3.12`, ...).
+    pub interpreter: String,
+    /// Handler module.
+    pub module: String,
+    /// `-A`.
+    pub use_application: bool,
+    /// wmain() arguments.
+    pub args: Vec<String>,
+    /// `-p` directories.
+    pub paths: Vec<String>,
+    /// `-L`.
+    pub no_logging: bool,
+    /// The handling model.
+    pub model: Model,
+    /// `wsgi.multiprocess`.
+    pub multiprocess: bool,
+    /// Bytes a response may run ahead of its client.
+    pub window: usize,
+    /// Environment variables to add (virtualenv).
+    pub env: Vec<(String, String)>,
+}
+
+impl WorkerSpec {
+    fn max_in_flight(&self) -> usize {
+        match self.model {
+            Model::Free { max, .. } | Model::Pool { max, .. } | Model::Rplex { max } => max,
+            Model::Single => 1,
+        }
+    }
+
+    fn queue_limit(&self) -> usize {
+        match self.model {
+            Model::Pool { queue, .. } => queue,
+            _ => usize::MAX,
+        }
+    }
+
+    fn config_json(&self, argv: &[String]) -> String {
+        let list = |items: &[String]| {
+            format!(
+                "[{}]",
+                items.iter().map(|s| json_str(s)).collect::<Vec<_>>().join(",")
+            )
+        };
+        format!(
+            "{{\"fd\":{WORKER_FD},\"module\":{},\"application\":{},\"args\":{},\"paths\":{},\"no_logging\":{},\
+             \"threads\":{},\"multithread\":{},\"multiprocess\":{},\"window\":{},\"argv\":{}}}",
+            json_str(&self.module),
+            self.use_application,
+            list(&self.args),
+            list(&self.paths),
+            self.no_logging,
+            self.max_in_flight(),
+            self.model.multithread(),
+            self.multiprocess,
+            self.window,
+            list(argv),
+        )
+    }
+}
+
+/// A JSON string literal.
+fn json_str(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// A frame to the worker.
+enum ToWorker {
+    /// Send a request: environ pairs, then the body, then "end of body".
+    Request {
+        id: u32,
+        environ: Vec<u8>,
+        buf: Vec<u8>,
+        body: Body,
+    },
+    /// The client has taken this many bytes.
+    Written { id: u32, total: u64 },
+    /// The client is gone.
+    Cancel { id: u32 },
+}
+
+struct Slot {
+    outbox: Arc<Outbox>,
+    /// A head waiting for the first body bytes (or the end).
+    head: Option<Vec<u8>>,
+    /// Whether anything went to the outbox yet.
+    began: bool,
+}
+
+struct State {
+    slots: HashMap<u32, Slot>,
+    queue: VecDeque<(Request, Instant)>,
+    next_id: u32,
+    /// The current worker's frame channel; `None` while it is being replaced.
+    to_worker: Option<Sender<ToWorker>>,
+    stopping: bool,
+}
+
+struct Shared {
+    spec: WorkerSpec,
+    argv: Vec<String>,
+    state: Mutex<State>,
+    max_in_flight: usize,
+    queue_limit: usize,
+}
+
+/// Runs requests in an external interpreter process.
+pub struct ExternalDispatcher {
+    shared: Arc<Shared>,
+}
+
+/// A started worker: its process and the two ends of its socket.
+struct Started {
+    child: Child,
+    reader: UnixStream,
+    writer: UnixStream,
+    version: String,
+}
+
+/// Starts a worker and waits for it to report ready (or why it could not start).
+fn start_worker(spec: &WorkerSpec, argv: &[String]) -> Result<Started, String> {
+    let (ours, theirs) = UnixStream::pair().map_err(|e| format!("cannot create a socket pair: {e}"))?;
+    let theirs: OwnedFd = theirs.into();
+    let their_fd = theirs.as_raw_fd();
+    let mut command = Command::new(&spec.interpreter);
+    command
+        .arg("-c")
+        .arg(WORKER_SOURCE)
+        .arg(spec.config_json(argv))
+        .stdin(Stdio::null())
+        .envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::dup2(their_fd, WORKER_FD) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = command
+        .spawn()
+        .map_err(|e| format!("cannot run the interpreter {:?}: {e}", spec.interpreter))?;
+    drop(theirs);
+    let mut reader = ours
+        .try_clone()
+        .map_err(|e| format!("cannot share the worker socket: {e}"))?;
+    let (kind, _, payload) = match read_frame(&mut reader) {
+        Ok(frame) => frame,
+        Err(_) => {
+            let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
+            return Err(format!(
+                "the interpreter {:?} ended before the worker started ({status}); is it Python 3.8 or later?",
+                spec.interpreter
+            ));
+        }
+    };
+    let text = String::from_utf8_lossy(&payload).into_owned();
+    match kind {
+        b'Y' => Ok(Started {
+            child,
+            reader,
+            writer: ours,
+            version: text,
+        }),
+        b'X' => {
+            let _ = child.wait();
+            Err(text)
+        }
+        other => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(format!(
+                "the worker sent an unexpected first frame {:?}",
+                other as char
+            ))
+        }
+    }
+}
+
+fn read_frame(reader: &mut impl Read) -> io::Result<(u8, u32, Vec<u8>)> {
+    let mut header = [0u8; 9];
+    reader.read_exact(&mut header)?;
+    let id = u32::from_be_bytes([header[1], header[2], header[3], header[4]]);
+    let len = u32::from_be_bytes([header[5], header[6], header[7], header[8]]) as usize;
+    let mut payload = vec![0u8; len];
+    reader.read_exact(&mut payload)?;
+    Ok((header[0], id, payload))
+}
+
+fn write_frame(writer: &mut impl Write, kind: u8, id: u32, payload: &[u8]) -> io::Result<()> {
+    let mut header = [0u8; 9];
+    header[0] = kind;
+    header[1..5].copy_from_slice(&id.to_be_bytes());
+    header[5..9].copy_from_slice(&(payload.len() as u32).to_be_bytes());
+    writer.write_all(&header)?;
+    writer.write_all(payload)
+}
+
+/// Serialises a head the worker checked (STATUS NUL NAME NUL VALUE NUL ...) as a CGI head,
+/// checking again that nothing in it can end a line.
+fn cgi_head(fields: &[u8]) -> Option<Vec<u8>> {
+    let mut parts = fields.split(|b| *b == 0);
+    let status = parts.next()?;
+    let clean = |bytes: &[u8]| bytes.iter().all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f));
+    if status.len() < 3 || !clean(status) {
+        return None;
+    }
+    let mut head = Vec::with_capacity(fields.len() + 64);
+    head.extend_from_slice(b"Status: ");
+    head.extend_from_slice(status);
+    head.extend_from_slice(b"\r\n");
+    let rest: Vec<&[u8]> = parts.collect();
+    // The payload ends with NUL, so the split leaves one empty piece at the end.
+    let pairs = rest.split_last().map(|(_, pairs)| pairs).unwrap_or(&[]);
+    if pairs.len() % 2 != 0 {
+        return None;
+    }
+    for pair in pairs.chunks(2) {
+        let (name, value) = (pair[0], pair[1]);
+        if name.is_empty() || !clean(name) || name.contains(&b':') || !clean(value) {
+            return None;
+        }
+        head.extend_from_slice(name);
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value);
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
+    Some(head)
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sends queued requests while there is room in the worker.
+    fn pump_queue(self: &Arc<Self>, state: &mut State) {
+        while state.slots.len() < self.max_in_flight {
+            let Some(sender) = state.to_worker.clone() else {
+                return;
+            };
+            let Some((request, _)) = state.queue.pop_front() else {
+                return;
+            };
+            self.send_request(state, &sender, request);
+        }
+    }
+
+    fn send_request(self: &Arc<Self>, state: &mut State, sender: &Sender<ToWorker>, request: Request) {
+        let id = state.next_id;
+        state.next_id = state.next_id.wrapping_add(1).max(1);
+        let Request {
+            buf,
+            payload,
+            body,
+            outbox,
+            ..
+        } = request;
+        let environ = crate::wsgi::environ::cgi_pairs(&buf[payload.clone()]);
+        let last_acked = AtomicU64::new(0);
+        let window = (outbox.high_water() / 2).max(1) as u64;
+        let events = sender.clone();
+        outbox.observe(Box::new(move |event| match event {
+            // Acknowledge in steps so the worker, which waits while it is a window ahead, moves on.
+            OutboxEvent::Written(total) => {
+                let last = last_acked.load(Ordering::Relaxed);
+                if total >= last + window {
+                    last_acked.store(total, Ordering::Relaxed);
+                    let _ = events.send(ToWorker::Written { id, total });
+                }
+            }
+            OutboxEvent::ClientGone => {
+                let _ = events.send(ToWorker::Cancel { id });
+            }
+        }));
+        state.slots.insert(
+            id,
+            Slot {
+                outbox,
+                head: None,
+                began: false,
+            },
+        );
+        let _ = sender.send(ToWorker::Request {
+            id,
+            environ,
+            buf,
+            body,
+        });
+    }
+
+    /// Applies one frame from the worker.
+    fn on_frame(self: &Arc<Self>, kind: u8, id: u32, payload: Vec<u8>) {
+        let mut state = self.lock();
+        let Some(slot) = state.slots.get_mut(&id) else {
+            return;
+        };
+        let ended = match kind {
+            b'H' => match cgi_head(&payload) {
+                Some(head) => {
+                    slot.head = Some(head);
+                    None
+                }
+                None => {
+                    error!("wsgi", "the worker sent a malformed response head; answering 500");
+                    let _ = slot.outbox.send(
+                        crate::wsgi::response::INTERNAL_ERROR.to_vec(),
+                        Some(End::Complete),
+                    );
+                    Some(End::Complete)
+                }
+            },
+            b'D' => {
+                let chunk = match slot.head.take() {
+                    Some(mut head) => {
+                        head.extend_from_slice(&payload);
+                        head
+                    }
+                    None => payload,
+                };
+                slot.began = true;
+                let _ = slot.outbox.send(chunk, None);
+                None
+            }
+            b'F' => {
+                let head = slot.head.take().unwrap_or_default();
+                let _ = slot.outbox.send(head, Some(End::Complete));
+                Some(End::Complete)
+            }
+            b'A' => {
+                slot.outbox.finish(End::Abort);
+                Some(End::Abort)
+            }
+            b'S' => {
+                let _ = slot.outbox.send(
+                    crate::wsgi::response::INTERNAL_ERROR.to_vec(),
+                    Some(End::Complete),
+                );
+                Some(End::Complete)
+            }
+            other => {
+                warning!(
+                    "wsgi",
+                    "ignoring an unknown frame {:?} from the worker",
+                    other as char
+                );
+                None
+            }
+        };
+        if ended.is_some() {
+            state.slots.remove(&id);
+            self.pump_queue(&mut state);
+        }
+    }
+
+    /// The worker is gone: answer what it held, then start another.
+    fn on_worker_exit(self: &Arc<Self>, mut child: Child) {
+        let status = child
+            .wait()
+            .map(|s| s.to_string())
+            .unwrap_or_else(|e| e.to_string());
+        let lost: Vec<Slot> = {
+            let mut state = self.lock();
+            state.to_worker = None;
+            if state.stopping {
+                return;
+            }
+            state.slots.drain().map(|(_, slot)| slot).collect()
+        };
+        error!(
+            "server",
+            "the Python worker process (pid {}) ended ({status}); {} request(s) in it failed; starting another",
+            child.id(),
+            lost.len()
+        );
+        for slot in lost {
+            if slot.began {
+                slot.outbox.finish(End::Abort);
+            } else {
+                let _ = slot.outbox.send(BAD_GATEWAY.to_vec(), Some(End::Complete));
+            }
+        }
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            if self.lock().stopping {
+                return;
+            }
+            match start_worker(&self.spec, &self.argv) {
+                Ok(started) => {
+                    info!(
+                        "server",
+                        "Python worker restarted (pid {}, {})",
+                        started.child.id(),
+                        started.version
+                    );
+                    self.run_worker(started);
+                    return;
+                }
+                Err(message) => {
+                    error!(
+                        "server",
+                        "cannot restart the Python worker: {message}; retrying in {:?}", backoff
+                    );
+                    thread::sleep(backoff);
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+
+    /// Wires a started worker in: a writer thread, and this (reader) side on its own thread.
+    fn run_worker(self: &Arc<Self>, started: Started) {
+        let Started {
+            child,
+            reader,
+            writer,
+            ..
+        } = started;
+        let (sender, receiver) = mpsc::channel();
+        let writer_thread = thread::Builder::new()
+            .name("worker-writer".into())
+            .spawn(move || write_to_worker(writer, receiver));
+        if let Err(e) = writer_thread {
+            error!("server", "cannot start the worker writer thread: {e}");
+        }
+        {
+            let mut state = self.lock();
+            state.to_worker = Some(sender);
+            self.pump_queue(&mut state);
+        }
+        let shared = Arc::clone(self);
+        let spawned = thread::Builder::new()
+            .name("worker-reader".into())
+            .spawn(move || {
+                let mut frames = BufReader::with_capacity(64 * 1024, reader);
+                while let Ok((kind, id, payload)) = read_frame(&mut frames) {
+                    shared.on_frame(kind, id, payload);
+                }
+                shared.on_worker_exit(child);
+            });
+        if let Err(e) = spawned {
+            error!("server", "cannot start the worker reader thread: {e}");
+        }
+    }
+}
+
+fn write_to_worker(stream: UnixStream, frames: Receiver<ToWorker>) {
+    let mut out = BufWriter::with_capacity(64 * 1024, stream);
+    let result = (|| -> io::Result<()> {
+        while let Ok(first) = frames.recv() {
+            let mut next = Some(first);
+            while let Some(frame) = next {
+                write_one(&mut out, frame)?;
+                next = frames.try_recv().ok();
+            }
+            out.flush()?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = result {
+        crate::debug!("server", "writing to the Python worker stopped: {e}");
+    }
+    // Dropping the socket tells the worker to finish.
+    if let Ok(stream) = out.into_inner() {
+        let _ = stream.shutdown(std::net::Shutdown::Write);
+    }
+}
+
+fn write_one(out: &mut impl Write, frame: ToWorker) -> io::Result<()> {
+    match frame {
+        ToWorker::Request {
+            id,
+            environ,
+            buf,
+            body,
+        } => {
+            write_frame(out, b'R', id, &environ)?;
+            match body {
+                Body::InBuffer(range) => {
+                    for piece in buf[range].chunks(BODY_FRAME) {
+                        write_frame(out, b'B', id, piece)?;
+                    }
+                }
+                Body::File(file, len) => {
+                    let mut block = vec![0u8; BODY_FRAME];
+                    let mut at = 0u64;
+                    while at < len {
+                        let n = (len - at).min(BODY_FRAME as u64) as usize;
+                        file.read_exact_at(&mut block[..n], at)?;
+                        write_frame(out, b'B', id, &block[..n])?;
+                        at += n as u64;
+                    }
+                }
+            }
+            write_frame(out, b'E', id, &[])
+        }
+        ToWorker::Written { id, total } => write_frame(out, b'W', id, &total.to_be_bytes()),
+        ToWorker::Cancel { id } => write_frame(out, b'C', id, &[]),
+    }
+}
+
+impl ExternalDispatcher {
+    /// Starts the worker process and waits until it has loaded the app; the error is the
+    /// one-line reason it could not.
+    pub fn start(spec: WorkerSpec, argv: Vec<String>) -> Result<ExternalDispatcher, String> {
+        let started = start_worker(&spec, &argv)?;
+        info!(
+            "server",
+            "running {} in {} (pid {}) via {}",
+            spec.module,
+            started.version,
+            started.child.id(),
+            spec.interpreter
+        );
+        let shared = Arc::new(Shared {
+            max_in_flight: spec.max_in_flight(),
+            queue_limit: spec.queue_limit(),
+            spec,
+            argv,
+            state: Mutex::new(State {
+                slots: HashMap::new(),
+                queue: VecDeque::new(),
+                next_id: 1,
+                to_worker: None,
+                stopping: false,
+            }),
+        });
+        shared.run_worker(started);
+        Ok(ExternalDispatcher { shared })
+    }
+}
+
+impl Dispatcher for ExternalDispatcher {
+    fn dispatch(&mut self, request: Request) -> Result<(), Request> {
+        let mut state = self.shared.lock();
+        if state.queue.len() >= self.shared.queue_limit {
+            return Err(request);
+        }
+        state.queue.push_back((request, Instant::now()));
+        self.shared.pump_queue(&mut state);
+        Ok(())
+    }
+
+    fn has_room(&self) -> bool {
+        self.shared.lock().queue.len() < self.shared.queue_limit
+    }
+}
+
+impl Drop for ExternalDispatcher {
+    fn drop(&mut self) {
+        let mut state = self.shared.lock();
+        state.stopping = true;
+        // Closing the frame channel ends the writer, which ends the worker.
+        state.to_worker = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn head_fields_become_a_cgi_head() {
+        let head = cgi_head(b"200 OK\0Content-Type\0text/plain\0X-A\0\0").unwrap();
+        assert_eq!(
+            head,
+            b"Status: 200 OK\r\nContent-Type: text/plain\r\nX-A: \r\n\r\n"
+        );
+        assert_eq!(
+            cgi_head(b"404 Not Found\0").unwrap(),
+            b"Status: 404 Not Found\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn head_fields_that_could_split_the_response_are_refused() {
+        for bad in [
+            &b"200 OK\r\nX: y\0"[..],
+            b"200 OK\0X-A\0a\nb\0",
+            b"200 OK\0X-A\0a\rb\0",
+            b"200 OK\0X\nA\0b\0",
+            b"200 OK\0Odd\0",
+            b"200 OK\0\0value\0",
+            b"20\0",
+        ] {
+            assert!(cgi_head(bad).is_none(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn config_is_valid_json_with_escapes() {
+        assert_eq!(json_str("a\"b\\c\nd"), "\"a\\\"b\\\\c\\u000ad\"");
+    }
+}

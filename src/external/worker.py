@@ -1,0 +1,485 @@
+"""scgi-wsgi external-interpreter worker.
+
+Runs a WSGI app under any Python 3.8+ (CPython, PyPy, ...) for the scgi-wsgi front, which
+keeps the sockets, parsing, limits and timeouts. Standard library only.
+
+The front talks to this program over one Unix socket (inherited fd) in frames:
+
+    frame = TYPE (1 byte) ID (4 bytes, big endian) LENGTH (4 bytes, big endian) PAYLOAD
+
+Front -> worker:  R environ pairs (NAME NUL VALUE NUL ...), B body bytes, E end of body (call
+the app), W bytes the client has taken so far (8-byte count), C client gone.
+Worker -> front:  Y ready (id 0), X start-up failure (id 0, one-line message), H head
+(STATUS NUL NAME NUL VALUE NUL ...), D body bytes, F finished, A abort (cut the connection),
+S failed before anything was sent (the front answers 500).
+"""
+
+import io
+import json
+import logging
+import logging.handlers
+import os
+import socket
+import struct
+import sys
+import tempfile
+import threading
+import traceback
+
+FRAME = struct.Struct(">cII")
+SPILL = 1 << 20
+HOP_BY_HOP = frozenset(
+    ("connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
+     "transfer-encoding", "upgrade")
+)
+TOKEN = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+FORMAT = "scgi-wsgi[%(name)s]: %(levelname)s: %(message)s"
+
+
+def log_line(level, name, message):
+    lines = "".join("scgi-wsgi[%s]: %s: %s\n" % (name, level, line) for line in message.splitlines())
+    try:
+        os.write(2, lines.encode("utf-8", "replace"))
+    except OSError:
+        pass
+
+
+class ClientGone(BrokenPipeError):
+    pass
+
+
+class Channel:
+    """The socket to the front; frames from many threads, one at a time."""
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.lock = threading.Lock()
+
+    def send(self, kind, rid, payload=b""):
+        header = FRAME.pack(kind, rid, len(payload))
+        with self.lock:
+            if len(payload) < 65536:
+                self.sock.sendall(header + payload)
+            else:
+                self.sock.sendall(header)
+                self.sock.sendall(payload)
+
+
+class InputStream:
+    """wsgi.input over the complete body (bytes in memory, or a temporary file)."""
+
+    def __init__(self, stream, length):
+        self._stream = stream
+        self._left = length
+        stream.seek(0)
+
+    def read(self, size=-1):
+        if size is None or size < 0 or size > self._left:
+            size = self._left
+        data = self._stream.read(size)
+        self._left -= len(data)
+        return data
+
+    def readline(self, size=-1):
+        if size is None or size < 0 or size > self._left:
+            size = self._left
+        data = self._stream.readline(size)
+        self._left -= len(data)
+        return data
+
+    def readlines(self, hint=-1):
+        lines, total = [], 0
+        while self._left > 0 and (hint is None or hint <= 0 or total < hint):
+            line = self.readline()
+            total += len(line)
+            lines.append(line)
+        return lines
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        line = self.readline()
+        if not line:
+            raise StopIteration
+        return line
+
+    def readable(self):
+        return True
+
+    def close(self):
+        pass
+
+
+class FileWrapper:
+    """wsgi.file_wrapper: iterates a file-like in blocks."""
+
+    def __init__(self, filelike, blksize=8192):
+        self.filelike = filelike
+        self.blksize = blksize
+        if hasattr(filelike, "close"):
+            self.close = filelike.close
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        data = self.filelike.read(self.blksize)
+        if data:
+            return data
+        raise StopIteration
+
+
+def latin1(value, what):
+    if type(value) is not str:
+        raise TypeError("%s must be a str, not %s" % (what, type(value).__name__))
+    try:
+        return value.encode("latin-1")
+    except UnicodeEncodeError:
+        raise ValueError("%s %r has a character that is not Latin-1" % (what, value)) from None
+
+
+def field_text(data):
+    return all(b == 9 or (32 <= b != 127) for b in data)
+
+
+def check_head(status, headers):
+    """Validates like the embedded server; returns (head fields, content length)."""
+    raw_status = latin1(status, "status")
+    ok = (len(raw_status) >= 3 and raw_status[:3].isdigit() and raw_status[:1] != b"0"
+          and (len(raw_status) == 3 or raw_status[3:4] == b" ") and field_text(raw_status))
+    if not ok:
+        raise ValueError("status %r is not a three-digit code followed by a space and a reason phrase" % status)
+    if not isinstance(headers, (list, tuple)):
+        raise TypeError("headers must be a list of (name, value) tuples, not %s" % type(headers).__name__)
+    fields = [raw_status]
+    length = None
+    for item in headers:
+        if not isinstance(item, tuple) or len(item) != 2:
+            raise TypeError("a header must be a (name, value) tuple, not %r" % (item,))
+        name = latin1(item[0], "header name")
+        value = latin1(item[1], "header value")
+        if not name or any(b not in TOKEN for b in name):
+            raise ValueError("header name %r is not a valid token" % item[0])
+        if not field_text(value):
+            raise ValueError("header %r has a control character (CR, LF, NUL, ...) in its value" % item[0])
+        lower = name.lower().decode("ascii")
+        if lower in HOP_BY_HOP:
+            raise ValueError("hop-by-hop header %r is not allowed from a WSGI app" % item[0])
+        if lower == "status":
+            raise ValueError("a 'Status' header is not allowed; pass the status to start_response()")
+        if lower == "content-length":
+            text = value.strip()
+            if not text.isdigit():
+                raise ValueError("Content-Length %r is not a number" % item[1])
+            length = int(text)
+        fields += [name, value]
+    return fields, length
+
+
+class Request:
+    def __init__(self, worker, rid, pairs):
+        self.worker = worker
+        self.rid = rid
+        self.pairs = pairs
+        self.body = io.BytesIO()
+        self.body_len = 0
+        self.acked = 0
+        self.sent = 0
+        self.gone = False
+        self.cond = threading.Condition()
+        self.pending = None
+        self.head_sent = False
+        self.length = None
+        self.body_sent = 0
+        self.overflow_logged = False
+        self.environ = None
+
+    def add_body(self, data):
+        self.body_len += len(data)
+        if self.body_len > SPILL and isinstance(self.body, io.BytesIO):
+            spilled = tempfile.TemporaryFile()
+            spilled.write(self.body.getvalue())
+            self.body = spilled
+        self.body.write(data)
+
+    # Flow control: at most `window` bytes may be sent that the client has not taken yet.
+    def wait_room(self):
+        with self.cond:
+            while self.sent - self.acked > self.worker.window and not self.gone:
+                self.cond.wait()
+            if self.gone:
+                raise ClientGone("the client closed the connection")
+
+    def ack(self, count):
+        with self.cond:
+            self.acked = max(self.acked, count)
+            self.cond.notify_all()
+
+    def cancel(self):
+        with self.cond:
+            self.gone = True
+            self.cond.notify_all()
+
+    def start_response(self, status, headers, exc_info=None):
+        if exc_info is not None:
+            if self.head_sent:
+                raise exc_info[1].with_traceback(exc_info[2])
+        elif self.pending is not None or self.head_sent:
+            raise RuntimeError("start_response() called a second time without exc_info")
+        fields, length = check_head(status, headers)
+        self.pending = fields
+        self.length = length
+        return self.write
+
+    def send(self, data):
+        if self.gone:
+            raise ClientGone("the client closed the connection")
+        if self.length is not None:
+            allowed = max(self.length - self.body_sent, 0)
+            if len(data) > allowed:
+                if not self.overflow_logged:
+                    log_line("WARNING", "wsgi", "app sent more than its Content-Length of %d bytes; the excess is dropped" % self.length)
+                    self.overflow_logged = True
+                data = data[:allowed]
+        channel = self.worker.channel
+        if not self.head_sent:
+            if self.pending is None:
+                raise RuntimeError("the app produced body data before calling start_response()")
+            channel.send(b"H", self.rid, b"\0".join(self.pending) + b"\0")
+            self.head_sent = True
+        if data:
+            self.body_sent += len(data)
+            self.sent += len(data)
+            channel.send(b"D", self.rid, data)
+            self.wait_room()
+
+    def write(self, data):
+        if type(data) is not bytes:
+            raise TypeError("write() takes bytes, not %s" % type(data).__name__)
+        if not self.head_sent and self.pending is None:
+            raise RuntimeError("write() called before start_response()")
+        self.send(data)
+
+    def finish(self):
+        if not self.head_sent:
+            if self.pending is None:
+                raise RuntimeError("the app returned without calling start_response()")
+            self.send(b"")
+        if self.length is not None and self.body_sent < self.length and self.method() != "HEAD":
+            log_line("WARNING", "wsgi", "response shorter than its Content-Length: %d of %d bytes; connection cut"
+                     % (self.body_sent, self.length))
+            self.worker.channel.send(b"A", self.rid)
+        else:
+            self.worker.channel.send(b"F", self.rid)
+
+    def method(self):
+        return (self.environ or {}).get("REQUEST_METHOD", "")
+
+    def describe(self):
+        env = self.environ or {}
+        uri = env.get("REQUEST_URI") or env.get("SCRIPT_NAME", "") + env.get("PATH_INFO", "")
+        return "%s %s" % (env.get("REQUEST_METHOD", ""), uri)
+
+    def fail(self, what):
+        if self.gone:
+            self.worker.channel.send(b"A", self.rid)
+            return
+        text = traceback.format_exc().rstrip()
+        if self.head_sent:
+            log_line("ERROR", "wsgi", "the app failed after the response began; connection cut for %s:\n%s" % (self.describe(), text))
+            self.worker.channel.send(b"A", self.rid)
+        else:
+            log_line("ERROR", "wsgi", "%s for %s:\n%s" % (what, self.describe(), text))
+            self.worker.channel.send(b"S", self.rid)
+
+    def run(self):
+        worker = self.worker
+        items = self.pairs.split(b"\0")
+        env = {}
+        for i in range(0, len(items) - 1, 2):
+            env[items[i].decode("latin-1")] = items[i + 1].decode("latin-1")
+        scheme = env.pop("wsgi.url_scheme", "http")
+        env.update(worker.constants)
+        env["wsgi.url_scheme"] = scheme
+        env["wsgi.input"] = InputStream(self.body, self.body_len)
+        env["wsgi.errors"] = sys.stderr
+        self.environ = env
+        try:
+            result = worker.app(env, self.start_response)
+        except BaseException:
+            self.fail("the app failed; answering 500")
+            return
+        try:
+            try:
+                if isinstance(result, (list, tuple)) and len(result) == 1 and self.pending is not None \
+                        and self.length is None and not self.head_sent and type(result[0]) is bytes:
+                    # One chunk: the front learns its length, as in the embedded mode.
+                    self.pending.append(b"Content-Length")
+                    self.pending.append(str(len(result[0])).encode())
+                    self.length = len(result[0])
+                for chunk in result:
+                    if type(chunk) is not bytes:
+                        raise TypeError("the response iterable yielded %s, not bytes" % type(chunk).__name__)
+                    if chunk:
+                        self.send(chunk)
+                self.finish()
+            except BaseException:
+                self.fail("the app failed; answering 500")
+        finally:
+            close = getattr(result, "close", None)
+            if close is not None:
+                try:
+                    close()
+                except BaseException:
+                    log_line("ERROR", "wsgi", "the response's close() raised for %s:\n%s"
+                             % (self.describe(), traceback.format_exc().rstrip()))
+
+
+class Worker:
+    def __init__(self, config, sock):
+        self.config = config
+        self.channel = Channel(sock)
+        self.sock = sock
+        self.window = config["window"]
+        self.requests = {}
+        self.lock = threading.Lock()
+        self.idle = []
+        self.constants = {
+            "wsgi.version": (1, 0),
+            "wsgi.multithread": config["multithread"],
+            "wsgi.multiprocess": config["multiprocess"],
+            "wsgi.run_once": False,
+            "wsgi.input_terminated": True,
+            "wsgi.file_wrapper": FileWrapper,
+        }
+        self.app = None
+        self.jobs = []
+        self.jobs_cond = threading.Condition()
+
+    def load(self):
+        config = self.config
+        # `python -c` puts the working directory first on sys.path; the embedded mode does not.
+        if sys.path and sys.path[0] in ("", "."):
+            del sys.path[0]
+        for i, path in enumerate(config["paths"]):
+            sys.path.insert(i, path)
+        module_name = config["module"]
+        try:
+            module = __import__(module_name)
+            for part in module_name.split(".")[1:]:
+                module = getattr(module, part)
+        except ModuleNotFoundError as e:
+            return "cannot import handler module %r: %s" % (module_name, e)
+        except BaseException as e:
+            return "cannot import handler module %r: %s" % (module_name, one_line(e))
+        name = "application" if config["application"] else "wmain"
+        obj = getattr(module, name, None)
+        if obj is None:
+            hint = (" (without -A, wmain() is called instead)" if config["application"]
+                    else " (with -A, its 'application' object is used instead)")
+            return "handler module %r has no %r%s" % (module_name, name, hint)
+        if not config["application"]:
+            try:
+                obj = obj(*config["args"])
+            except BaseException as e:
+                return "handler module %r: wmain() raised %s" % (module_name, one_line(e))
+        if not callable(obj):
+            return "handler module %r: the WSGI application is not callable: it is %s" % (module_name, type(obj).__name__)
+        self.app = obj
+        return None
+
+    def thread_main(self):
+        while True:
+            with self.jobs_cond:
+                while not self.jobs:
+                    self.jobs_cond.wait()
+                request = self.jobs.pop(0)
+            if request is None:
+                return
+            try:
+                request.run()
+            except BaseException:
+                log_line("ERROR", "wsgi", "internal error in the worker:\n" + traceback.format_exc().rstrip())
+            finally:
+                with self.lock:
+                    self.requests.pop(request.rid, None)
+
+    def submit(self, request):
+        with self.jobs_cond:
+            self.jobs.append(request)
+            self.jobs_cond.notify()
+
+    def serve(self):
+        for _ in range(self.config["threads"]):
+            thread = threading.Thread(target=self.thread_main, name="wsgi-worker", daemon=True)
+            thread.start()
+        reader = self.sock.makefile("rb", buffering=1 << 16)
+        while True:
+            header = reader.read(FRAME.size)
+            if len(header) < FRAME.size:
+                return
+            kind, rid, length = FRAME.unpack(header)
+            payload = reader.read(length) if length else b""
+            if len(payload) < length:
+                return
+            if kind == b"R":
+                with self.lock:
+                    self.requests[rid] = Request(self, rid, payload)
+            elif kind == b"B":
+                request = self.requests.get(rid)
+                if request is not None:
+                    request.add_body(payload)
+            elif kind == b"E":
+                request = self.requests.get(rid)
+                if request is not None:
+                    self.submit(request)
+            elif kind == b"W":
+                request = self.requests.get(rid)
+                if request is not None:
+                    request.ack(struct.unpack(">Q", payload)[0])
+            elif kind == b"C":
+                request = self.requests.get(rid)
+                if request is not None:
+                    request.cancel()
+
+
+def one_line(error):
+    text = "%s: %s" % (type(error).__name__, str(error).replace("\n", " ")) if str(error) else type(error).__name__
+    tb = error.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is not None:
+        text += " (at %s line %d)" % (tb.tb_frame.f_code.co_filename, tb.tb_lineno)
+    return text
+
+
+def main():
+    config = json.loads(sys.argv[1])
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, fileno=config["fd"])
+    sys.argv = config["argv"]
+    if not config["no_logging"]:
+        handler = None
+        if "ASHD_USESYSLOG" in os.environ:
+            try:
+                handler = logging.handlers.SysLogHandler(address="/dev/log", facility=logging.handlers.SysLogHandler.LOG_DAEMON)
+            except OSError:
+                handler = None
+        if handler is None:
+            handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(FORMAT))
+        logging.getLogger().addHandler(handler)
+        logging.getLogger().setLevel(logging.INFO)
+    worker = Worker(config, sock)
+    failure = worker.load()
+    if failure is not None:
+        worker.channel.send(b"X", 0, failure.encode("utf-8", "replace"))
+        return 1
+    version = "%s %s" % (sys.implementation.name, sys.version.split()[0])
+    worker.channel.send(b"Y", 0, version.encode())
+    worker.serve()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
