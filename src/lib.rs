@@ -96,6 +96,7 @@ fn start_python(config: &Config) -> Result<wsgi::WsgiHandler, String> {
         let app = wsgi::app::load(py, &config.module, config.use_application, &config.args)
             .map_err(|e| e.to_string())?;
         wsgi::WsgiHandler::new(py, app, config.model.multithread(), false)
+            .map(|handler| handler.with_mount(config.mount.clone()))
             .map_err(|e| format!("cannot prepare the environ: {e}"))
     })
 }

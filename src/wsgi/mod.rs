@@ -6,6 +6,7 @@ pub mod app;
 pub mod environ;
 pub mod input;
 pub mod interp;
+pub mod pathinfo;
 pub mod response;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -33,6 +34,14 @@ impl WsgiHandler {
             app,
             consts: environ::EnvironConsts::new(py, multithread, multiprocess)?,
         })
+    }
+}
+
+impl WsgiHandler {
+    /// Names the app's mount point (`--script-name`); see [`pathinfo`] for the rule.
+    pub fn with_mount(mut self, mount: Option<pathinfo::Mount>) -> WsgiHandler {
+        self.consts.set_mount(mount);
+        self
     }
 }
 
