@@ -90,6 +90,7 @@ fn start_python(config: &Config) -> Result<wsgi::WsgiHandler, String> {
         }
         wsgi::interp::prepend_paths(py, &config.module_paths)
             .map_err(|e| format!("cannot set sys.path: {e}"))?;
+        wsgi::wsgidir::register(py).map_err(|e| format!("cannot register scgi_wsgi.wsgidir: {e}"))?;
         if let Some(spec) = &config.pdm {
             start_pdm(py, spec);
         }

@@ -8,6 +8,7 @@ pub mod input;
 pub mod interp;
 pub mod pathinfo;
 pub mod response;
+pub mod wsgidir;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
