@@ -99,7 +99,12 @@ fn missing_broken_and_unnamed_files_get_clear_answers() {
     // An unknown handler named by dirplex.
     assert_eq!(server.request(&for_file(&broken, Some("nosuch"))).status, 500);
     // The server keeps serving.
-    assert_eq!(server.request(&for_file(&dir.path().join("gone.wsgi"), None)).status, 404);
+    assert_eq!(
+        server
+            .request(&for_file(&dir.path().join("gone.wsgi"), None))
+            .status,
+        404
+    );
 }
 
 #[test]
@@ -108,9 +113,16 @@ fn extension_arguments_are_checked() {
     let file = dir.path().join("app.py");
     write_app(&file, "py", SystemTime::now());
     let server = Server::start(&["scgi_wsgi.wsgidir", "py=chain"]);
-    assert_eq!(server.request(&for_file(&file, None)).text(), "py 1 /app.wsgi /rest");
+    assert_eq!(
+        server.request(&for_file(&file, None)).text(),
+        "py 1 /app.wsgi /rest"
+    );
 
-    let run = run_raw(&["-T", "127.0.0.1:1", "scgi_wsgi.wsgidir", "py=nope"], &[], Duration::from_secs(20));
+    let run = run_raw(
+        &["-T", "127.0.0.1:1", "scgi_wsgi.wsgidir", "py=nope"],
+        &[],
+        Duration::from_secs(20),
+    );
     assert_eq!(run.status.and_then(|s| s.code()), Some(1), "{}", run.stderr);
     assert!(run.stderr.contains("EXT=HANDLER"), "{}", run.stderr);
 }
