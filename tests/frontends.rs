@@ -756,7 +756,7 @@ fn ashd_callscgi_under_patplex() {
     assert_eq!(
         report_value(&r, "PATH_INFO"),
         b"/x/%C3%A9",
-        "ashd sends PATH_INFO as it got it"
+        "a decoded path holding a literal % is not decoded again"
     );
     assert_eq!(report_value(&r, "QUERY_STRING"), b"a=1");
     let r = server.request("/app2/", "\u{e9}", "", &[], b"");
