@@ -550,6 +550,15 @@ fn client_disconnects(front: &Frontend, backend: &Server) {
         "{} did not pass the disconnect on: the app was not closed",
         front.name
     );
+    // Closed because the client left, not because the response ran to its end.
+    let log = backend.stderr_text();
+    let blocks: usize = log
+        .split("endless response closed after ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .expect("the block count in the close() line");
+    assert!(blocks < 6000, "{}: the response ran to its end", front.name);
     assert_eq!(front.get("/after").report_str("PATH_INFO"), "/after");
 }
 
