@@ -7,6 +7,7 @@ use clap::Parser;
 
 use crate::error::ConfigError;
 use crate::handling::Model;
+use crate::wsgi::pathinfo::Mount;
 
 /// Raw command-line arguments, as clap parses them.
 #[derive(Parser, Debug)]
@@ -103,6 +104,11 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value = "1024")]
     pub backlog: i32,
 
+    /// The app's mount point: SCRIPT_NAME is MOUNT and PATH_INFO the rest of the decoded path,
+    /// whatever split the frontend made ("/" or "" for the root; see ENVIRON in scgi-wsgi(1))
+    #[arg(long = "script-name", value_name = "MOUNT")]
+    pub script_name: Option<String>,
+
     /// Log one line per request at DEBUG level and other detail
     #[arg(short = 'v', long)]
     pub verbose: bool,
@@ -183,6 +189,8 @@ pub struct Config {
     pub graceful_timeout: Duration,
     /// Size and time limits.
     pub limits: Limits,
+    /// The mount point from `--script-name`: overrides the frontend's SCRIPT_NAME/PATH_INFO split.
+    pub mount: Option<Mount>,
     /// Debug-level logging.
     pub verbose: bool,
     /// Handler module name.
@@ -249,6 +257,11 @@ impl Args {
             interpreter: self.interpreter.filter(|i| !i.is_empty()),
             graceful_timeout: parse_secs("--graceful-timeout", &self.graceful_timeout)?,
             limits,
+            mount: self
+                .script_name
+                .as_deref()
+                .map(|m| Mount::parse(m).map_err(|reason| invalid("--script-name", m, reason)))
+                .transpose()?,
             verbose: self.verbose,
             module: self.module,
             args: self.args,

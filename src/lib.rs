@@ -159,12 +159,14 @@ fn start_python(config: &Config) -> Result<wsgi::WsgiHandler, String> {
         }
         wsgi::interp::prepend_paths(py, &config.module_paths)
             .map_err(|e| format!("cannot set sys.path: {e}"))?;
+        wsgi::wsgidir::register(py).map_err(|e| format!("cannot register scgi_wsgi.wsgidir: {e}"))?;
         if let Some(spec) = &config.pdm {
             start_pdm(py, spec);
         }
         let app = wsgi::app::load(py, &config.module, config.use_application, &config.args)
             .map_err(|e| e.to_string())?;
         wsgi::WsgiHandler::new(py, app, config.model.multithread(), false)
+            .map(|handler| handler.with_mount(config.mount.clone()))
             .map_err(|e| format!("cannot prepare the environ: {e}"))
     })
 }

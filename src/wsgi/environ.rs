@@ -7,6 +7,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString, PyTuple};
 
 use crate::scgi;
+use crate::wsgi::pathinfo::{self, Mount, SentPaths};
 
 /// Values that are the same in every environ, made once.
 pub struct EnvironConsts {
@@ -14,6 +15,8 @@ pub struct EnvironConsts {
     errors: Py<PyAny>,
     multithread: bool,
     multiprocess: bool,
+    /// The mount point from `--script-name`, if given.
+    mount: Option<Mount>,
 }
 
 impl EnvironConsts {
@@ -24,7 +27,13 @@ impl EnvironConsts {
             errors: py.import("sys")?.getattr("stderr")?.unbind(),
             multithread,
             multiprocess,
+            mount: None,
         })
+    }
+
+    /// Names the app's mount point (`--script-name`): SCRIPT_NAME is then always `mount`.
+    pub fn set_mount(&mut self, mount: Option<Mount>) {
+        self.mount = mount;
     }
 }
 
@@ -143,6 +152,7 @@ pub fn build<'py>(
     let environ = PyDict::new(py);
     let mut ash_protocol: Option<&[u8]> = None;
     let mut https = false;
+    let mut paths = SentPaths::default();
     for (name, value) in scgi::headers(header_block) {
         let key = match known_key(py, name) {
             Some(key) => key.clone(),
@@ -167,8 +177,21 @@ pub fn build<'py>(
         match name {
             b"HTTP_X_ASH_PROTOCOL" => ash_protocol = Some(value),
             b"HTTPS" => https = value.eq_ignore_ascii_case(b"on") || value == b"1",
+            // The first of a duplicate wins, as in the dict.
+            b"SCRIPT_NAME" => _ = paths.script_name.get_or_insert(value),
+            b"PATH_INFO" => _ = paths.path_info.get_or_insert(value),
+            b"DOCUMENT_URI" => _ = paths.document_uri.get_or_insert(value),
+            b"REQUEST_URI" => _ = paths.request_uri.get_or_insert(value),
             _ => {}
         }
+    }
+    // Frontends disagree on SCRIPT_NAME and PATH_INFO; see `pathinfo` for the one rule.
+    let (script_name, path_info) = pathinfo::split(&paths, consts.mount.as_ref());
+    if paths.script_name != Some(&*script_name) {
+        environ.set_item(intern!(py, "SCRIPT_NAME"), latin1(py, &script_name)?)?;
+    }
+    if paths.path_info != Some(&*path_info) {
+        environ.set_item(intern!(py, "PATH_INFO"), latin1(py, &path_info)?)?;
     }
     let scheme = match ash_protocol {
         Some(b"https") => intern!(py, "https"),

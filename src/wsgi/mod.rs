@@ -6,7 +6,9 @@ pub mod app;
 pub mod environ;
 pub mod input;
 pub mod interp;
+pub mod pathinfo;
 pub mod response;
+pub mod wsgidir;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
@@ -33,6 +35,14 @@ impl WsgiHandler {
             app,
             consts: environ::EnvironConsts::new(py, multithread, multiprocess)?,
         })
+    }
+}
+
+impl WsgiHandler {
+    /// Names the app's mount point (`--script-name`); see [`pathinfo`] for the rule.
+    pub fn with_mount(mut self, mount: Option<pathinfo::Mount>) -> WsgiHandler {
+        self.consts.set_mount(mount);
+        self
     }
 }
 
