@@ -416,3 +416,82 @@ fn file_wrapper_uses_sendfile() {
         "the file's bytes must all go out through sendfile; trace:\n{text}"
     );
 }
+
+// ---------------------------------------------------------------------------
+// wsgiref.validate
+// ---------------------------------------------------------------------------
+
+/// What in the server's stderr means the validator (or Python) complained.
+const COMPLAINTS: [&str; 5] = [
+    "AssertionError",
+    "Warning",
+    "Exception ignored",
+    "Traceback",
+    "ERROR",
+];
+
+#[test]
+fn wsgiref_validator_finds_nothing_to_complain_about() {
+    for model in ["free", "pool", "single", "rplex"] {
+        let server = Server::start_unix(&["-p", &apps_dir_str(), "-t", model, "-A", "validated_app"]);
+        let post_body = b"12345rest of line\nline two\nline three";
+        let cases: Vec<(ScgiRequest, u16, Vec<u8>)> = vec![
+            (ScgiRequest::get("/echo"), 200, b"GET|/echo|".to_vec()),
+            (ScgiRequest::get("/echo?a=1&b=%20"), 200, b"GET|/echo|a=1&b=%20".to_vec()),
+            (
+                ScgiRequest::get("/echo/caf\u{e9}/\u{65e5}"),
+                200,
+                "GET|/echo/caf\u{e9}/\u{65e5}|".as_bytes().to_vec(),
+            ),
+            (ScgiRequest::new("HEAD", "/echo"), 200, b"HEAD|/echo|".to_vec()),
+            (ScgiRequest::get("/echo").without("QUERY_STRING"), 200, b"GET|/echo|".to_vec()),
+            (ScgiRequest::get("/write"), 200, b"written returned".to_vec()),
+            (ScgiRequest::get("/generator"), 200, b"one two".to_vec()),
+            (
+                ScgiRequest::post("/post", "text/plain", post_body),
+                200,
+                b"12345|rest of line\n|line two\nline three".to_vec(),
+            ),
+            (
+                ScgiRequest::post("/readlines", "text/plain", post_body),
+                200,
+                b"3 lines".to_vec(),
+            ),
+            (
+                ScgiRequest::get("/file"),
+                200,
+                std::fs::read(common::apps_dir().join("validated_app.py")).unwrap(),
+            ),
+            (ScgiRequest::get("/exc-info"), 404, b"custom not found page".to_vec()),
+            (ScgiRequest::get("/empty"), 204, Vec::new()),
+            (ScgiRequest::get("/nowhere"), 404, b"no such route".to_vec()),
+        ];
+        for (req, status, body) in &cases {
+            let r = server.request(req);
+            let what = String::from_utf8_lossy(req.header_value("REQUEST_URI").unwrap_or_default());
+            assert_eq!(r.status, *status, "-t {model} {what}: {r:?}\n{}", server.stderr_text());
+            assert!(
+                r.body == *body,
+                "-t {model} {what}: body {:?}, expected {:?}",
+                r.text(),
+                String::from_utf8_lossy(body)
+            );
+        }
+        // One more request: the previous one's objects are gone (and checked) by then.
+        assert_eq!(server.get("/echo").status, 200);
+        let log = server.stderr_text();
+        for complaint in COMPLAINTS {
+            assert!(!log.contains(complaint), "-t {model}: the log has {complaint:?}:\n{log}");
+        }
+    }
+}
+
+#[test]
+fn wsgiref_validator_complaints_surface_as_500_and_a_traceback() {
+    let server = Server::start_unix(&["-p", &apps_dir_str(), "-A", "validated_app"]);
+    assert_server_500(&server, "/bad-no-content-type", "AssertionError: No Content-Type header found");
+    assert_server_500(&server, "/bad-str-chunk", "AssertionError: Iterator yielded non-bytestring");
+    // The full traceback, down to the validator's frame, not just the last line.
+    assert_log(&server, "Traceback (most recent call last)");
+    assert_log(&server, "wsgiref/validate.py");
+}

@@ -45,8 +45,13 @@ pub fn one_line(py: Python<'_>, err: &PyErr) -> String {
 
 /// The full traceback of `err`, as Python would print it.
 pub fn traceback_text(py: Python<'_>, err: &PyErr) -> String {
+    // Type, value and traceback explicitly: on Python 3.11 a fetched error's value does not
+    // carry its `__traceback__`, and formatting the value alone loses every frame.
     let formatted = py.import("traceback").and_then(|tb| {
-        tb.call_method1("format_exception", (err.value(py),))
+        tb.call_method1(
+            "format_exception",
+            (err.get_type(py), err.value(py), err.traceback(py)),
+        )
             .and_then(|lines| lines.extract::<Vec<String>>())
     });
     match formatted {
