@@ -305,9 +305,12 @@ impl Conn {
     pub fn write_out(&mut self) -> io::Result<()> {
         while let Some(front) = self.out.front() {
             let result = match front {
-                Chunk::File { file, offset, len } => {
-                    send_file(&self.stream, file, offset + self.out_pos as u64, len - self.out_pos as u64)
-                }
+                Chunk::File { file, offset, len } => send_file(
+                    &self.stream,
+                    file,
+                    offset + self.out_pos as u64,
+                    len - self.out_pos as u64,
+                ),
                 Chunk::Bytes(_) => {
                     let mut slices: [IoSlice<'_>; 16] = [IoSlice::new(&[]); 16];
                     let mut count = 0;

@@ -156,7 +156,9 @@ impl Outbox {
         }
         if !chunk.is_empty() {
             // A file chunk counts at its length: it holds no memory, but it is output to wait for.
-            state.unsent = state.unsent.saturating_add(usize::try_from(chunk.len()).unwrap_or(usize::MAX));
+            state.unsent = state
+                .unsent
+                .saturating_add(usize::try_from(chunk.len()).unwrap_or(usize::MAX));
             state.chunks.push_back(chunk);
         }
         if end.is_some() && state.end.is_none() {

@@ -44,7 +44,11 @@ fn assert_log(server: &Server, needle: &str) {
 fn assert_server_500(server: &Server, path: &str, cause: &str) {
     let r = server.get(path);
     assert_eq!(r.status, 500, "{path}: {r:?}");
-    assert_eq!(r.text(), ERROR_BODY, "{path}: the body must be the server's error page");
+    assert_eq!(
+        r.text(),
+        ERROR_BODY,
+        "{path}: the body must be the server's error page"
+    );
     assert_log(server, cause);
 }
 
@@ -75,7 +79,11 @@ fn exc_info_before_the_head_replaces_status_and_headers() {
     assert_eq!(r.header("Content-Type"), Some("text/html"));
     assert_eq!(r.header("X-First"), None, "the first call's headers must be gone");
     assert_eq!(r.text(), "<p>app error page</p>");
-    assert!(!server.stderr_text().contains("Traceback"), "{}", server.stderr_text());
+    assert!(
+        !server.stderr_text().contains("Traceback"),
+        "{}",
+        server.stderr_text()
+    );
 }
 
 #[test]
@@ -118,9 +126,21 @@ fn hop_by_hop_headers_from_the_app_are_refused() {
 #[test]
 fn a_str_body_chunk_is_a_500_never_a_wrong_200() {
     let server = start_unix();
-    assert_server_500(&server, "/str-chunk", "the response iterable yielded str, not bytes");
-    assert_server_500(&server, "/str-chunk-after-empty", "the response iterable yielded str, not bytes");
-    assert_server_500(&server, "/str-body", "the response iterable yielded str, not bytes");
+    assert_server_500(
+        &server,
+        "/str-chunk",
+        "the response iterable yielded str, not bytes",
+    );
+    assert_server_500(
+        &server,
+        "/str-chunk-after-empty",
+        "the response iterable yielded str, not bytes",
+    );
+    assert_server_500(
+        &server,
+        "/str-body",
+        "the response iterable yielded str, not bytes",
+    );
     // The server keeps serving.
     assert_eq!(server.get("/generator").status, 200);
 }
@@ -192,7 +212,10 @@ fn ten_mib_generator_is_streamed_not_buffered() {
     let r = Response::parse(raw);
     assert_eq!(r.status, 200);
     assert_eq!(r.body.len(), SIZE);
-    assert!(r.body == pattern(SIZE), "the streamed body differs from what the app yielded");
+    assert!(
+        r.body == pattern(SIZE),
+        "the streamed body differs from what the app yielded"
+    );
     assert_log(&server, "pep3333: big-stream done");
     assert_log(&server, "pep3333: big-stream generator closed");
 }
@@ -218,7 +241,11 @@ fn close_is_called_after_an_error_mid_iteration() {
     assert_log(&server, "pep3333: close called: error");
     assert_log(&server, "failing mid-iteration on purpose");
 
-    assert_server_500(&server, "/close-error-before-body", "failing mid-iteration on purpose");
+    assert_server_500(
+        &server,
+        "/close-error-before-body",
+        "failing mid-iteration on purpose",
+    );
     assert_log(&server, "pep3333: close called: error-before-body");
 }
 
@@ -242,7 +269,11 @@ fn close_is_called_when_the_client_goes_away_mid_response() {
         drop(client);
         assert_log(&server, "pep3333: close called: gone after");
         // Not an error: a client that leaves is normal.
-        assert!(!server.stderr_text().contains("Traceback"), "{}", server.stderr_text());
+        assert!(
+            !server.stderr_text().contains("Traceback"),
+            "{}",
+            server.stderr_text()
+        );
         assert_eq!(server.get("/generator").text(), "alpha beta gamma");
     }
 }
@@ -258,9 +289,16 @@ fn never_more_than_the_declared_content_length() {
         let r = server.get(path);
         assert_eq!(r.status, 200);
         assert_eq!(r.header("Content-Length"), Some("5"));
-        assert_eq!(r.text(), "01234", "{path}: bytes beyond Content-Length must be dropped");
+        assert_eq!(
+            r.text(),
+            "01234",
+            "{path}: bytes beyond Content-Length must be dropped"
+        );
     }
-    assert_log(&server, "app sent more than its Content-Length of 5 bytes; the excess is dropped");
+    assert_log(
+        &server,
+        "app sent more than its Content-Length of 5 bytes; the excess is dropped",
+    );
 }
 
 #[test]
@@ -299,9 +337,18 @@ fn file_wrapper_sends_a_real_file_from_its_descriptor() {
         let r = server.get(&file_url(&path, "&kind=real"));
         assert_eq!(r.status, 200, "{}", server.stderr_text());
         assert_eq!(r.header("Content-Length"), Some(data.len().to_string().as_str()));
-        assert!(r.body == data, "body differs ({} of {} bytes)", r.body.len(), data.len());
+        assert!(
+            r.body == data,
+            "body differs ({} of {} bytes)",
+            r.body.len(),
+            data.len()
+        );
         assert_log(&server, "pep3333: file closed");
-        assert!(!server.stderr_text().contains("Traceback"), "{}", server.stderr_text());
+        assert!(
+            !server.stderr_text().contains("Traceback"),
+            "{}",
+            server.stderr_text()
+        );
     }
 }
 
@@ -384,7 +431,10 @@ fn file_wrapper_uses_sendfile() {
         assert!(ready, "the server under strace did not start listening");
         let mut s = Stream::connect(&addr).unwrap();
         assert!(s
-            .send_all(&ScgiRequest::get(&file_url(&path, "&kind=real")).encode(), REQUEST_TIMEOUT)
+            .send_all(
+                &ScgiRequest::get(&file_url(&path, "&kind=real")).encode(),
+                REQUEST_TIMEOUT
+            )
             .unwrap());
         let (raw, end) = s.read_until_eof(REQUEST_TIMEOUT);
         assert_eq!(end, ReadEnd::Eof);
@@ -437,14 +487,22 @@ fn wsgiref_validator_finds_nothing_to_complain_about() {
         let post_body = b"12345rest of line\nline two\nline three";
         let cases: Vec<(ScgiRequest, u16, Vec<u8>)> = vec![
             (ScgiRequest::get("/echo"), 200, b"GET|/echo|".to_vec()),
-            (ScgiRequest::get("/echo?a=1&b=%20"), 200, b"GET|/echo|a=1&b=%20".to_vec()),
+            (
+                ScgiRequest::get("/echo?a=1&b=%20"),
+                200,
+                b"GET|/echo|a=1&b=%20".to_vec(),
+            ),
             (
                 ScgiRequest::get("/echo/caf\u{e9}/\u{65e5}"),
                 200,
                 "GET|/echo/caf\u{e9}/\u{65e5}|".as_bytes().to_vec(),
             ),
             (ScgiRequest::new("HEAD", "/echo"), 200, b"HEAD|/echo|".to_vec()),
-            (ScgiRequest::get("/echo").without("QUERY_STRING"), 200, b"GET|/echo|".to_vec()),
+            (
+                ScgiRequest::get("/echo").without("QUERY_STRING"),
+                200,
+                b"GET|/echo|".to_vec(),
+            ),
             (ScgiRequest::get("/write"), 200, b"written returned".to_vec()),
             (ScgiRequest::get("/generator"), 200, b"one two".to_vec()),
             (
@@ -462,14 +520,23 @@ fn wsgiref_validator_finds_nothing_to_complain_about() {
                 200,
                 std::fs::read(common::apps_dir().join("validated_app.py")).unwrap(),
             ),
-            (ScgiRequest::get("/exc-info"), 404, b"custom not found page".to_vec()),
+            (
+                ScgiRequest::get("/exc-info"),
+                404,
+                b"custom not found page".to_vec(),
+            ),
             (ScgiRequest::get("/empty"), 204, Vec::new()),
             (ScgiRequest::get("/nowhere"), 404, b"no such route".to_vec()),
         ];
         for (req, status, body) in &cases {
             let r = server.request(req);
             let what = String::from_utf8_lossy(req.header_value("REQUEST_URI").unwrap_or_default());
-            assert_eq!(r.status, *status, "-t {model} {what}: {r:?}\n{}", server.stderr_text());
+            assert_eq!(
+                r.status,
+                *status,
+                "-t {model} {what}: {r:?}\n{}",
+                server.stderr_text()
+            );
             assert!(
                 r.body == *body,
                 "-t {model} {what}: body {:?}, expected {:?}",
@@ -481,7 +548,10 @@ fn wsgiref_validator_finds_nothing_to_complain_about() {
         assert_eq!(server.get("/echo").status, 200);
         let log = server.stderr_text();
         for complaint in COMPLAINTS {
-            assert!(!log.contains(complaint), "-t {model}: the log has {complaint:?}:\n{log}");
+            assert!(
+                !log.contains(complaint),
+                "-t {model}: the log has {complaint:?}:\n{log}"
+            );
         }
     }
 }
@@ -489,8 +559,16 @@ fn wsgiref_validator_finds_nothing_to_complain_about() {
 #[test]
 fn wsgiref_validator_complaints_surface_as_500_and_a_traceback() {
     let server = Server::start_unix(&["-p", &apps_dir_str(), "-A", "validated_app"]);
-    assert_server_500(&server, "/bad-no-content-type", "AssertionError: No Content-Type header found");
-    assert_server_500(&server, "/bad-str-chunk", "AssertionError: Iterator yielded non-bytestring");
+    assert_server_500(
+        &server,
+        "/bad-no-content-type",
+        "AssertionError: No Content-Type header found",
+    );
+    assert_server_500(
+        &server,
+        "/bad-str-chunk",
+        "AssertionError: Iterator yielded non-bytestring",
+    );
     // The full traceback, down to the validator's frame, not just the last line.
     assert_log(&server, "Traceback (most recent call last)");
     assert_log(&server, "wsgiref/validate.py");

@@ -52,7 +52,7 @@ pub fn traceback_text(py: Python<'_>, err: &PyErr) -> String {
             "format_exception",
             (err.get_type(py), err.value(py), err.traceback(py)),
         )
-            .and_then(|lines| lines.extract::<Vec<String>>())
+        .and_then(|lines| lines.extract::<Vec<String>>())
     });
     match formatted {
         Ok(lines) => lines.concat(),

@@ -13,8 +13,8 @@ use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 
 use super::app::traceback_text;
 use super::environ::{self, EnvironConsts};
-use super::input::InputStream;
 use super::file_wrapper::{FileSource, FileWrapper};
+use super::input::InputStream;
 use crate::dispatch::{Chunk, ClientGone, End, Outbox, Request};
 
 /// The response sent when the app fails before sending anything.
@@ -91,7 +91,11 @@ impl ResponseState {
     /// Sends a whole response body that is a file (see [`FileWrapper`]): the loop sends it with
     /// `sendfile`. Content-Length is honoured, or added when the app gave none.
     fn send_file(&mut self, py: Python<'_>, source: FileSource) -> PyResult<()> {
-        let FileSource { file, offset, mut len } = source;
+        let FileSource {
+            file,
+            offset,
+            mut len,
+        } = source;
         if let Some(head) = self.pending.as_mut().filter(|h| h.content_length.is_none()) {
             // Nothing was sent yet and the length is known: tell the client.
             head.bytes.truncate(head.bytes.len() - 2);
