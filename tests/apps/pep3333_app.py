@@ -149,6 +149,11 @@ def application(environ, start_response):
         start_response("200 OK", TEXT)
         return "a str returned as the whole body"
 
+    if path == "/write-str":
+        write = start_response("200 OK", TEXT)
+        write("a str, not bytes")
+        return [b"not reached"]
+
     if path == "/write-mixed":
         write = start_response("200 OK", TEXT)
         write(b"one ")
