@@ -382,6 +382,49 @@ fn file_wrapper_starts_where_the_file_stands_and_honours_content_length() {
 }
 
 #[test]
+fn file_wrapper_after_write_keeps_the_order() {
+    let dir = TempDir::new("fw");
+    let (path, data) = write_pattern_file(&dir, "data.bin", 300_000);
+    let server = start_unix();
+    let r = server.get(&file_url(&path, "&kind=real&prefix=HEAD-OF-BODY:"));
+    assert_eq!(
+        r.header("Content-Length"),
+        None,
+        "the head went out before the file was known"
+    );
+    let mut want = b"HEAD-OF-BODY:".to_vec();
+    want.extend_from_slice(&data);
+    assert!(r.body == want, "got {} bytes", r.body.len());
+}
+
+#[test]
+fn a_file_being_sent_does_not_hold_a_worker() {
+    let dir = TempDir::new("fw");
+    let (path, _) = write_pattern_file(&dir, "big.bin", 64 * 1024 * 1024);
+    // One worker: if sending the file kept it, the next request would wait for the download.
+    let server = Server::start_unix(&["-p", &apps_dir_str(), "-t", "single", "-A", "pep3333_app"]);
+    let fds_before = common::proc_fds(server.pid());
+    let mut slow = server.connect();
+    assert!(slow
+        .send_all(
+            &ScgiRequest::get(&file_url(&path, "&kind=real")).encode(),
+            REQUEST_TIMEOUT
+        )
+        .unwrap());
+    assert_log(&server, "pep3333: file closed");
+    assert_eq!(server.get("/generator").text(), "alpha beta gamma");
+    // The slow client leaves without reading: its file descriptor must be released.
+    drop(slow);
+    assert!(
+        wait_until(LOG_WAIT, || common::proc_fds(server.pid()) <= fds_before),
+        "descriptors leaked: {} before, {:?} now",
+        fds_before,
+        common::proc_fd_targets(server.pid())
+    );
+    assert_eq!(server.get("/generator").text(), "alpha beta gamma");
+}
+
+#[test]
 fn file_wrapper_survives_the_app_closing_and_unlinking_its_file() {
     let dir = TempDir::new("fw");
     let (path, data) = write_pattern_file(&dir, "gone.bin", 2 * 1024 * 1024);

@@ -247,7 +247,9 @@ def application(environ, start_response):
         if q.get("unlink") == "1":
             os.unlink(name)
         wrapper = environ["wsgi.file_wrapper"]
-        start_response("200 OK", headers)
+        write = start_response("200 OK", headers)
+        if "prefix" in q:
+            write(q["prefix"].encode())
         return wrapper(f, 32768)
 
     start_response("404 Not Found", TEXT)
