@@ -48,6 +48,39 @@ impl Request {
     }
 }
 
+/// A piece of a response on its way to the client.
+#[derive(Debug)]
+pub enum Chunk {
+    /// Bytes in memory.
+    Bytes(Vec<u8>),
+    /// `len` bytes of a regular file from `offset`, which the loop hands to the kernel
+    /// (`sendfile`) so they never pass through Python or a userspace buffer. The file is
+    /// the loop's own descriptor (a duplicate), so the app may close its file object at once.
+    File {
+        /// The open file.
+        file: File,
+        /// Where the bytes to send start.
+        offset: u64,
+        /// How many bytes to send.
+        len: u64,
+    },
+}
+
+impl Chunk {
+    /// How many bytes this chunk puts on the wire.
+    pub fn len(&self) -> u64 {
+        match self {
+            Chunk::Bytes(bytes) => bytes.len() as u64,
+            Chunk::File { len, .. } => *len,
+        }
+    }
+
+    /// Whether it puts nothing on the wire.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// How a response ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum End {
@@ -85,8 +118,8 @@ pub type OutboxObserver = Box<dyn Fn(OutboxEvent) + Send + Sync>;
 
 #[derive(Debug, Default)]
 struct OutState {
-    chunks: VecDeque<Vec<u8>>,
-    /// Bytes handed over and not yet written to the socket.
+    chunks: VecDeque<Chunk>,
+    /// Bytes handed over and not yet written to the socket (file chunks count too).
     unsent: usize,
     /// Bytes written to the socket so far.
     written_total: u64,
@@ -146,13 +179,21 @@ impl Outbox {
     /// Queues bytes for the client, and (optionally) the end of the response with them,
     /// in one hand-off. Never blocks on the client; see [`Outbox::wait_for_room`].
     pub fn send(&self, data: Vec<u8>, end: Option<End>) -> Result<(), ClientGone> {
+        self.send_chunk(Chunk::Bytes(data), end)
+    }
+
+    /// Queues any kind of chunk (see [`Chunk`]), and optionally the end of the response.
+    pub fn send_chunk(&self, chunk: Chunk, end: Option<End>) -> Result<(), ClientGone> {
         let mut state = self.lock();
         if state.client_gone {
             return Err(ClientGone);
         }
-        if !data.is_empty() {
-            state.unsent += data.len();
-            state.chunks.push_back(data);
+        if !chunk.is_empty() {
+            // A file chunk counts at its length: it holds no memory, but it is output to wait for.
+            state.unsent = state
+                .unsent
+                .saturating_add(usize::try_from(chunk.len()).unwrap_or(usize::MAX));
+            state.chunks.push_back(chunk);
         }
         if end.is_some() && state.end.is_none() {
             state.end = end;
@@ -197,7 +238,7 @@ impl Outbox {
     }
 
     /// Loop side: moves queued chunks into `into` and reports whether the response has ended.
-    pub(crate) fn take(&self, into: &mut VecDeque<Vec<u8>>) -> Option<End> {
+    pub(crate) fn take(&self, into: &mut VecDeque<Chunk>) -> Option<End> {
         let mut state = self.lock();
         state.notified = false;
         into.append(&mut state.chunks);

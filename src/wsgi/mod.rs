@@ -4,6 +4,7 @@
 
 pub mod app;
 pub mod environ;
+pub mod file_wrapper;
 pub mod input;
 pub mod interp;
 pub mod pathinfo;

@@ -13,8 +13,9 @@ use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 
 use super::app::traceback_text;
 use super::environ::{self, EnvironConsts};
+use super::file_wrapper::{FileSource, FileWrapper};
 use super::input::InputStream;
-use crate::dispatch::{ClientGone, End, Outbox, Request};
+use crate::dispatch::{Chunk, ClientGone, End, Outbox, Request};
 
 /// The response sent when the app fails before sending anything.
 pub const INTERNAL_ERROR: &[u8] = b"Status: 500 Internal Server Error\r\n\
@@ -85,6 +86,49 @@ impl ResponseState {
             py.detach(move || outbox.wait_for_room()).map_err(client_gone)?;
         }
         Ok(())
+    }
+
+    /// Sends a whole response body that is a file (see [`FileWrapper`]): the loop sends it with
+    /// `sendfile`. Content-Length is honoured, or added when the app gave none.
+    fn send_file(&mut self, py: Python<'_>, source: FileSource) -> PyResult<()> {
+        let FileSource {
+            file,
+            offset,
+            mut len,
+        } = source;
+        if let Some(head) = self.pending.as_mut().filter(|h| h.content_length.is_none()) {
+            // Nothing was sent yet and the length is known: tell the client.
+            head.bytes.truncate(head.bytes.len() - 2);
+            head.bytes
+                .extend_from_slice(format!("Content-Length: {len}\r\n\r\n").as_bytes());
+            head.content_length = Some(len);
+            self.content_length = head.content_length;
+        }
+        if let Some(declared) = self.content_length {
+            let allowed = declared.saturating_sub(self.body_sent);
+            if len > allowed {
+                crate::warning!(
+                    "wsgi",
+                    "app sent more than its Content-Length of {declared} bytes; the excess is dropped"
+                );
+                self.overflow_logged = true;
+                len = allowed;
+            }
+        }
+        if !self.head_sent {
+            let head = self.pending.take().ok_or_else(|| {
+                PyRuntimeError::new_err("the app produced body data before calling start_response()")
+            })?;
+            self.head_sent = true;
+            self.outbox.send(head.bytes, None).map_err(client_gone)?;
+        }
+        self.body_sent += len;
+        self.outbox
+            .send_chunk(Chunk::File { file, offset, len }, None)
+            .map_err(client_gone)?;
+        // The response is complete once handed over: no waiting for the client here, the
+        // worker is free while the loop sends the file.
+        self.finish(py)
     }
 
     /// Ends a response that ran its course: sends a head still pending, checks the length.
@@ -312,6 +356,7 @@ pub fn serve(py: Python<'_>, app: &Bound<'_, PyAny>, consts: &EnvironConsts, req
     };
     let prepared = Bound::new(py, InputStream::new(buf, body))
         .and_then(|input| environ.set_item(intern!(py, "wsgi.input"), input))
+        .and_then(|_| environ.set_item(intern!(py, "wsgi.file_wrapper"), py.get_type::<FileWrapper>()))
         .and_then(|_| Bound::new(py, responder));
     let responder = match prepared {
         Ok(responder) => responder,
@@ -342,6 +387,11 @@ pub fn serve(py: Python<'_>, app: &Bound<'_, PyAny>, consts: &EnvironConsts, req
 
 /// Sends every chunk of the response iterable; list and tuple responses end with their last chunk.
 fn iterate(py: Python<'_>, result: &Bound<'_, PyAny>, responder: &Bound<'_, StartResponse>) -> PyResult<()> {
+    if let Ok(wrapper) = result.cast::<FileWrapper>() {
+        if let Some(source) = wrapper.borrow().file_source(py) {
+            return responder.borrow_mut().state.send_file(py, source);
+        }
+    }
     let sequence = result
         .cast::<PyList>()
         .ok()
