@@ -142,6 +142,7 @@ fn start_external(config: &Config, interpreter: String) -> Result<external::Exte
         multiprocess: false,
         window: config.limits.write_buffer,
         env,
+        mount: config.mount.clone(),
     };
     external::ExternalDispatcher::start(spec, std::env::args().collect())
 }

@@ -8,8 +8,8 @@
 //! and the requests it held are answered 502 (or cut, if their response had begun).
 
 use std::collections::{HashMap, VecDeque};
-use std::io::{self, BufReader, BufWriter, Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::io::{self, BufWriter, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::dispatch::{Body, Dispatcher, End, Outbox, OutboxEvent, Request};
+use crate::dispatch::{Body, Chunk, Dispatcher, End, Outbox, OutboxEvent, Request};
 use crate::handling::Model;
 use crate::{error, info, warning};
 
@@ -61,6 +61,8 @@ pub struct WorkerSpec {
     pub window: usize,
     /// Environment variables to add (virtualenv).
     pub env: Vec<(String, String)>,
+    /// The mount point from `--script-name`.
+    pub mount: Option<crate::wsgi::pathinfo::Mount>,
 }
 
 impl WorkerSpec {
@@ -87,7 +89,8 @@ impl WorkerSpec {
         };
         format!(
             "{{\"fd\":{WORKER_FD},\"module\":{},\"application\":{},\"args\":{},\"paths\":{},\"no_logging\":{},\
-             \"threads\":{},\"multithread\":{},\"multiprocess\":{},\"window\":{},\"argv\":{}}}",
+             \"threads\":{},\"multithread\":{},\"multiprocess\":{},\"window\":{},\"argv\":{},\
+             \"modules\":{{\"scgi_wsgi.wsgidir\":{}}}}}",
             json_str(&self.module),
             self.use_application,
             list(&self.args),
@@ -98,6 +101,7 @@ impl WorkerSpec {
             self.multiprocess,
             self.window,
             list(argv),
+            json_str(crate::wsgi::wsgidir::SOURCE),
         )
     }
 }
@@ -232,6 +236,111 @@ fn start_worker(spec: &WorkerSpec, argv: &[String]) -> Result<Started, String> {
     }
 }
 
+/// Reads frames from the worker with `recvmsg`, keeping the descriptors that arrive with
+/// 'P' frames (SCM_RIGHTS) in order, so each 'P' frame takes the next one.
+struct FrameReader {
+    stream: UnixStream,
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    fds: VecDeque<OwnedFd>,
+}
+
+impl FrameReader {
+    fn new(stream: UnixStream) -> FrameReader {
+        FrameReader {
+            stream,
+            buf: vec![0; 64 * 1024],
+            start: 0,
+            end: 0,
+            fds: VecDeque::new(),
+        }
+    }
+
+    /// One `recvmsg` into `into`; descriptors that came with it join the queue.
+    fn recv(&mut self, into: &mut [u8]) -> io::Result<usize> {
+        const MAX_FDS: usize = 16;
+        let mut control = [0u64; (MAX_FDS * 4 + 64) / 8];
+        let mut iov = libc::iovec {
+            iov_base: into.as_mut_ptr().cast(),
+            iov_len: into.len(),
+        };
+        // SAFETY: msghdr points at live buffers for the duration of the call; the control
+        // messages are read back with the CMSG_* helpers within the length the kernel set.
+        unsafe {
+            let mut msg: libc::msghdr = std::mem::zeroed();
+            msg.msg_iov = &mut iov;
+            msg.msg_iovlen = 1;
+            msg.msg_control = control.as_mut_ptr().cast();
+            msg.msg_controllen = std::mem::size_of_val(&control) as _;
+            let n = loop {
+                let n = libc::recvmsg(self.stream.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC);
+                if n >= 0 {
+                    break n as usize;
+                }
+                let err = io::Error::last_os_error();
+                if err.kind() != io::ErrorKind::Interrupted {
+                    return Err(err);
+                }
+            };
+            let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+            while !cmsg.is_null() {
+                if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                    let data = libc::CMSG_DATA(cmsg) as *const i32;
+                    let count = ((*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize) / 4;
+                    for i in 0..count {
+                        self.fds.push_back(OwnedFd::from_raw_fd(data.add(i).read_unaligned()));
+                    }
+                }
+                cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+            }
+            Ok(n)
+        }
+    }
+
+    /// Fills `out` completely, from what is buffered and then from the socket.
+    fn read_exact(&mut self, out: &mut [u8]) -> io::Result<()> {
+        let mut filled = 0;
+        while filled < out.len() {
+            if self.start == self.end {
+                if out.len() - filled >= self.buf.len() {
+                    // Large payloads go straight to their destination.
+                    let n = self.recv(&mut out[filled..])?;
+                    if n == 0 {
+                        return Err(io::ErrorKind::UnexpectedEof.into());
+                    }
+                    filled += n;
+                    continue;
+                }
+                let mut buf = std::mem::take(&mut self.buf);
+                let n = self.recv(&mut buf);
+                self.buf = buf;
+                let n = n?;
+                if n == 0 {
+                    return Err(io::ErrorKind::UnexpectedEof.into());
+                }
+                self.start = 0;
+                self.end = n;
+            }
+            let take = (self.end - self.start).min(out.len() - filled);
+            out[filled..filled + take].copy_from_slice(&self.buf[self.start..self.start + take]);
+            self.start += take;
+            filled += take;
+        }
+        Ok(())
+    }
+
+    fn next_frame(&mut self) -> io::Result<(u8, u32, Vec<u8>)> {
+        let mut header = [0u8; 9];
+        self.read_exact(&mut header)?;
+        let id = u32::from_be_bytes([header[1], header[2], header[3], header[4]]);
+        let len = u32::from_be_bytes([header[5], header[6], header[7], header[8]]) as usize;
+        let mut payload = vec![0u8; len];
+        self.read_exact(&mut payload)?;
+        Ok((header[0], id, payload))
+    }
+}
+
 fn read_frame(reader: &mut impl Read) -> io::Result<(u8, u32, Vec<u8>)> {
     let mut header = [0u8; 9];
     reader.read_exact(&mut header)?;
@@ -312,7 +421,7 @@ impl Shared {
             outbox,
             ..
         } = request;
-        let environ = crate::wsgi::environ::cgi_pairs(&buf[payload.clone()]);
+        let environ = crate::wsgi::environ::cgi_pairs(&buf[payload.clone()], self.spec.mount.as_ref());
         let last_acked = AtomicU64::new(0);
         let window = (outbox.high_water() / 2).max(1) as u64;
         let events = sender.clone();
@@ -346,7 +455,7 @@ impl Shared {
     }
 
     /// Applies one frame from the worker.
-    fn on_frame(self: &Arc<Self>, kind: u8, id: u32, payload: Vec<u8>) {
+    fn on_frame(self: &Arc<Self>, kind: u8, id: u32, payload: Vec<u8>, fd: Option<OwnedFd>) {
         let mut state = self.lock();
         let Some(slot) = state.slots.get_mut(&id) else {
             return;
@@ -377,6 +486,30 @@ impl Shared {
                 slot.began = true;
                 let _ = slot.outbox.send(chunk, None);
                 None
+            }
+            b'P' => {
+                // A file the worker handed over: the loop sends it with sendfile.
+                let range = (payload.len() == 16).then(|| {
+                    let offset = u64::from_be_bytes(payload[..8].try_into().unwrap_or_default());
+                    let len = u64::from_be_bytes(payload[8..].try_into().unwrap_or_default());
+                    (offset, len)
+                });
+                match (fd, range) {
+                    (Some(fd), Some((offset, len))) => {
+                        if let Some(head) = slot.head.take() {
+                            let _ = slot.outbox.send(head, None);
+                        }
+                        slot.began = true;
+                        let file = std::fs::File::from(fd);
+                        let _ = slot.outbox.send_chunk(Chunk::File { file, offset, len }, None);
+                        None
+                    }
+                    _ => {
+                        error!("wsgi", "the worker sent a file frame without its file; connection cut");
+                        slot.outbox.finish(End::Abort);
+                        Some(End::Abort)
+                    }
+                }
             }
             b'F' => {
                 let head = slot.head.take().unwrap_or_default();
@@ -488,9 +621,10 @@ impl Shared {
         let spawned = thread::Builder::new()
             .name("worker-reader".into())
             .spawn(move || {
-                let mut frames = BufReader::with_capacity(64 * 1024, reader);
-                while let Ok((kind, id, payload)) = read_frame(&mut frames) {
-                    shared.on_frame(kind, id, payload);
+                let mut frames = FrameReader::new(reader);
+                while let Ok((kind, id, payload)) = frames.next_frame() {
+                    let fd = if kind == b'P' { frames.fds.pop_front() } else { None };
+                    shared.on_frame(kind, id, payload, fd);
                 }
                 shared.on_worker_exit(child);
             });

@@ -20,11 +20,13 @@ import logging
 import logging.handlers
 import os
 import socket
+import stat
 import struct
 import sys
 import tempfile
 import threading
 import traceback
+import types
 
 FRAME = struct.Struct(">cII")
 SPILL = 1 << 20
@@ -54,6 +56,15 @@ class Channel:
     def __init__(self, sock):
         self.sock = sock
         self.lock = threading.Lock()
+
+    def send_file(self, rid, fd, offset, length):
+        """A 'P' frame (offset, length) carrying a duplicate of `fd` to the front."""
+        data = FRAME.pack(b"P", rid, 16) + struct.pack(">QQ", offset, length)
+        rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", fd))]
+        with self.lock:
+            sent = self.sock.sendmsg([data], rights)
+            if sent < len(data):
+                self.sock.sendall(data[sent:])
 
     def send(self, kind, rid, payload=b""):
         header = FRAME.pack(kind, rid, len(payload))
@@ -130,13 +141,18 @@ class FileWrapper:
         raise StopIteration
 
 
+def quoted(text):
+    """Double-quoted, as the embedded server's messages show names and values."""
+    return '"%s"' % text.replace("\\", "\\\\").replace('"', '\\"')
+
+
 def latin1(value, what):
     if type(value) is not str:
         raise TypeError("%s must be a str, not %s" % (what, type(value).__name__))
     try:
         return value.encode("latin-1")
     except UnicodeEncodeError:
-        raise ValueError("%s %r has a character that is not Latin-1" % (what, value)) from None
+        raise ValueError("%s %s has a character that is not Latin-1" % (what, quoted(value))) from None
 
 
 def field_text(data):
@@ -149,7 +165,7 @@ def check_head(status, headers):
     ok = (len(raw_status) >= 3 and raw_status[:3].isdigit() and raw_status[:1] != b"0"
           and (len(raw_status) == 3 or raw_status[3:4] == b" ") and field_text(raw_status))
     if not ok:
-        raise ValueError("status %r is not a three-digit code followed by a space and a reason phrase" % status)
+        raise ValueError("status %s is not a three-digit code followed by a space and a reason phrase" % quoted(status))
     if not isinstance(headers, (list, tuple)):
         raise TypeError("headers must be a list of (name, value) tuples, not %s" % type(headers).__name__)
     fields = [raw_status]
@@ -160,18 +176,18 @@ def check_head(status, headers):
         name = latin1(item[0], "header name")
         value = latin1(item[1], "header value")
         if not name or any(b not in TOKEN for b in name):
-            raise ValueError("header name %r is not a valid token" % item[0])
+            raise ValueError("header name %s is not a valid token" % quoted(item[0]))
         if not field_text(value):
-            raise ValueError("header %r has a control character (CR, LF, NUL, ...) in its value" % item[0])
+            raise ValueError("header %s has a control character (CR, LF, NUL, ...) in its value" % quoted(item[0]))
         lower = name.lower().decode("ascii")
         if lower in HOP_BY_HOP:
-            raise ValueError("hop-by-hop header %r is not allowed from a WSGI app" % item[0])
+            raise ValueError("hop-by-hop header %s is not allowed from a WSGI app" % quoted(item[0]))
         if lower == "status":
             raise ValueError("a 'Status' header is not allowed; pass the status to start_response()")
         if lower == "content-length":
             text = value.strip()
             if not text.isdigit():
-                raise ValueError("Content-Length %r is not a number" % item[1])
+                raise ValueError("Content-Length %s is not a number" % quoted(item[1].strip()))
             length = int(text)
         fields += [name, value]
     return fields, length
@@ -293,6 +309,39 @@ class Request:
             log_line("ERROR", "wsgi", "%s for %s:\n%s" % (what, self.describe(), text))
             self.worker.channel.send(b"S", self.rid)
 
+    def send_file(self, wrapper):
+        """Hands a file_wrapper's real file to the front, which sends it with sendfile."""
+        filelike = wrapper.filelike
+        try:
+            fd = filelike.fileno()
+            info = os.fstat(fd)
+        except Exception:
+            return False
+        if not stat.S_ISREG(info.st_mode) or (self.pending is None and not self.head_sent):
+            return False
+        try:
+            offset = filelike.tell()
+        except Exception:
+            offset = 0
+        length = max(info.st_size - offset, 0)
+        if self.length is not None:
+            allowed = max(self.length - self.body_sent, 0)
+            if length > allowed:
+                log_line("WARNING", "wsgi", "app sent more than its Content-Length of %d bytes; the excess is dropped" % self.length)
+                self.overflow_logged = True
+                length = allowed
+        elif not self.head_sent:
+            self.pending += [b"Content-Length", str(length).encode()]
+            self.length = length
+        if self.gone:
+            raise ClientGone("the client closed the connection")
+        if not self.head_sent:
+            self.worker.channel.send(b"H", self.rid, b"\0".join(self.pending) + b"\0")
+            self.head_sent = True
+        self.worker.channel.send_file(self.rid, fd, offset, length)
+        self.body_sent += length
+        return True
+
     def run(self):
         worker = self.worker
         items = self.pairs.split(b"\0")
@@ -310,6 +359,7 @@ class Request:
         except BaseException:
             self.fail("the app failed; answering 500")
             return
+        original = result
         try:
             try:
                 if isinstance(result, (list, tuple)) and len(result) == 1 and self.pending is not None \
@@ -318,6 +368,8 @@ class Request:
                     self.pending.append(b"Content-Length")
                     self.pending.append(str(len(result[0])).encode())
                     self.length = len(result[0])
+                if isinstance(result, FileWrapper) and self.send_file(result):
+                    result = ()
                 for chunk in result:
                     if type(chunk) is not bytes:
                         raise TypeError("the response iterable yielded %s, not bytes" % type(chunk).__name__)
@@ -327,7 +379,7 @@ class Request:
             except BaseException:
                 self.fail("the app failed; answering 500")
         finally:
-            close = getattr(result, "close", None)
+            close = getattr(original, "close", None)
             if close is not None:
                 try:
                     close()
@@ -359,6 +411,19 @@ class Worker:
 
     def load(self):
         config = self.config
+        # Modules shipped inside scgi-wsgi (scgi_wsgi.wsgidir), as in the embedded mode.
+        for name, source in config.get("modules", {}).items():
+            package_name, _, short = name.rpartition(".")
+            package = sys.modules.get(package_name)
+            if package is None:
+                package = types.ModuleType(package_name)
+                package.__path__ = []
+                sys.modules[package_name] = package
+            module = types.ModuleType(name)
+            module.__file__ = "<scgi-wsgi>/%s.py" % short
+            sys.modules[name] = module
+            exec(compile(source, module.__file__, "exec"), module.__dict__)
+            setattr(package, short, module)
         # `python -c` puts the working directory first on sys.path; the embedded mode does not.
         if sys.path and sys.path[0] in ("", "."):
             del sys.path[0]

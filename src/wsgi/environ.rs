@@ -265,15 +265,20 @@ fn fill_cgi_defaults(
 /// The CGI variables for a request as `NAME NUL VALUE NUL ...` bytes, by the same rules as
 /// [`build`] (duplicates joined, defaults filled), plus `wsgi.url_scheme`: what the
 /// external-interpreter worker turns into its environ.
-pub fn cgi_pairs(header_block: &[u8]) -> Vec<u8> {
+pub fn cgi_pairs(header_block: &[u8], mount: Option<&Mount>) -> Vec<u8> {
     use std::borrow::Cow;
     let mut pairs: Vec<(Cow<'_, [u8]>, Cow<'_, [u8]>)> = Vec::with_capacity(32);
     let mut ash_protocol: Option<&[u8]> = None;
     let mut https = false;
+    let mut paths = SentPaths::default();
     for (name, value) in scgi::headers(header_block) {
         match name {
             b"HTTP_X_ASH_PROTOCOL" => ash_protocol = Some(value),
             b"HTTPS" => https = value.eq_ignore_ascii_case(b"on") || value == b"1",
+            b"SCRIPT_NAME" => _ = paths.script_name.get_or_insert(value),
+            b"PATH_INFO" => _ = paths.path_info.get_or_insert(value),
+            b"DOCUMENT_URI" => _ = paths.document_uri.get_or_insert(value),
+            b"REQUEST_URI" => _ = paths.request_uri.get_or_insert(value),
             _ => {}
         }
         match pairs.iter_mut().find(|(n, _)| n.as_ref() == name) {
@@ -294,12 +299,18 @@ pub fn cgi_pairs(header_block: &[u8]) -> Vec<u8> {
         _ if https => b"https",
         _ => b"http",
     };
+    // The same SCRIPT_NAME/PATH_INFO rule as the embedded environ.
+    let (script_name, path_info) = pathinfo::split(&paths, mount);
+    for (key, value) in [(&b"SCRIPT_NAME"[..], script_name), (b"PATH_INFO", path_info)] {
+        match pairs.iter_mut().find(|(n, _)| n.as_ref() == key) {
+            Some((_, existing)) => *existing = value,
+            None => pairs.push((Cow::Borrowed(key), value)),
+        }
+    }
     let has =
         |pairs: &[(Cow<'_, [u8]>, Cow<'_, [u8]>)], key: &[u8]| pairs.iter().any(|(n, _)| n.as_ref() == key);
     for (key, default) in [
-        (&b"SCRIPT_NAME"[..], &b""[..]),
-        (b"PATH_INFO", b""),
-        (b"QUERY_STRING", b""),
+        (&b"QUERY_STRING"[..], &b""[..]),
         (b"REQUEST_METHOD", b"GET"),
         (b"SERVER_PROTOCOL", b"HTTP/1.0"),
     ] {

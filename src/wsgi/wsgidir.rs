@@ -7,7 +7,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyModule;
 
 /// The module's Python source.
-const SOURCE: &str = include_str!("wsgidir.py");
+pub const SOURCE: &str = include_str!("wsgidir.py");
 
 /// Registers the `scgi_wsgi` package and `scgi_wsgi.wsgidir` in `sys.modules`.
 pub fn register(py: Python<'_>) -> PyResult<()> {
