@@ -104,6 +104,23 @@ pub struct ConnId {
     pub serial: u64,
 }
 
+/// Called once when a full outbox has room again, or its client is gone (rplex's response
+/// thread parks a response on it instead of blocking).
+pub type RoomHook = Box<dyn FnOnce() + Send>;
+
+#[derive(Default)]
+struct RoomWaiter(Option<RoomHook>);
+
+impl std::fmt::Debug for RoomWaiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "RoomWaiter(set)"
+        } else {
+            "RoomWaiter(none)"
+        })
+    }
+}
+
 #[derive(Debug, Default)]
 struct OutState {
     chunks: VecDeque<Chunk>,
@@ -113,6 +130,8 @@ struct OutState {
     client_gone: bool,
     /// A notification for this outbox is already on its way to the loop.
     notified: bool,
+    /// Who to call when there is room again (see [`Outbox::call_when_room`]).
+    room_waiter: RoomWaiter,
 }
 
 /// One response's queue from a worker to the event loop.
@@ -198,6 +217,18 @@ impl Outbox {
         }
     }
 
+    /// Arranges for `hook` to be called once the outbox has drained to half the high-water
+    /// mark or the client is gone. Returns `false`, without keeping `hook`, when that is
+    /// already so: the caller can go on producing at once.
+    pub fn call_when_room(&self, hook: RoomHook) -> bool {
+        let mut state = self.lock();
+        if state.client_gone || state.unsent <= self.high_water / 2 {
+            return false;
+        }
+        state.room_waiter = RoomWaiter(Some(hook));
+        true
+    }
+
     /// Whether the loop has seen the client go away.
     pub fn client_gone(&self) -> bool {
         self.lock().client_gone
@@ -218,6 +249,11 @@ impl Outbox {
         state.unsent = state.unsent.saturating_sub(n);
         if before > self.high_water / 2 && state.unsent <= self.high_water / 2 {
             self.room.notify_all();
+            let hook = state.room_waiter.0.take();
+            drop(state);
+            if let Some(hook) = hook {
+                hook();
+            }
         }
     }
 
@@ -228,6 +264,11 @@ impl Outbox {
         state.chunks.clear();
         state.unsent = 0;
         self.room.notify_all();
+        let hook = state.room_waiter.0.take();
+        drop(state);
+        if let Some(hook) = hook {
+            hook();
+        }
     }
 }
 
@@ -260,6 +301,15 @@ impl Notifier {
         }
     }
 
+    /// Wakes the loop with no connection to name: a full request queue has room again.
+    pub fn wake(&self) {
+        if !self.woken.swap(true, Ordering::AcqRel) {
+            if let Err(e) = self.waker.wake() {
+                crate::error!("server", "cannot wake the event loop: {e}");
+            }
+        }
+    }
+
     /// Loop side: takes the queued ids into `into` (which it reuses).
     pub(crate) fn drain(&self, into: &mut Vec<ConnId>) {
         self.woken.store(false, Ordering::Release);
@@ -272,8 +322,14 @@ impl Notifier {
 pub trait Dispatcher {
     /// Hands over a request. Returns it back when no more can be queued (the loop answers 503).
     fn dispatch(&mut self, request: Request) -> Result<(), Request>;
-    /// Whether another request can be taken now; the loop stops reading new requests while not.
+    /// Whether another request can be taken now; the loop stops accepting while not.
     fn has_room(&self) -> bool {
         true
     }
+    /// How many requests may wait for a worker (for log lines).
+    fn queue_limit(&self) -> usize {
+        usize::MAX
+    }
+    /// Gives the dispatcher a way to wake the loop when it has room again after refusing.
+    fn set_waker(&mut self, _notifier: Arc<Notifier>) {}
 }

@@ -101,9 +101,15 @@ fn start_python(config: &Config) -> Result<wsgi::WsgiHandler, String> {
         }
         let app = wsgi::app::load(py, &config.module, config.use_application, &config.args)
             .map_err(|e| e.to_string())?;
-        wsgi::WsgiHandler::new(py, app, config.model.multithread(), false)
+        let mut handler = wsgi::WsgiHandler::new(py, app, config.model.multithread(), false)
             .map(|handler| handler.with_mount(config.mount.clone()))
-            .map_err(|e| format!("cannot prepare the environ: {e}"))
+            .map_err(|e| format!("cannot prepare the environ: {e}"))?;
+        if config.model.multiplexes_responses() {
+            handler
+                .start_response_thread()
+                .map_err(|e| format!("cannot start the rplex response thread: {e}"))?;
+        }
+        Ok(handler)
     })
 }
 
@@ -123,7 +129,7 @@ fn start_pdm(py: Python<'_>, spec: &str) {
 
 fn serve(config: Config, listener: Listener, signals: SignalPipe, handler: wsgi::WsgiHandler) -> ExitCode {
     let description = listener.describe();
-    let pool = WorkerPool::new(&config.model, Arc::new(handler));
+    let pool = WorkerPool::new(&config.model, Arc::new(handler), config.limits.max_queue);
     let poll = match mio::Poll::new() {
         Ok(poll) => poll,
         Err(e) => return fatal(format!("cannot create the event loop: {e}")),
