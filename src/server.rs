@@ -471,8 +471,9 @@ impl<D: Dispatcher> Server<D> {
         if conn.phase == Phase::Lingering {
             return;
         }
-        conn.collect_output();
+        // Blocked before this round means a write-timeout timer is already set.
         let was_blocked = !conn.output_drained();
+        conn.collect_output();
         if let Err(e) = conn.write_out() {
             debug!("server", "client went away while receiving the response: {e}");
             if let Some(outbox) = &conn.outbox {
