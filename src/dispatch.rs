@@ -322,7 +322,8 @@ impl Notifier {
 pub trait Dispatcher {
     /// Hands over a request. Returns it back when no more can be queued (the loop answers 503).
     fn dispatch(&mut self, request: Request) -> Result<(), Request>;
-    /// Whether another request can be taken now; the loop stops accepting while not.
+    /// Whether another request can be taken now; the loop stops accepting while not. The loop
+    /// asks only when it has a connection it would accept.
     fn has_room(&self) -> bool {
         true
     }

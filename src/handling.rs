@@ -324,7 +324,13 @@ impl Dispatcher for WorkerPool {
     }
 
     fn has_room(&self) -> bool {
-        self.shared.lock().pending.len() < self.shared.queue_limit
+        let mut queue = self.shared.lock();
+        let room = queue.pending.len() < self.shared.queue_limit;
+        if !room {
+            // The loop asks when it has a connection to take: that one is now kept waiting.
+            queue.refused_since.get_or_insert_with(Instant::now);
+        }
+        room
     }
 
     fn queue_limit(&self) -> usize {
