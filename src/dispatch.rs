@@ -334,3 +334,57 @@ pub trait Dispatcher {
     /// Gives the dispatcher a way to wake the loop when it has room again after refusing.
     fn set_waker(&mut self, _notifier: Arc<Notifier>) {}
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    fn outbox(high_water: usize) -> (mio::Poll, Arc<Outbox>) {
+        let poll = mio::Poll::new().unwrap();
+        let waker = mio::Waker::new(poll.registry(), mio::Token(0)).unwrap();
+        let id = ConnId { key: 0, serial: 0 };
+        (poll, Outbox::new(id, Notifier::new(waker), high_water))
+    }
+
+    fn counting_hook(calls: &Arc<AtomicUsize>) -> RoomHook {
+        let calls = Arc::clone(calls);
+        Box::new(move || {
+            calls.fetch_add(1, Ordering::SeqCst);
+        })
+    }
+
+    #[test]
+    fn room_hook_fires_once_when_drained_to_half() {
+        let (_poll, outbox) = outbox(100);
+        let calls = Arc::new(AtomicUsize::new(0));
+        assert!(
+            !outbox.call_when_room(counting_hook(&calls)),
+            "empty outbox has room"
+        );
+        outbox.send(vec![0; 150], None).unwrap();
+        assert!(outbox.is_full());
+        assert!(outbox.call_when_room(counting_hook(&calls)));
+        outbox.written(60);
+        assert_eq!(calls.load(Ordering::SeqCst), 0, "90 unsent is above half of 100");
+        outbox.written(40);
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        outbox.written(50);
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "a hook fires once");
+    }
+
+    #[test]
+    fn room_hook_fires_when_the_client_goes() {
+        let (_poll, outbox) = outbox(100);
+        let calls = Arc::new(AtomicUsize::new(0));
+        outbox.send(vec![0; 150], None).unwrap();
+        assert!(outbox.call_when_room(counting_hook(&calls)));
+        outbox.mark_client_gone();
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert_eq!(outbox.send(vec![1], None), Err(ClientGone));
+        assert!(
+            !outbox.call_when_room(counting_hook(&calls)),
+            "nothing to wait for"
+        );
+    }
+}

@@ -304,7 +304,7 @@ fn stalled_and_fleeting_clients_do_not_slow_normal_requests() {
     );
     // 1000 that connect and close at once, from another thread, while we measure.
     let churning = AtomicBool::new(true);
-    let (latencies, rss, threads) = thread::scope(|scope| {
+    let (latencies, rss, threads, fds) = thread::scope(|scope| {
         let churn = scope.spawn(|| {
             let mut n = 0;
             while n < 1000 {
@@ -318,6 +318,7 @@ fn stalled_and_fleeting_clients_do_not_slow_normal_requests() {
         let mut latencies = Vec::new();
         let mut rss = 0;
         let mut threads = 0;
+        let mut fds = 0;
         while latencies.len() < 200 || churning.load(Ordering::Relaxed) {
             let t = Instant::now();
             assert_eq!(server.get("/sleep?s=0").status, 200);
@@ -325,10 +326,11 @@ fn stalled_and_fleeting_clients_do_not_slow_normal_requests() {
             if latencies.len() % 20 == 0 {
                 rss = rss.max(proc_rss_kib(pid));
                 threads = threads.max(proc_threads(pid));
+                fds = fds.max(proc_fds(pid));
             }
         }
         churn.join().unwrap();
-        (latencies, rss, threads)
+        (latencies, rss, threads, fds)
     });
     let mut sorted = latencies.clone();
     sorted.sort();
@@ -336,7 +338,8 @@ fn stalled_and_fleeting_clients_do_not_slow_normal_requests() {
     let p99 = sorted[sorted.len() * 99 / 100];
     eprintln!(
         "stalled clients: {} normal requests, p50 {p50:?}, p99 {p99:?}, max {:?}; \
-         server RSS {quiet_rss} KiB idle, {rss} KiB at most under load; threads {quiet_threads} idle, {threads} at most",
+         server RSS {quiet_rss} KiB idle, {rss} KiB at most under load; threads {quiet_threads} idle, {threads} at most; \
+         {fds} fds at most",
         sorted.len(),
         sorted[sorted.len() - 1]
     );
