@@ -6,6 +6,7 @@
 //! runnable the thread waits with the GIL released.
 
 use std::collections::VecDeque;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
 
@@ -13,6 +14,7 @@ use pyo3::prelude::*;
 use slab::Slab;
 
 use super::response::{PlexJob, Step};
+use crate::dispatch::End;
 
 /// Chunks one response may produce before the others get a turn.
 const TURN_BUDGET: usize = 8;
@@ -89,7 +91,17 @@ fn run(py: Python<'_>, shared: &Arc<Shared>) {
         // One turn each for the responses runnable now.
         for _ in 0..runnable.len() {
             let Some(key) = runnable.pop_front() else { break };
-            match jobs[key].advance(py, TURN_BUDGET) {
+            let job = &jobs[key];
+            // A panic must not take the thread, and with it every response, down.
+            let step = catch_unwind(AssertUnwindSafe(|| job.advance(py, TURN_BUDGET))).unwrap_or_else(|_| {
+                crate::error!(
+                    "wsgi",
+                    "internal error while iterating a response; connection dropped"
+                );
+                job.outbox().finish(End::Abort);
+                Step::Done
+            });
+            match step {
                 Step::Done => {
                     jobs.remove(key);
                 }
