@@ -343,8 +343,9 @@ fn stalled_and_fleeting_clients_do_not_slow_normal_requests() {
         sorted.len(),
         sorted[sorted.len() - 1]
     );
+    // Were the stalled clients holding anything up, requests would wait for their 10 s head timeout.
     assert!(
-        p99 < Duration::from_millis(250),
+        p99 < Duration::from_millis(500),
         "p99 {p99:?} with stalled clients"
     );
     assert!(
