@@ -187,6 +187,20 @@ fn rplex_refuses_write_with_a_clear_error() {
 }
 
 #[test]
+fn rplex_sends_file_wrapper_responses() {
+    let server = start("rplex", &[]);
+    let own = std::fs::read(apps_dir().join("overload.py")).unwrap();
+    assert_eq!(server.get("/file").body, own, "a real file, sent by sendfile");
+    let filelike = server.get("/filelike?mib=3");
+    assert_eq!(filelike.status, 200);
+    assert_eq!(
+        filelike.body,
+        vec![b'y'; 3 << 20],
+        "a BytesIO, iterated by the response thread"
+    );
+}
+
+#[test]
 fn rplex_closes_the_iterable_when_the_client_leaves() {
     let server = start("rplex", &[]);
     let mut stream = server.connect();

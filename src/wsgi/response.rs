@@ -464,6 +464,18 @@ pub fn serve(
         Err(err) => return fail(py, &environ, &responder, &err),
     };
     if let Some(handoff) = handoff {
+        // A file the event loop can sendfile() needs no iterating: send it from here.
+        if let Some(source) = result
+            .cast::<FileWrapper>()
+            .ok()
+            .and_then(|wrapper| wrapper.borrow().file_source(py))
+        {
+            let sent = responder.borrow_mut().state.send_file(py, source);
+            if let Err(err) = sent {
+                fail(py, &environ, &responder, &err);
+            }
+            return close_iterable(py, &result, &environ);
+        }
         let ready = [
             result.cast::<PyList>().map(|l| l.len()).ok(),
             result.cast::<PyTuple>().map(|t| t.len()).ok(),

@@ -5,8 +5,11 @@
 /big?mib=50        a generator of 64 KiB chunks; its close() logs how far it got
 /write             answers through the write() callable
 /echo              the request body's length
+/file              this file, through wsgi.file_wrapper (a real file: sendfile)
+/filelike?mib=1    bytes through wsgi.file_wrapper over a BytesIO (iterated)
 """
 
+import io
 import sys
 import threading
 import time
@@ -81,5 +84,12 @@ def application(environ, start_response):
         body = environ["wsgi.input"].read()
         start_response("200 OK", [("Content-Type", "text/plain")])
         return [f"{len(body)}\n".encode()]
+    if path == "/file":
+        start_response("200 OK", [("Content-Type", "text/x-python")])
+        return environ["wsgi.file_wrapper"](open(__file__, "rb"), 8192)
+    if path == "/filelike":
+        size = int(_param(environ, "mib", 1.0) * 1024 * 1024)
+        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        return environ["wsgi.file_wrapper"](io.BytesIO(b"y" * size), CHUNK)
     start_response("404 Not Found", [("Content-Type", "text/plain")])
     return [b"not found\n"]
