@@ -81,15 +81,19 @@ pub struct Args {
     pub max_body: String,
 
     /// Bodies larger than this are kept in an unlinked temporary file instead of memory
-    #[arg(long, value_name = "BYTES", default_value = "1M")]
+    #[arg(long, value_name = "BYTES", default_value = "256K")]
     pub body_buffer: String,
 
-    /// Seconds a client has to send the whole SCGI header block
-    #[arg(long, value_name = "SECS", default_value = "30")]
+    /// Response bytes buffered per connection before the app is made to wait for the client
+    #[arg(long, value_name = "BYTES", default_value = "256K")]
+    pub write_buffer: String,
+
+    /// Seconds a client has, from connecting, to send the whole SCGI header block
+    #[arg(long, value_name = "SECS", default_value = "10")]
     pub head_timeout: String,
 
     /// Seconds a request body may stall (no bytes arriving) before the request is answered 408
-    #[arg(long, value_name = "SECS", default_value = "60")]
+    #[arg(long, value_name = "SECS", default_value = "30")]
     pub body_timeout: String,
 
     /// Seconds a response may stall (client not reading) before the connection is dropped
@@ -99,6 +103,11 @@ pub struct Args {
     /// Most connections held open at once; beyond it, new ones wait in the listen backlog
     #[arg(long, value_name = "N", default_value = "4096")]
     pub max_connections: usize,
+
+    /// Requests waiting for a worker thread under free, rplex and single (pool uses its queue=);
+    /// while it is full no new connections are accepted
+    #[arg(long, value_name = "N", default_value = "100")]
+    pub max_queue: usize,
 
     /// Listen backlog for sockets this program creates
     #[arg(long, value_name = "N", default_value = "1024")]
@@ -162,6 +171,8 @@ pub struct Limits {
     pub max_connections: usize,
     /// Bytes of response queued per connection before the app is made to wait.
     pub write_buffer: usize,
+    /// Requests waiting for a worker thread (models other than pool, which has its own `queue=`).
+    pub max_queue: usize,
 }
 
 /// The validated configuration the rest of the program runs on.
@@ -225,6 +236,9 @@ impl Args {
         if self.max_connections == 0 {
             return Err(invalid("--max-connections", "0", "must be at least 1"));
         }
+        if self.max_queue == 0 {
+            return Err(invalid("--max-queue", "0", "must be at least 1"));
+        }
         if self.backlog <= 0 {
             return Err(invalid(
                 "--backlog",
@@ -240,8 +254,18 @@ impl Args {
             body_timeout: parse_secs("--body-timeout", &self.body_timeout)?,
             write_timeout: parse_secs("--write-timeout", &self.write_timeout)?,
             max_connections: self.max_connections,
-            write_buffer: 256 * 1024,
+            write_buffer: parse_size("--write-buffer", &self.write_buffer)?
+                .try_into()
+                .unwrap_or(usize::MAX),
+            max_queue: self.max_queue,
         };
+        if limits.write_buffer < 1024 {
+            return Err(invalid(
+                "--write-buffer",
+                &self.write_buffer,
+                "must be at least 1K",
+            ));
+        }
         if limits.max_head == 0 {
             return Err(invalid("--max-head", &self.max_head, "must be at least 1 byte"));
         }

@@ -116,6 +116,23 @@ pub enum OutboxEvent {
 /// A callback the event loop runs (briefly, without blocking) on each [`OutboxEvent`].
 pub type OutboxObserver = Box<dyn Fn(OutboxEvent) + Send + Sync>;
 
+/// Called once when a full outbox has room again, or its client is gone (rplex's response
+/// thread parks a response on it instead of blocking).
+pub type RoomHook = Box<dyn FnOnce() + Send>;
+
+#[derive(Default)]
+struct RoomWaiter(Option<RoomHook>);
+
+impl std::fmt::Debug for RoomWaiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "RoomWaiter(set)"
+        } else {
+            "RoomWaiter(none)"
+        })
+    }
+}
+
 #[derive(Debug, Default)]
 struct OutState {
     chunks: VecDeque<Chunk>,
@@ -127,6 +144,8 @@ struct OutState {
     client_gone: bool,
     /// A notification for this outbox is already on its way to the loop.
     notified: bool,
+    /// Who to call when there is room again (see [`Outbox::call_when_room`]).
+    room_waiter: RoomWaiter,
 }
 
 /// One response's queue from a worker to the event loop.
@@ -232,6 +251,18 @@ impl Outbox {
         }
     }
 
+    /// Arranges for `hook` to be called once the outbox has drained to half the high-water
+    /// mark or the client is gone. Returns `false`, without keeping `hook`, when that is
+    /// already so: the caller can go on producing at once.
+    pub fn call_when_room(&self, hook: RoomHook) -> bool {
+        let mut state = self.lock();
+        if state.client_gone || state.unsent <= self.high_water / 2 {
+            return false;
+        }
+        state.room_waiter = RoomWaiter(Some(hook));
+        true
+    }
+
     /// Whether the loop has seen the client go away.
     pub fn client_gone(&self) -> bool {
         self.lock().client_gone
@@ -252,10 +283,16 @@ impl Outbox {
         state.unsent = state.unsent.saturating_sub(n);
         state.written_total += n as u64;
         let total = state.written_total;
-        if before > self.high_water / 2 && state.unsent <= self.high_water / 2 {
+        let hook = if before > self.high_water / 2 && state.unsent <= self.high_water / 2 {
             self.room.notify_all();
-        }
+            state.room_waiter.0.take()
+        } else {
+            None
+        };
         drop(state);
+        if let Some(hook) = hook {
+            hook();
+        }
         if let Some(observer) = self.observer.get() {
             observer(OutboxEvent::Written(total));
         }
@@ -268,7 +305,11 @@ impl Outbox {
         state.chunks.clear();
         state.unsent = 0;
         self.room.notify_all();
+        let hook = state.room_waiter.0.take();
         drop(state);
+        if let Some(hook) = hook {
+            hook();
+        }
         if let Some(observer) = self.observer.get().filter(|_| !was_gone) {
             observer(OutboxEvent::ClientGone);
         }
@@ -304,6 +345,15 @@ impl Notifier {
         }
     }
 
+    /// Wakes the loop with no connection to name: a full request queue has room again.
+    pub fn wake(&self) {
+        if !self.woken.swap(true, Ordering::AcqRel) {
+            if let Err(e) = self.waker.wake() {
+                crate::error!("server", "cannot wake the event loop: {e}");
+            }
+        }
+    }
+
     /// Loop side: takes the queued ids into `into` (which it reuses).
     pub(crate) fn drain(&self, into: &mut Vec<ConnId>) {
         self.woken.store(false, Ordering::Release);
@@ -316,8 +366,69 @@ impl Notifier {
 pub trait Dispatcher {
     /// Hands over a request. Returns it back when no more can be queued (the loop answers 503).
     fn dispatch(&mut self, request: Request) -> Result<(), Request>;
-    /// Whether another request can be taken now; the loop stops reading new requests while not.
+    /// Whether another request can be taken now; the loop stops accepting while not. The loop
+    /// asks only when it has a connection it would accept.
     fn has_room(&self) -> bool {
         true
+    }
+    /// How many requests may wait for a worker (for log lines).
+    fn queue_limit(&self) -> usize {
+        usize::MAX
+    }
+    /// Gives the dispatcher a way to wake the loop when it has room again after refusing.
+    fn set_waker(&mut self, _notifier: Arc<Notifier>) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    fn outbox(high_water: usize) -> (mio::Poll, Arc<Outbox>) {
+        let poll = mio::Poll::new().unwrap();
+        let waker = mio::Waker::new(poll.registry(), mio::Token(0)).unwrap();
+        let id = ConnId { key: 0, serial: 0 };
+        (poll, Outbox::new(id, Notifier::new(waker), high_water))
+    }
+
+    fn counting_hook(calls: &Arc<AtomicUsize>) -> RoomHook {
+        let calls = Arc::clone(calls);
+        Box::new(move || {
+            calls.fetch_add(1, Ordering::SeqCst);
+        })
+    }
+
+    #[test]
+    fn room_hook_fires_once_when_drained_to_half() {
+        let (_poll, outbox) = outbox(100);
+        let calls = Arc::new(AtomicUsize::new(0));
+        assert!(
+            !outbox.call_when_room(counting_hook(&calls)),
+            "empty outbox has room"
+        );
+        outbox.send(vec![0; 150], None).unwrap();
+        assert!(outbox.is_full());
+        assert!(outbox.call_when_room(counting_hook(&calls)));
+        outbox.written(60);
+        assert_eq!(calls.load(Ordering::SeqCst), 0, "90 unsent is above half of 100");
+        outbox.written(40);
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        outbox.written(50);
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "a hook fires once");
+    }
+
+    #[test]
+    fn room_hook_fires_when_the_client_goes() {
+        let (_poll, outbox) = outbox(100);
+        let calls = Arc::new(AtomicUsize::new(0));
+        outbox.send(vec![0; 150], None).unwrap();
+        assert!(outbox.call_when_room(counting_hook(&calls)));
+        outbox.mark_client_gone();
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert_eq!(outbox.send(vec![1], None), Err(ClientGone));
+        assert!(
+            !outbox.call_when_room(counting_hook(&calls)),
+            "nothing to wait for"
+        );
     }
 }

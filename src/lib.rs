@@ -87,7 +87,7 @@ pub fn main_entry() -> ExitCode {
         Ok(handler) => handler,
         Err(message) => return fatal(message),
     };
-    let pool = WorkerPool::new(&config.model, Arc::new(handler));
+    let pool = WorkerPool::new(&config.model, Arc::new(handler), config.limits.max_queue);
     let exit = serve(config, listener, signals, pool);
     // Let the app's atexit handlers run and its output reach the streams.
     Python::attach(|py| {
@@ -143,6 +143,7 @@ fn start_external(config: &Config, interpreter: String) -> Result<external::Exte
         window: config.limits.write_buffer,
         env,
         mount: config.mount.clone(),
+        max_queue: config.limits.max_queue,
     };
     external::ExternalDispatcher::start(spec, std::env::args().collect())
 }
@@ -166,9 +167,15 @@ fn start_python(config: &Config) -> Result<wsgi::WsgiHandler, String> {
         }
         let app = wsgi::app::load(py, &config.module, config.use_application, &config.args)
             .map_err(|e| e.to_string())?;
-        wsgi::WsgiHandler::new(py, app, config.model.multithread(), false)
+        let mut handler = wsgi::WsgiHandler::new(py, app, config.model.multithread(), false)
             .map(|handler| handler.with_mount(config.mount.clone()))
-            .map_err(|e| format!("cannot prepare the environ: {e}"))
+            .map_err(|e| format!("cannot prepare the environ: {e}"))?;
+        if config.model.multiplexes_responses() {
+            handler
+                .start_response_thread()
+                .map_err(|e| format!("cannot start the rplex response thread: {e}"))?;
+        }
+        Ok(handler)
     })
 }
 

@@ -571,6 +571,11 @@ fn wsgiref_validator_finds_nothing_to_complain_about() {
             (ScgiRequest::get("/empty"), 204, Vec::new()),
             (ScgiRequest::get("/nowhere"), 404, b"no such route".to_vec()),
         ];
+        // rplex offers no write() (as in the original); tests/models.rs checks its error.
+        let cases: Vec<_> = cases
+            .into_iter()
+            .filter(|(req, _, _)| model != "rplex" || req.header_value("PATH_INFO") != Some(b"/write"))
+            .collect();
         for (req, status, body) in &cases {
             let r = server.request(req);
             let what = String::from_utf8_lossy(req.header_value("REQUEST_URI").unwrap_or_default());

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::dispatch::{Body, Chunk, Dispatcher, End, Outbox, OutboxEvent, Request};
+use crate::dispatch::{Body, Chunk, Dispatcher, End, Notifier, Outbox, OutboxEvent, Request};
 use crate::handling::Model;
 use crate::{error, info, warning};
 
@@ -63,6 +63,8 @@ pub struct WorkerSpec {
     pub env: Vec<(String, String)>,
     /// The mount point from `--script-name`.
     pub mount: Option<crate::wsgi::pathinfo::Mount>,
+    /// `--max-queue`: requests that may wait for the worker (pool uses its `queue=`).
+    pub max_queue: usize,
 }
 
 impl WorkerSpec {
@@ -76,7 +78,7 @@ impl WorkerSpec {
     fn queue_limit(&self) -> usize {
         match self.model {
             Model::Pool { queue, .. } => queue,
-            _ => usize::MAX,
+            _ => self.max_queue,
         }
     }
 
@@ -160,6 +162,8 @@ struct Shared {
     state: Mutex<State>,
     max_in_flight: usize,
     queue_limit: usize,
+    /// Wakes the event loop when a full queue gets room again.
+    loop_waker: Mutex<Option<Arc<Notifier>>>,
 }
 
 /// Runs requests in an external interpreter process.
@@ -289,7 +293,8 @@ impl FrameReader {
                     let data = libc::CMSG_DATA(cmsg) as *const i32;
                     let count = ((*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize) / 4;
                     for i in 0..count {
-                        self.fds.push_back(OwnedFd::from_raw_fd(data.add(i).read_unaligned()));
+                        self.fds
+                            .push_back(OwnedFd::from_raw_fd(data.add(i).read_unaligned()));
                     }
                 }
                 cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
@@ -404,10 +409,18 @@ impl Shared {
             let Some(sender) = state.to_worker.clone() else {
                 return;
             };
+            let was_full = state.queue.len() >= self.queue_limit;
             let Some((request, _)) = state.queue.pop_front() else {
                 return;
             };
             self.send_request(state, &sender, request);
+            if was_full {
+                // The loop stopped taking requests at the limit: tell it there is room.
+                let waker = self.loop_waker.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                if let Some(waker) = waker {
+                    waker.wake();
+                }
+            }
         }
     }
 
@@ -505,7 +518,10 @@ impl Shared {
                         None
                     }
                     _ => {
-                        error!("wsgi", "the worker sent a file frame without its file; connection cut");
+                        error!(
+                            "wsgi",
+                            "the worker sent a file frame without its file; connection cut"
+                        );
                         slot.outbox.finish(End::Abort);
                         Some(End::Abort)
                     }
@@ -623,7 +639,11 @@ impl Shared {
             .spawn(move || {
                 let mut frames = FrameReader::new(reader);
                 while let Ok((kind, id, payload)) = frames.next_frame() {
-                    let fd = if kind == b'P' { frames.fds.pop_front() } else { None };
+                    let fd = if kind == b'P' {
+                        frames.fds.pop_front()
+                    } else {
+                        None
+                    };
                     shared.on_frame(kind, id, payload, fd);
                 }
                 shared.on_worker_exit(child);
@@ -705,6 +725,7 @@ impl ExternalDispatcher {
         let shared = Arc::new(Shared {
             max_in_flight: spec.max_in_flight(),
             queue_limit: spec.queue_limit(),
+            loop_waker: Mutex::new(None),
             spec,
             argv,
             state: Mutex::new(State {
@@ -733,6 +754,14 @@ impl Dispatcher for ExternalDispatcher {
 
     fn has_room(&self) -> bool {
         self.shared.lock().queue.len() < self.shared.queue_limit
+    }
+
+    fn queue_limit(&self) -> usize {
+        self.shared.queue_limit
+    }
+
+    fn set_waker(&mut self, notifier: Arc<Notifier>) {
+        *self.shared.loop_waker.lock().unwrap_or_else(|e| e.into_inner()) = Some(notifier);
     }
 }
 

@@ -9,6 +9,7 @@ pub mod input;
 pub mod interp;
 pub mod pathinfo;
 pub mod response;
+pub mod rplex;
 pub mod wsgidir;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -22,6 +23,8 @@ use crate::handling::RequestHandler;
 pub struct WsgiHandler {
     app: Py<PyAny>,
     consts: environ::EnvironConsts,
+    /// rplex: the response thread that iterates responses.
+    plex: Option<rplex::ResponsePlex>,
 }
 
 impl WsgiHandler {
@@ -35,7 +38,14 @@ impl WsgiHandler {
         Ok(WsgiHandler {
             app,
             consts: environ::EnvironConsts::new(py, multithread, multiprocess)?,
+            plex: None,
         })
+    }
+
+    /// Starts rplex's response thread: from now on, responses are iterated there.
+    pub fn start_response_thread(&mut self) -> std::io::Result<()> {
+        self.plex = Some(rplex::ResponsePlex::start()?);
+        Ok(())
     }
 }
 
@@ -50,8 +60,14 @@ impl WsgiHandler {
 impl RequestHandler for WsgiHandler {
     fn handle(&self, py: Python<'_>, request: Request) {
         let outbox = std::sync::Arc::clone(&request.outbox);
+        let submit = |job| {
+            if let Some(plex) = &self.plex {
+                plex.submit(job);
+            }
+        };
+        let handoff: Option<&dyn Fn(response::PlexJob)> = self.plex.as_ref().map(|_| &submit as _);
         let served = catch_unwind(AssertUnwindSafe(|| {
-            response::serve(py, self.app.bind(py), &self.consts, request)
+            response::serve(py, self.app.bind(py), &self.consts, request, handoff)
         }));
         if served.is_err() {
             crate::error!(

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use pyo3::exceptions::{PyBrokenPipeError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyIterator, PyList, PyString, PyTuple};
 
 use super::app::traceback_text;
 use super::environ::{self, EnvironConsts};
@@ -48,6 +48,9 @@ struct ResponseState {
     body_sent: u64,
     overflow_logged: bool,
     is_head_request: bool,
+    /// rplex: the response thread does the waiting (it parks the response instead), and
+    /// `write` is not offered.
+    multiplexed: bool,
 }
 
 impl ResponseState {
@@ -81,7 +84,7 @@ impl ResponseState {
         };
         self.body_sent += data.len() as u64;
         self.outbox.send(chunk, end).map_err(client_gone)?;
-        if self.outbox.is_full() {
+        if self.outbox.is_full() && !self.multiplexed {
             let outbox = Arc::clone(&self.outbox);
             py.detach(move || outbox.wait_for_room()).map_err(client_gone)?;
         }
@@ -204,6 +207,11 @@ impl StartResponse {
         let bytes = data
             .cast::<PyBytes>()
             .map_err(|_| PyTypeError::new_err(format!("write() takes bytes, not {}", type_name(data))))?;
+        if self.state.multiplexed {
+            return Err(PyRuntimeError::new_err(
+                "write() is not supported under the rplex handling model: return the body as an iterable, or use -t free or -t pool",
+            ));
+        }
         if !self.state.head_sent && self.state.pending.is_none() {
             return Err(PyRuntimeError::new_err("write() called before start_response()"));
         }
@@ -324,8 +332,92 @@ fn build_head(status: &Bound<'_, PyAny>, headers: &Bound<'_, PyAny>) -> PyResult
     })
 }
 
-/// Runs the app for one request and sends its response.
-pub fn serve(py: Python<'_>, app: &Bound<'_, PyAny>, consts: &EnvironConsts, request: Request) {
+/// A response iterator handed to rplex's response thread, with what finishing it needs.
+pub struct PlexJob {
+    result: Py<PyAny>,
+    iter: Py<PyIterator>,
+    responder: Py<StartResponse>,
+    environ: Py<PyDict>,
+    outbox: Arc<Outbox>,
+}
+
+/// Where [`PlexJob::advance`] left a response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// It ended (completely, by error, or because the client left); the iterable is closed.
+    Done,
+    /// The budget ran out; more may come at once.
+    Again,
+    /// The client is behind: the outbox is over its high-water mark.
+    Full,
+}
+
+impl PlexJob {
+    /// The response's outbox.
+    pub fn outbox(&self) -> &Arc<Outbox> {
+        &self.outbox
+    }
+
+    /// Takes up to `budget` chunks from the iterator and queues them, never waiting.
+    pub fn advance(&self, py: Python<'_>, budget: usize) -> Step {
+        let responder = self.responder.bind(py);
+        let environ = self.environ.bind(py);
+        let iter = self.iter.bind(py);
+        let mut outcome = Ok(false);
+        for _ in 0..budget {
+            if self.outbox.client_gone() {
+                crate::debug!("wsgi", "client went away during {}", request_line(environ));
+                self.outbox.finish(End::Abort);
+                outcome = Ok(true);
+                break;
+            }
+            outcome = match iter.clone().next() {
+                None => responder.borrow_mut().state.finish(py).map(|_| true),
+                Some(Err(err)) => Err(err),
+                Some(Ok(item)) => send_chunk(py, &item, responder).map(|_| false),
+            };
+            if !matches!(outcome, Ok(false)) || self.outbox.is_full() {
+                break;
+            }
+        }
+        match outcome {
+            Ok(false) if self.outbox.is_full() => Step::Full,
+            Ok(false) => Step::Again,
+            Ok(true) => {
+                close_iterable(py, self.result.bind(py), environ);
+                Step::Done
+            }
+            Err(err) => {
+                fail(py, environ, responder, &err);
+                close_iterable(py, self.result.bind(py), environ);
+                Step::Done
+            }
+        }
+    }
+}
+
+/// Calls the iterable's `close()` when it has one (PEP 3333: however the response ended).
+fn close_iterable(py: Python<'_>, result: &Bound<'_, PyAny>, environ: &Bound<'_, PyDict>) {
+    match result.getattr_opt(intern!(py, "close")) {
+        Ok(Some(close)) => {
+            if let Err(err) = close.call0() {
+                log_app_error(py, environ, "the response's close() raised", &err);
+            }
+        }
+        Ok(None) => {}
+        Err(err) => log_app_error(py, environ, "looking up the response's close() failed", &err),
+    }
+}
+
+/// Runs the app for one request and sends its response. With `handoff` (rplex), a response
+/// that is more than one ready chunk is handed over for another thread to iterate.
+pub fn serve(
+    py: Python<'_>,
+    app: &Bound<'_, PyAny>,
+    consts: &EnvironConsts,
+    request: Request,
+    handoff: Option<&dyn Fn(PlexJob)>,
+) {
     let Request {
         buf,
         payload,
@@ -352,6 +444,7 @@ pub fn serve(py: Python<'_>, app: &Bound<'_, PyAny>, consts: &EnvironConsts, req
             body_sent: 0,
             overflow_logged: false,
             is_head_request,
+            multiplexed: handoff.is_some(),
         },
     };
     let prepared = Bound::new(py, InputStream::new(buf, body))
@@ -370,19 +463,44 @@ pub fn serve(py: Python<'_>, app: &Bound<'_, PyAny>, consts: &EnvironConsts, req
         Ok(result) => result,
         Err(err) => return fail(py, &environ, &responder, &err),
     };
+    if let Some(handoff) = handoff {
+        // A file the event loop can sendfile() needs no iterating: send it from here.
+        if let Some(source) = result
+            .cast::<FileWrapper>()
+            .ok()
+            .and_then(|wrapper| wrapper.borrow().file_source(py))
+        {
+            let sent = responder.borrow_mut().state.send_file(py, source);
+            if let Err(err) = sent {
+                fail(py, &environ, &responder, &err);
+            }
+            return close_iterable(py, &result, &environ);
+        }
+        let ready = [
+            result.cast::<PyList>().map(|l| l.len()).ok(),
+            result.cast::<PyTuple>().map(|t| t.len()).ok(),
+        ];
+        if !ready.iter().any(|n| n.is_some_and(|n| n <= 1)) {
+            match result.try_iter() {
+                Ok(iter) => {
+                    return handoff(PlexJob {
+                        result: result.unbind(),
+                        iter: iter.unbind(),
+                        responder: responder.unbind(),
+                        environ: environ.unbind(),
+                        outbox,
+                    })
+                }
+                Err(err) => fail(py, &environ, &responder, &err),
+            }
+            return close_iterable(py, &result, &environ);
+        }
+    }
     if let Err(err) = iterate(py, &result, &responder) {
         fail(py, &environ, &responder, &err);
     }
     // PEP 3333: close() whenever the iterable has one, however the response ended.
-    match result.getattr_opt(intern!(py, "close")) {
-        Ok(Some(close)) => {
-            if let Err(err) = close.call0() {
-                log_app_error(py, &environ, "the response's close() raised", &err);
-            }
-        }
-        Ok(None) => {}
-        Err(err) => log_app_error(py, &environ, "looking up the response's close() failed", &err),
-    }
+    close_iterable(py, &result, &environ);
 }
 
 /// Sends every chunk of the response iterable; list and tuple responses end with their last chunk.
