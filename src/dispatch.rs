@@ -80,6 +80,8 @@ struct OutState {
     client_gone: bool,
     /// A notification for this outbox is already on its way to the loop.
     notified: bool,
+    /// Some bytes were handed over (the head went out).
+    sent_any: bool,
 }
 
 /// One response's queue from a worker to the event loop.
@@ -117,6 +119,7 @@ impl Outbox {
             return Err(ClientGone);
         }
         if !data.is_empty() {
+            state.sent_any = true;
             state.unsent += data.len();
             state.chunks.push_back(data);
         }
@@ -155,6 +158,34 @@ impl Outbox {
         } else {
             Ok(())
         }
+    }
+
+    /// Gives up on a response the app is taking too long over: `response` goes out when
+    /// nothing was sent yet (returns true), otherwise the response is cut off. Either way the
+    /// app's further output is refused as if the client had gone.
+    pub fn time_out(&self, response: &[u8]) -> bool {
+        let mut state = self.lock();
+        if state.end.is_some() || state.client_gone {
+            return false;
+        }
+        let answered = !state.sent_any;
+        if answered {
+            state.unsent += response.len();
+            state.chunks.push_back(response.to_vec());
+            state.end = Some(End::Complete);
+        } else {
+            state.end = Some(End::Abort);
+        }
+        state.sent_any = true;
+        state.client_gone = true;
+        self.room.notify_all();
+        let wake = !state.notified;
+        state.notified = true;
+        drop(state);
+        if wake {
+            self.notifier.notify(self.id);
+        }
+        answered
     }
 
     /// Whether the loop has seen the client go away.

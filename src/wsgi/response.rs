@@ -47,6 +47,8 @@ struct ResponseState {
     body_sent: u64,
     overflow_logged: bool,
     is_head_request: bool,
+    /// The status code given to start_response (for the access log).
+    status: u16,
 }
 
 impl ResponseState {
@@ -149,6 +151,7 @@ impl StartResponse {
                 None => {}
             }
             let head = build_head(status, headers)?;
+            this.state.status = status_code(&head.bytes);
             this.state.content_length = head.content_length;
             this.state.pending = Some(head);
         }
@@ -287,8 +290,10 @@ pub fn serve(py: Python<'_>, app: &Bound<'_, PyAny>, consts: &EnvironConsts, req
         payload,
         body,
         outbox,
-        ..
+        accepted,
     } = request;
+    // Logged when dropped: on every way out of this function.
+    let mut access = crate::access::begin(&buf[payload.clone()], accepted);
     let is_head_request =
         crate::scgi::headers(&buf[payload.clone()]).any(|(n, v)| n == b"REQUEST_METHOD" && v == b"HEAD");
     let environ = match environ::build(py, &buf[payload], consts) {
@@ -308,6 +313,7 @@ pub fn serve(py: Python<'_>, app: &Bound<'_, PyAny>, consts: &EnvironConsts, req
             body_sent: 0,
             overflow_logged: false,
             is_head_request,
+            status: 0,
         },
     };
     let prepared = Bound::new(py, InputStream::new(buf, body))
@@ -338,6 +344,20 @@ pub fn serve(py: Python<'_>, app: &Bound<'_, PyAny>, consts: &EnvironConsts, req
         Ok(None) => {}
         Err(err) => log_app_error(py, &environ, "looking up the response's close() failed", &err),
     }
+    if let Some(entry) = access.as_mut() {
+        let state = &responder.borrow().state;
+        if state.head_sent {
+            entry.set_result(state.status, state.body_sent);
+        }
+    }
+}
+
+/// The code of a serialised head (`Status: 200 OK...`), checked by [`build_head`].
+fn status_code(head: &[u8]) -> u16 {
+    head.get(8..11)
+        .and_then(|d| std::str::from_utf8(d).ok())
+        .and_then(|d| d.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Sends every chunk of the response iterable; list and tuple responses end with their last chunk.
