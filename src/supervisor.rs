@@ -499,7 +499,9 @@ impl Master {
         } else {
             format!("exited with status {}", libc::WEXITSTATUS(status))
         };
-        let clean = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+        // One told to stop before it could catch SIGTERM (still starting) simply ends by it.
+        let clean = (libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0)
+            || (!worker.ready && libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGTERM);
         if worker.kill_at.is_some() {
             if clean {
                 crate::debug!("server", "worker {pid} finished and exited");

@@ -36,9 +36,7 @@ const PORT_ATTEMPTS: usize = 5;
 
 /// The directory of test WSGI applications: `<crate>/tests/apps`.
 pub fn apps_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests")
-        .join("apps")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("apps")
 }
 
 /// [`apps_dir`] as a string, ready to pass as an argument.
@@ -177,9 +175,7 @@ impl Stream {
                 Ok(n) => data.extend_from_slice(&chunk[..n]),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if is_timeout(&e) => return (data, ReadEnd::TimedOut),
-                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {
-                    return (data, ReadEnd::Reset)
-                }
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return (data, ReadEnd::Reset),
                 Err(e) => return (data, ReadEnd::Error(e.kind())),
             }
         }
@@ -271,10 +267,7 @@ pub enum ReadEnd {
 
 /// Whether an I/O error is a socket timeout.
 fn is_timeout(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-    )
+    matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut)
 }
 
 /// Whether a write error means the peer closed the connection.
@@ -299,12 +292,7 @@ pub fn exchange_raw_half_close(addr: &Addr, bytes: &[u8], timeout: Duration) -> 
 }
 
 /// Shared body of the raw exchanges.
-fn exchange_raw_ex(
-    addr: &Addr,
-    bytes: &[u8],
-    half_close: bool,
-    timeout: Duration,
-) -> (Vec<u8>, ReadEnd) {
+fn exchange_raw_ex(addr: &Addr, bytes: &[u8], half_close: bool, timeout: Duration) -> (Vec<u8>, ReadEnd) {
     let mut s = Stream::connect(addr).unwrap_or_else(|e| panic!("cannot connect to {addr}: {e}"));
     let sent = s
         .send_all(bytes, timeout)
@@ -585,11 +573,7 @@ fn latin1(bytes: &[u8]) -> String {
 pub fn show_bytes(bytes: &[u8]) -> String {
     const MAX: usize = 4096;
     let cut = &bytes[..bytes.len().min(MAX)];
-    let more = if bytes.len() > MAX {
-        "\n[...cut...]"
-    } else {
-        ""
-    };
+    let more = if bytes.len() > MAX { "\n[...cut...]" } else { "" };
     format!("{}{more}", cut.escape_ascii())
 }
 
@@ -724,9 +708,7 @@ impl Server {
                 .stdin(stdin)
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped());
-            let mut child = cmd
-                .spawn()
-                .unwrap_or_else(|e| panic!("cannot start {BIN}: {e}"));
+            let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {BIN}: {e}"));
             // Dropping the command closes this process's copy of an fd-0 listener.
             drop(cmd);
             let stdout = capture(child.stdout.take().expect("piped stdout"));
@@ -779,6 +761,34 @@ impl Server {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {BIN}: {e}"))
+    }
+
+    /// Takes over a server process the test started itself (stdout and stderr piped), which
+    /// listens on `addr`, and waits until it accepts; panics, showing its stderr, otherwise.
+    pub fn adopt(mut child: Child, addr: Addr) -> Server {
+        let stdout = capture(child.stdout.take().expect("piped stdout"));
+        let stderr = capture(child.stderr.take().expect("piped stderr"));
+        let mut server = Server {
+            child,
+            addr,
+            stderr,
+            stdout,
+            reaped: None,
+            _dir: None,
+        };
+        if let Err(why) = server.wait_accepting(Instant::now() + START_TIMEOUT) {
+            let why = match why {
+                NotReady::Exited(status) => format!("exited with {status}"),
+                NotReady::TimedOut => format!("did not accept within {START_TIMEOUT:?}"),
+            };
+            capture_wait_eof(&server.stderr, Duration::from_secs(2));
+            panic!(
+                "server {} {why}; its stderr:\n{}",
+                server.addr,
+                server.stderr_text()
+            );
+        }
+        server
     }
 
     /// Polls probe connections until one is accepted and closed by the server.
@@ -1027,11 +1037,7 @@ pub fn descendants(pid: u32) -> Vec<u32> {
     let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
     if let Ok(entries) = std::fs::read_dir("/proc") {
         for entry in entries.flatten() {
-            let Some(p) = entry
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse::<u32>().ok())
-            else {
+            let Some(p) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
                 continue;
             };
             let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
