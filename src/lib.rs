@@ -249,6 +249,7 @@ fn serve(config: Config, listener: Listener, handler: wsgi::WsgiHandler) -> Exit
         config.module,
         std::process::id()
     );
+    server.set_repeat_stops_at_once(!supervisor::has_master());
     supervisor::tell_master(supervisor::Message::Ready);
     let exit = server.run();
     // Let the app's atexit handlers run and its output reach the streams.

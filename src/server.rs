@@ -95,6 +95,8 @@ pub struct Server<D: Dispatcher> {
     accept_paused_until: Option<Instant>,
     /// The listener may have connections we left waiting (at the connection limit).
     accept_pending: bool,
+    /// A second SIGTERM/SIGINT stops at once (off under a master, which escalates with SIGQUIT).
+    repeat_stops_at_once: bool,
 }
 
 impl<D: Dispatcher> Server<D> {
@@ -130,7 +132,15 @@ impl<D: Dispatcher> Server<D> {
             draining_since: None,
             accept_paused_until: None,
             accept_pending: false,
+            repeat_stops_at_once: true,
         })
+    }
+
+    /// Makes a repeated SIGTERM/SIGINT only continue the drain. For a worker process: a service
+    /// manager may signal every process as the master passes the stop on; only SIGQUIT (which
+    /// the master sends on a second stop signal) stops at once.
+    pub fn set_repeat_stops_at_once(&mut self, at_once: bool) {
+        self.repeat_stops_at_once = at_once;
     }
 
     /// Runs until a stop signal and the drain that follows it.
@@ -195,13 +205,16 @@ impl<D: Dispatcher> Server<D> {
 
     fn on_signals(&mut self) -> Option<Exit> {
         for signal in self.signals.read_signals() {
-            if signal == libc::SIGQUIT || self.draining_since.is_some() {
+            if signal == libc::SIGQUIT || (self.draining_since.is_some() && self.repeat_stops_at_once) {
                 info!(
                     "server",
                     "stopping at once ({} connection(s) open)",
                     self.conns.len()
                 );
                 return Some(Exit::Immediate);
+            }
+            if self.draining_since.is_some() {
+                continue;
             }
             let name = if signal == libc::SIGINT {
                 "SIGINT"

@@ -321,9 +321,20 @@ fn a_reload_whose_app_fails_to_import_keeps_the_old_workers() {
 
 #[test]
 fn sigterm_lets_requests_in_flight_finish() {
+    sigterm_drains(false);
+}
+
+/// systemd's default KillMode signals every process of the service: a worker then gets
+/// SIGTERM twice (directly and from the master) and must still finish its requests.
+#[test]
+fn sigterm_to_every_process_still_drains() {
+    sigterm_drains(true);
+}
+
+fn sigterm_drains(to_every_process: bool) {
     let apps = apps_dir_str();
     let mut server = Server::start(&["--processes", "2", "-p", &apps, "-A", "procapp"]);
-    wait_for_workers(&server, 2, &[]);
+    let pids = wait_for_workers(&server, 2, &[]);
     let clients: Vec<_> = (0..4)
         .map(|_| {
             let addr = server.addr.clone();
@@ -339,6 +350,11 @@ fn sigterm_lets_requests_in_flight_finish() {
         "{}",
         server.stderr_text()
     );
+    if to_every_process {
+        for pid in &pids {
+            unsafe { libc::kill(*pid as i32, libc::SIGTERM) };
+        }
+    }
     server.signal(libc::SIGTERM);
     for client in clients {
         let response = client.join().unwrap().expect("a request in flight completes");
