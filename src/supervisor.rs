@@ -382,6 +382,19 @@ impl Master {
                 }
             }
             libc::SIGHUP if !self.stopping => {
+                if self.reloading {
+                    // Superseded before it took over: the workers of the last good generation
+                    // keep serving until the newest set is ready.
+                    let superseded: Vec<_> = self
+                        .workers
+                        .iter()
+                        .filter(|w| w.generation == self.generation)
+                        .map(|w| w.pid)
+                        .collect();
+                    for pid in superseded {
+                        self.retire(pid);
+                    }
+                }
                 self.generation += 1;
                 self.reloading = true;
                 self.start_failures = 0;
