@@ -149,6 +149,10 @@ pub fn check_python_reachable(python: &Path) -> Result<(), String> {
         return Ok(());
     }
     let e = io::Error::last_os_error();
+    if e.raw_os_error() != Some(libc::EACCES) {
+        // Not there at all (a binary moved to another machine): Python finds its own way.
+        return Ok(());
+    }
     Err(format!(
         "the Python installation ({}) is not reachable as uid {} ({e}); \
          install Python where that user can read it, or choose another --user",
