@@ -576,6 +576,26 @@ fn privileges_are_dropped_after_binding() {
         );
         return;
     }
+    // The group alone can be switched whatever the interpreter's location (root reads all).
+    let server = Server::start(&[
+        "--processes",
+        "2",
+        "--group",
+        "nogroup",
+        "-p",
+        &apps,
+        "-A",
+        "procapp",
+    ]);
+    let ids = server.get("/ids").text();
+    assert!(ids.starts_with("uid=0 gid=65534 groups=65534 "), "{ids}");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid())).unwrap();
+    let gid_line = status.lines().find(|l| l.starts_with("Gid:")).unwrap();
+    assert!(
+        gid_line.split_whitespace().skip(1).all(|id| id == "65534"),
+        "{gid_line}"
+    );
+    drop(server);
     let nobody_reaches_python = Command::new("test")
         .args(["-x", BUILD_PYTHON])
         .uid(65534)
