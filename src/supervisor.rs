@@ -74,16 +74,18 @@ pub fn tell_master(message: Message) -> bool {
     }
 }
 
-/// Asks to be replaced: through the master, or (a single process) by draining and exiting,
-/// so that whatever started the process (callscgi, systemd) starts a fresh one.
+/// Asks to be replaced: the master starts a replacement; this process stops accepting at
+/// once and drains as on SIGTERM (so it takes no more than a few requests past its limit).
+/// Without a master, whatever started the process (callscgi, systemd) starts a fresh one.
 pub fn request_replacement(message: Message) {
     if !tell_master(message) {
         info!(
             "server",
             "no master process (--processes 1): finishing open requests and exiting"
         );
-        unsafe { libc::kill(libc::getpid(), libc::SIGTERM) };
     }
+    // Under a master the worker gets SIGTERM from it too, which only continues the drain.
+    unsafe { libc::kill(libc::getpid(), libc::SIGTERM) };
 }
 
 /// What [`run`] returns: the master's exit, or, in a freshly forked worker, the listener to
@@ -291,7 +293,19 @@ impl Master {
             .filter(|w| w.generation == self.generation && w.kill_at.is_none())
             .count();
         for _ in current..self.plan.processes {
-            match unsafe { libc::fork() } {
+            // Signals wait until the child has dropped the master's handlers: one arriving in
+            // between would otherwise be written to the master's signal pipe as its own.
+            let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
+            let mut previous: libc::sigset_t = unsafe { std::mem::zeroed() };
+            unsafe {
+                libc::sigfillset(&mut all);
+                libc::sigprocmask(libc::SIG_SETMASK, &all, &mut previous);
+            }
+            let pid = unsafe { libc::fork() };
+            if pid != 0 {
+                unsafe { libc::sigprocmask(libc::SIG_SETMASK, &previous, std::ptr::null_mut()) };
+            }
+            match pid {
                 0 => return Some(self.become_worker()),
                 -1 => {
                     let e = io::Error::last_os_error();
@@ -525,6 +539,11 @@ impl Master {
         }
         if self.stopping {
             info!("server", "worker {pid} {how}");
+            return;
+        }
+        if worker.ready && clean {
+            // Someone else told it to stop (a service manager signalling every process).
+            info!("server", "worker {pid} {how}; starting a replacement");
             return;
         }
         if worker.ready {
