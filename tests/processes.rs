@@ -788,3 +788,19 @@ fn sighup_without_workers_is_ignored_with_a_note() {
     assert!(server.is_running());
     assert_eq!(server.get("/env").status, 200);
 }
+
+#[test]
+fn without_a_master_a_timed_out_request_makes_the_process_exit() {
+    let apps = apps_dir_str();
+    let mut server = Server::start(&["--request-timeout", "0.5", "-p", &apps, "-A", "procapp"]);
+    let response = try_get(&server.addr, "/hang").expect("a response to the hung request");
+    assert_eq!(response.status, 504);
+    // It drains and exits for whatever started it (callscgi, systemd) to start a fresh one.
+    let status = server
+        .wait_exit(Duration::from_secs(20))
+        .expect("the process exits");
+    assert!(status.success(), "{status}");
+    assert!(server
+        .stderr_text()
+        .contains("request GET /hang has been in the app for"));
+}
