@@ -78,6 +78,13 @@ pub fn main_entry() -> ExitCode {
         Err(e) => return fatal(e),
     };
     if config.listen == cli::ListenSpec::Activated {
+        if std::env::var("LISTEN_FDS").is_ok_and(|n| n.trim() != "1") {
+            warning!(
+                "server",
+                "LISTEN_FDS={}: serving only the first passed socket (fd 3)",
+                std::env::var("LISTEN_FDS").unwrap_or_default()
+            );
+        }
         // Consumed: the app and its child processes must not take the socket for theirs.
         std::env::remove_var("LISTEN_PID");
         std::env::remove_var("LISTEN_FDS");

@@ -253,7 +253,13 @@ fn adopt(fd: RawFd, not_listening: fn(String) -> ListenError) -> Result<Listener
         libc::AF_UNIX => Ok(Listener::Unix(UnixListener::from_std(socket.into()), None)),
         other => {
             std::mem::forget(socket);
-            Err(ListenError::Fd0Family(other))
+            if fd == 0 {
+                Err(ListenError::Fd0Family(other))
+            } else {
+                Err(not_listening(format!(
+                    "it is a socket of unsupported address family {other}"
+                )))
+            }
         }
     }
 }
