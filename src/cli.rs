@@ -122,6 +122,46 @@ pub struct Args {
     #[arg(short = 'v', long)]
     pub verbose: bool,
 
+    /// Worker processes sharing the listening socket; above 1 a master process supervises them
+    #[arg(long, value_name = "N", default_value = "1")]
+    pub processes: usize,
+
+    /// Replace a worker process after it has taken N requests (0: never)
+    #[arg(long, value_name = "N", default_value = "0")]
+    pub max_requests: u64,
+
+    /// Add a random 0..=N to each worker's --max-requests, so workers are not all replaced at once
+    #[arg(long, value_name = "N", default_value = "0")]
+    pub max_requests_jitter: u64,
+
+    /// Seconds an app may spend on one request before it is answered 504 and its worker replaced
+    #[arg(long, value_name = "SECS")]
+    pub request_timeout: Option<String>,
+
+    /// Write one line per request to FILE ("-": standard output); SIGUSR1 reopens it
+    #[arg(long, value_name = "FILE")]
+    pub access_log: Option<PathBuf>,
+
+    /// Write the process id (of the master, with --processes above 1) to FILE
+    #[arg(long, value_name = "FILE")]
+    pub pid_file: Option<PathBuf>,
+
+    /// Change to DIR before anything else (relative paths in other options are then relative to it)
+    #[arg(long, value_name = "DIR")]
+    pub chdir: Option<PathBuf>,
+
+    /// After opening the listening socket, switch to USER (a name or a number)
+    #[arg(long, value_name = "USER")]
+    pub user: Option<String>,
+
+    /// After opening the listening socket, switch to GROUP (default: the --user's primary group)
+    #[arg(long, value_name = "GROUP")]
+    pub group: Option<String>,
+
+    /// File mode creation mask, in octal (e.g. 027)
+    #[arg(long, value_name = "MASK")]
+    pub umask: Option<String>,
+
     /// The Python module that provides the WSGI application
     #[arg(value_name = "HANDLER-MODULE")]
     pub module: String,
@@ -136,6 +176,8 @@ pub struct Args {
 pub enum ListenSpec {
     /// The socket already open on fd 0 (callscgi's convention).
     Stdin,
+    /// The socket systemd passed on fd 3 (`LISTEN_FDS`/`LISTEN_PID` name this process).
+    Activated,
     /// A TCP address: host (a name or an address) and port.
     Tcp {
         /// Host name or address to bind.
@@ -175,6 +217,31 @@ pub struct Limits {
     pub max_queue: usize,
 }
 
+/// How the process (or processes) run: workers, recycling, identity, files.
+#[derive(Debug, Clone)]
+pub struct ProcessConfig {
+    /// Worker processes; 1 means no master process.
+    pub processes: usize,
+    /// Requests after which a worker is replaced.
+    pub max_requests: Option<u64>,
+    /// Random extra requests added to `max_requests` per worker.
+    pub max_requests_jitter: u64,
+    /// Longest time the app may take over one request.
+    pub request_timeout: Option<Duration>,
+    /// Access log file; `-` is standard output.
+    pub access_log: Option<PathBuf>,
+    /// Pid file to write.
+    pub pid_file: Option<PathBuf>,
+    /// Directory to change to at start.
+    pub chdir: Option<PathBuf>,
+    /// User to switch to after binding.
+    pub user: Option<String>,
+    /// Group to switch to after binding.
+    pub group: Option<String>,
+    /// umask to set at start.
+    pub umask: Option<u32>,
+}
+
 /// The validated configuration the rest of the program runs on.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -208,6 +275,8 @@ pub struct Config {
     pub module: String,
     /// Arguments for wmain().
     pub args: Vec<String>,
+    /// Worker processes, recycling and process identity.
+    pub process: ProcessConfig,
 }
 
 impl Args {
@@ -219,6 +288,7 @@ impl Args {
                 path: path.clone(),
                 mode: self.unix_mode.as_deref().map(parse_mode).transpose()?,
             },
+            (None, None) if socket_activated() => ListenSpec::Activated,
             (None, None) => ListenSpec::Stdin,
         };
         if self.module.is_empty() {
@@ -228,6 +298,7 @@ impl Args {
                 reason: "the module name is empty".into(),
             });
         }
+        let process = self.process_config()?;
         let virtualenv = self.virtualenv.or_else(|| {
             std::env::var_os("VIRTUAL_ENV")
                 .filter(|v| !v.is_empty())
@@ -270,6 +341,7 @@ impl Args {
             return Err(invalid("--max-head", &self.max_head, "must be at least 1 byte"));
         }
         Ok(Config {
+            process,
             use_application: self.application,
             no_logging: self.no_logging,
             module_paths: self.module_paths,
@@ -291,6 +363,64 @@ impl Args {
             args: self.args,
         })
     }
+}
+
+impl Args {
+    fn process_config(&self) -> Result<ProcessConfig, ConfigError> {
+        if self.processes == 0 || self.processes > 1024 {
+            return Err(invalid(
+                "--processes",
+                &self.processes.to_string(),
+                "must be from 1 to 1024",
+            ));
+        }
+        let request_timeout = match &self.request_timeout {
+            None => None,
+            Some(text) => Some(parse_secs("--request-timeout", text)?)
+                .filter(|d| !d.is_zero())
+                .map(Some)
+                .ok_or_else(|| invalid("--request-timeout", text, "must be above 0"))?,
+        };
+        let umask = match &self.umask {
+            None => None,
+            Some(text) => Some(
+                u32::from_str_radix(text, 8)
+                    .ok()
+                    .filter(|m| *m <= 0o777)
+                    .ok_or_else(|| invalid("--umask", text, "not an octal mask such as 027"))?,
+            ),
+        };
+        for (option, value) in [("--user", &self.user), ("--group", &self.group)] {
+            if value.as_deref() == Some("") {
+                return Err(invalid(option, "", "is empty"));
+            }
+        }
+        Ok(ProcessConfig {
+            processes: self.processes,
+            max_requests: Some(self.max_requests).filter(|n| *n > 0),
+            max_requests_jitter: self.max_requests_jitter,
+            request_timeout,
+            access_log: self.access_log.clone(),
+            pid_file: self.pid_file.clone(),
+            chdir: self.chdir.clone(),
+            user: self.user.clone(),
+            group: self.group.clone(),
+            umask,
+        })
+    }
+}
+
+/// Whether systemd-style socket activation passed a socket to this very process.
+fn socket_activated() -> bool {
+    let pid_matches = std::env::var("LISTEN_PID")
+        .ok()
+        .and_then(|p| p.trim().parse::<u32>().ok())
+        .is_some_and(|p| p == std::process::id());
+    let count = std::env::var("LISTEN_FDS")
+        .ok()
+        .and_then(|n| n.trim().parse::<u32>().ok())
+        .unwrap_or(0);
+    pid_matches && count >= 1
 }
 
 fn invalid(option: &'static str, value: &str, reason: &str) -> ConfigError {

@@ -146,6 +146,8 @@ struct OutState {
     notified: bool,
     /// Who to call when there is room again (see [`Outbox::call_when_room`]).
     room_waiter: RoomWaiter,
+    /// Some bytes were handed over (the head went out).
+    sent_any: bool,
 }
 
 /// One response's queue from a worker to the event loop.
@@ -213,6 +215,7 @@ impl Outbox {
                 .unsent
                 .saturating_add(usize::try_from(chunk.len()).unwrap_or(usize::MAX));
             state.chunks.push_back(chunk);
+            state.sent_any = true;
         }
         if end.is_some() && state.end.is_none() {
             state.end = end;
@@ -261,6 +264,38 @@ impl Outbox {
         }
         state.room_waiter = RoomWaiter(Some(hook));
         true
+    }
+
+    /// Gives up on a response the app is taking too long over: `response` goes out when
+    /// nothing was sent yet (returns true), otherwise the response is cut off. Either way the
+    /// app's further output is refused as if the client had gone.
+    pub fn time_out(&self, response: &[u8]) -> bool {
+        let mut state = self.lock();
+        if state.end.is_some() || state.client_gone {
+            return false;
+        }
+        let answered = !state.sent_any;
+        if answered {
+            state.unsent += response.len();
+            state.chunks.push_back(Chunk::Bytes(response.to_vec()));
+            state.end = Some(End::Complete);
+        } else {
+            state.end = Some(End::Abort);
+        }
+        state.sent_any = true;
+        state.client_gone = true;
+        self.room.notify_all();
+        let wake = !state.notified;
+        state.notified = true;
+        let hook = state.room_waiter.0.take();
+        drop(state);
+        if let Some(hook) = hook {
+            hook();
+        }
+        if wake {
+            self.notifier.notify(self.id);
+        }
+        answered
     }
 
     /// Whether the loop has seen the client go away.

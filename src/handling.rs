@@ -149,7 +149,7 @@ struct Queue {
 
 /// When the process decides the app is wedged and aborts, as the original does.
 #[derive(Debug, Clone, Copy)]
-enum Wedge {
+pub enum Wedge {
     /// free's `timeout=`: a request waited this long for a thread.
     ThreadWait(Duration),
     /// pool's `abort=`: the queue stayed full this long with a request waiting to get in.
@@ -176,12 +176,13 @@ impl WorkerPool {
     /// A pool shaped by `model`, running `handler`; at most `max_queue` requests wait for a
     /// thread (pool uses its own `queue=` instead). Threads start on demand.
     pub fn new(model: &Model, handler: Arc<dyn RequestHandler>, max_queue: usize) -> WorkerPool {
-        let (max_threads, queue_limit, wedge) = match *model {
-            Model::Free { max, timeout } => (max, max_queue, timeout.map(Wedge::ThreadWait)),
-            Model::Pool { max, queue, abort } => (max, queue, abort.map(Wedge::QueueFull)),
-            Model::Rplex { max } => (max, max_queue, None),
-            Model::Single => (1, max_queue, None),
+        let (max_threads, queue_limit) = match *model {
+            Model::Free { max, .. } => (max, max_queue),
+            Model::Pool { max, queue, .. } => (max, queue),
+            Model::Rplex { max } => (max, max_queue),
+            Model::Single => (1, max_queue),
         };
+        let wedge = Wedge::for_model(model);
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue {
                 pending: VecDeque::new(),
@@ -199,9 +200,13 @@ impl WorkerPool {
         });
         if let Some(wedge) = wedge {
             let watched = Arc::clone(&shared);
-            let _ = thread::Builder::new()
-                .name("wedge-watch".into())
-                .spawn(move || watch_for_wedge(&watched, wedge));
+            spawn_wedge_watch(wedge, move |wedge| {
+                let queue = watched.lock();
+                match wedge {
+                    Wedge::ThreadWait(_) => queue.pending.front().map(|(_, since)| since.elapsed()),
+                    Wedge::QueueFull(_) => queue.refused_since.map(|since| since.elapsed()),
+                }
+            });
         }
         WorkerPool { shared }
     }
@@ -262,20 +267,33 @@ fn worker_main(shared: Arc<Shared>) {
 }
 
 /// Aborts the process (so a supervisor restarts it) when requests stop getting through.
-fn watch_for_wedge(shared: &Shared, wedge: Wedge) {
+impl Wedge {
+    /// The wedge rule of a model, if its parameters ask for one (free timeout=, pool abort=).
+    pub fn for_model(model: &Model) -> Option<Wedge> {
+        match *model {
+            Model::Free { timeout, .. } => timeout.map(Wedge::ThreadWait),
+            Model::Pool { abort, .. } => abort.map(Wedge::QueueFull),
+            Model::Rplex { .. } | Model::Single => None,
+        }
+    }
+}
+
+/// Starts the thread that aborts the process when `waited` (asked with the rule) says a
+/// request has waited longer than the rule allows, as the original does.
+pub fn spawn_wedge_watch(wedge: Wedge, waited: impl Fn(Wedge) -> Option<Duration> + Send + 'static) {
+    let _ = thread::Builder::new()
+        .name("wedge-watch".into())
+        .spawn(move || watch_for_wedge(wedge, waited));
+}
+
+fn watch_for_wedge(wedge: Wedge, waited: impl Fn(Wedge) -> Option<Duration>) {
     let limit = match wedge {
         Wedge::ThreadWait(limit) | Wedge::QueueFull(limit) => limit,
     };
     let tick = (limit / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
     loop {
         thread::sleep(tick);
-        let waited = {
-            let queue = shared.lock();
-            match wedge {
-                Wedge::ThreadWait(_) => queue.pending.front().map(|(_, since)| since.elapsed()),
-                Wedge::QueueFull(_) => queue.refused_since.map(|since| since.elapsed()),
-            }
-        };
+        let waited = waited(wedge);
         let Some(waited) = waited.filter(|w| *w > limit) else {
             continue;
         };

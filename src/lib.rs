@@ -3,6 +3,7 @@
 //! The event loop ([`server`]) reads complete requests without the GIL and hands them through
 //! the [`dispatch`] seam to Python worker threads ([`handling`], [`wsgi`]).
 
+pub mod access;
 pub mod cli;
 pub mod conn;
 pub mod dispatch;
@@ -13,6 +14,9 @@ pub mod listen;
 pub mod log;
 pub mod scgi;
 pub mod server;
+pub mod setup;
+pub mod supervisor;
+pub mod watchdog;
 pub mod wsgi;
 
 use std::process::ExitCode;
@@ -60,6 +64,9 @@ pub fn main_entry() -> ExitCode {
         Ok(config) => config,
         Err(e) => return fatal(e),
     };
+    if let Err(message) = setup::early(config.process.umask, config.process.chdir.as_deref()) {
+        return fatal(message);
+    }
     if std::env::var_os("ASHD_USESYSLOG").is_some() {
         log::use_syslog();
     }
@@ -67,17 +74,99 @@ pub fn main_entry() -> ExitCode {
         log::set_min_level(log::Level::Debug);
     }
     raise_fd_limit();
-    // Before anything slow: a stop signal during start-up then ends in an orderly exit.
-    let signals = match SignalPipe::install() {
-        Ok(signals) => signals,
-        Err(e) => return fatal(format!("cannot install signal handlers: {e}")),
+    // Before anything slow: a stop signal during start-up then ends in an orderly exit. With
+    // a master, the supervisor owns signals until each worker installs its own after the fork.
+    let early_signals = if config.process.processes > 1 {
+        None
+    } else {
+        match SignalPipe::install() {
+            Ok(signals) => Some(signals),
+            Err(e) => return fatal(format!("cannot install signal handlers: {e}")),
+        }
     };
     let listener = match Listener::open(&config.listen, config.backlog) {
         Ok(listener) => listener,
         Err(e) => return fatal(e),
     };
+    if config.listen == cli::ListenSpec::Activated {
+        if std::env::var("LISTEN_FDS").is_ok_and(|n| n.trim() != "1") {
+            warning!(
+                "server",
+                "LISTEN_FDS={}: serving only the first passed socket (fd 3)",
+                std::env::var("LISTEN_FDS").unwrap_or_default()
+            );
+        }
+        // Consumed: the app and its child processes must not take the socket for theirs.
+        std::env::remove_var("LISTEN_PID");
+        std::env::remove_var("LISTEN_FDS");
+        std::env::remove_var("LISTEN_FDNAMES");
+    }
+    let pid_file = match prepare_process(&config) {
+        Ok(pid_file) => pid_file,
+        Err(message) => return fatal(message),
+    };
+    let code = if config.process.processes > 1 {
+        let plan = supervisor::Plan {
+            processes: config.process.processes,
+            graceful_timeout: config.graceful_timeout,
+            forward_usr1: config.process.access_log.is_some(),
+        };
+        match supervisor::run(plan, listener) {
+            supervisor::Role::Master(code) => code,
+            // A worker: the single-process server from here on; the master owns the pid file.
+            supervisor::Role::Worker(listener) => return run_server(config, listener, None),
+        }
+    } else {
+        run_server(config, listener, early_signals)
+    };
+    if let Some(pid_file) = pid_file {
+        pid_file.remove();
+    }
+    code
+}
+
+/// Pid file, access log file and privileges: everything done once the socket is open and
+/// before any worker or Python starts.
+fn prepare_process(config: &Config) -> Result<Option<setup::PidFile>, String> {
+    let process = &config.process;
+    let identity = setup::resolve(process.user.as_deref(), process.group.as_deref())?;
+    let pid_file = process
+        .pid_file
+        .as_deref()
+        .map(setup::PidFile::write)
+        .transpose()?;
+    if let Some(path) = &process.access_log {
+        let owner = identity
+            .as_ref()
+            .filter(|_| unsafe { libc::geteuid() } == 0)
+            .map(|id| (id.uid.unwrap_or(0), id.gid));
+        access::prepare(path, owner)
+            .map_err(|e| format!("cannot open the access log {}: {e}", path.display()))?;
+    }
+    if let Some(identity) = &identity {
+        setup::drop_privileges(identity)?;
+        let python = match &config.virtualenv {
+            Some(dir) => dir.join("bin").join("python"),
+            None => std::path::PathBuf::from(wsgi::interp::BUILD_PYTHON),
+        };
+        if config.interpreter.is_none() {
+            setup::check_python_reachable(&python)?;
+        }
+    }
+    Ok(pid_file)
+}
+
+/// The single-process server: what runs in each worker, or alone with --processes 1.
+fn run_server(config: Config, listener: Listener, signals: Option<SignalPipe>) -> ExitCode {
+    if let Some(path) = &config.process.access_log {
+        if let Err(e) = access::start(path) {
+            return fatal(format!("cannot open the access log {}: {e}", path.display()));
+        }
+    }
+    ignore_sighup();
+    let watch = request_watch(&config);
     if let Some(interpreter) = config.interpreter.clone() {
-        let dispatcher = match start_external(&config, interpreter) {
+        let dispatcher = match start_external(&config, interpreter, watch) {
             Ok(dispatcher) => dispatcher,
             Err(message) => return fatal(message),
         };
@@ -87,7 +176,11 @@ pub fn main_entry() -> ExitCode {
         Ok(handler) => handler,
         Err(message) => return fatal(message),
     };
-    let pool = WorkerPool::new(&config.model, Arc::new(handler), config.limits.max_queue);
+    let handler: Arc<dyn handling::RequestHandler> = match watch {
+        Some(watch) => Arc::new(watchdog::Watchdog::new(Arc::new(handler), watch)),
+        None => Arc::new(handler),
+    };
+    let pool = WorkerPool::new(&config.model, handler, config.limits.max_queue);
     let exit = serve(config, listener, signals, pool);
     // Let the app's atexit handlers run and its output reach the streams.
     Python::attach(|py| {
@@ -100,8 +193,24 @@ pub fn main_entry() -> ExitCode {
     exit
 }
 
+/// `--max-requests` and `--request-timeout`, when either is given.
+fn request_watch(config: &Config) -> Option<Arc<watchdog::RequestWatch>> {
+    let process = &config.process;
+    if process.max_requests.is_none() && process.request_timeout.is_none() {
+        return None;
+    }
+    let max_requests = process
+        .max_requests
+        .map(|n| watchdog::jittered(n, process.max_requests_jitter));
+    Some(watchdog::RequestWatch::new(max_requests, process.request_timeout))
+}
+
 /// Starts the external-interpreter worker (`--interpreter`), in the virtualenv if one is named.
-fn start_external(config: &Config, interpreter: String) -> Result<external::ExternalDispatcher, String> {
+fn start_external(
+    config: &Config,
+    interpreter: String,
+    watch: Option<Arc<watchdog::RequestWatch>>,
+) -> Result<external::ExternalDispatcher, String> {
     let mut env = Vec::new();
     let mut interpreter = interpreter;
     if let Some(venv) = &config.virtualenv {
@@ -139,13 +248,33 @@ fn start_external(config: &Config, interpreter: String) -> Result<external::Exte
             .collect(),
         no_logging: config.no_logging,
         model: config.model.clone(),
-        multiprocess: false,
+        multiprocess: config.process.processes > 1,
         window: config.limits.write_buffer,
         env,
         mount: config.mount.clone(),
         max_queue: config.limits.max_queue,
+        watch,
     };
     external::ExternalDispatcher::start(spec, std::env::args().collect())
+}
+
+/// SIGHUP reloads only under a master; a single process (or a worker) is not ended by it.
+fn ignore_sighup() {
+    if supervisor::has_master() {
+        unsafe { libc::signal(libc::SIGHUP, libc::SIG_IGN) };
+        return;
+    }
+    const NOTE: &[u8] =
+        b"scgi-wsgi[server]: WARNING: SIGHUP ignored: reloading needs --processes 2 or more\n";
+    // Only write(2) runs in the handler: it is async-signal-safe.
+    let installed = unsafe {
+        signal_hook::low_level::register(libc::SIGHUP, || {
+            libc::write(2, NOTE.as_ptr().cast(), NOTE.len());
+        })
+    };
+    if let Err(e) = installed {
+        warning!("server", "cannot install a SIGHUP handler: {e}");
+    }
 }
 
 fn start_python(config: &Config) -> Result<wsgi::WsgiHandler, String> {
@@ -167,9 +296,10 @@ fn start_python(config: &Config) -> Result<wsgi::WsgiHandler, String> {
         }
         let app = wsgi::app::load(py, &config.module, config.use_application, &config.args)
             .map_err(|e| e.to_string())?;
-        let mut handler = wsgi::WsgiHandler::new(py, app, config.model.multithread(), false)
-            .map(|handler| handler.with_mount(config.mount.clone()))
-            .map_err(|e| format!("cannot prepare the environ: {e}"))?;
+        let mut handler =
+            wsgi::WsgiHandler::new(py, app, config.model.multithread(), config.process.processes > 1)
+                .map(|handler| handler.with_mount(config.mount.clone()))
+                .map_err(|e| format!("cannot prepare the environ: {e}"))?;
         if config.model.multiplexes_responses() {
             handler
                 .start_response_thread()
@@ -196,10 +326,14 @@ fn start_pdm(py: Python<'_>, spec: &str) {
 fn serve<D: dispatch::Dispatcher>(
     config: Config,
     listener: Listener,
-    signals: SignalPipe,
+    signals: Option<SignalPipe>,
     pool: D,
 ) -> ExitCode {
     let description = listener.describe();
+    let signals = match signals.map_or_else(SignalPipe::install, Ok) {
+        Ok(signals) => signals,
+        Err(e) => return fatal(format!("cannot install signal handlers: {e}")),
+    };
     let poll = match mio::Poll::new() {
         Ok(poll) => poll,
         Err(e) => return fatal(format!("cannot create the event loop: {e}")),
@@ -221,8 +355,11 @@ fn serve<D: dispatch::Dispatcher>(
         config.module,
         std::process::id()
     );
+    server.set_repeat_stops_at_once(!supervisor::has_master());
+    supervisor::tell_master(supervisor::Message::Ready);
     let exit = server.run();
     drop(server);
+    access::flush();
     match exit {
         Ok(Exit::Drained) => {
             info!("server", "all requests finished; exiting");

@@ -105,6 +105,8 @@ pub struct Server<D: Dispatcher> {
     /// When the last "queue full" and "connection limit" lines were logged.
     queue_full_logged: Option<Instant>,
     conn_limit_logged: Option<Instant>,
+    /// A second SIGTERM/SIGINT stops at once (off under a master, which escalates with SIGQUIT).
+    repeat_stops_at_once: bool,
 }
 
 impl<D: Dispatcher> Server<D> {
@@ -146,7 +148,15 @@ impl<D: Dispatcher> Server<D> {
             held: VecDeque::new(),
             queue_full_logged: None,
             conn_limit_logged: None,
+            repeat_stops_at_once: true,
         })
+    }
+
+    /// Makes a repeated SIGTERM/SIGINT only continue the drain. For a worker process: a service
+    /// manager may signal every process as the master passes the stop on; only SIGQUIT (which
+    /// the master sends on a second stop signal) stops at once.
+    pub fn set_repeat_stops_at_once(&mut self, at_once: bool) {
+        self.repeat_stops_at_once = at_once;
     }
 
     /// Runs until a stop signal and the drain that follows it.
@@ -211,13 +221,16 @@ impl<D: Dispatcher> Server<D> {
 
     fn on_signals(&mut self) -> Option<Exit> {
         for signal in self.signals.read_signals() {
-            if signal == libc::SIGQUIT || self.draining_since.is_some() {
+            if signal == libc::SIGQUIT || (self.draining_since.is_some() && self.repeat_stops_at_once) {
                 info!(
                     "server",
                     "stopping at once ({} connection(s) open)",
                     self.conns.len()
                 );
                 return Some(Exit::Immediate);
+            }
+            if self.draining_since.is_some() {
+                continue;
             }
             let name = if signal == libc::SIGINT {
                 "SIGINT"

@@ -21,7 +21,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::dispatch::{Body, Chunk, Dispatcher, End, Notifier, Outbox, OutboxEvent, Request};
-use crate::handling::Model;
+use crate::handling::{spawn_wedge_watch, Model, Wedge};
+use crate::watchdog::RequestWatch;
 use crate::{error, info, warning};
 
 /// The worker program, run with `PYTHON -c`.
@@ -65,6 +66,8 @@ pub struct WorkerSpec {
     pub mount: Option<crate::wsgi::pathinfo::Mount>,
     /// `--max-queue`: requests that may wait for the worker (pool uses its `queue=`).
     pub max_queue: usize,
+    /// `--max-requests` / `--request-timeout`, when given.
+    pub watch: Option<Arc<RequestWatch>>,
 }
 
 impl WorkerSpec {
@@ -91,7 +94,7 @@ impl WorkerSpec {
         };
         format!(
             "{{\"fd\":{WORKER_FD},\"module\":{},\"application\":{},\"args\":{},\"paths\":{},\"no_logging\":{},\
-             \"threads\":{},\"multithread\":{},\"multiprocess\":{},\"window\":{},\"argv\":{},\
+             \"threads\":{},\"multithread\":{},\"multiprocess\":{},\"window\":{},\"rplex\":{},\"argv\":{},\
              \"modules\":{{\"scgi_wsgi.wsgidir\":{}}}}}",
             json_str(&self.module),
             self.use_application,
@@ -102,6 +105,7 @@ impl WorkerSpec {
             self.model.multithread(),
             self.multiprocess,
             self.window,
+            matches!(self.model, Model::Rplex { .. }),
             list(argv),
             json_str(crate::wsgi::wsgidir::SOURCE),
         )
@@ -141,6 +145,10 @@ enum ToWorker {
 
 struct Slot {
     outbox: Arc<Outbox>,
+    /// The app call is still running (not yet handed to rplex's response thread).
+    calling: bool,
+    /// What the request watch gave it.
+    watch_id: Option<u64>,
     /// A head waiting for the first body bytes (or the end).
     head: Option<Vec<u8>>,
     /// Whether anything went to the outbox yet.
@@ -149,6 +157,10 @@ struct Slot {
 
 struct State {
     slots: HashMap<u32, Slot>,
+    /// Slots whose app call is running: what `max` bounds (rplex responses do not count).
+    calling: usize,
+    /// Since when requests have been refused for a full queue (pool's abort=).
+    refused_since: Option<Instant>,
     queue: VecDeque<(Request, Instant)>,
     next_id: u32,
     /// The current worker's frame channel; `None` while it is being replaced.
@@ -405,7 +417,7 @@ impl Shared {
 
     /// Sends queued requests while there is room in the worker.
     fn pump_queue(self: &Arc<Self>, state: &mut State) {
-        while state.slots.len() < self.max_in_flight {
+        while state.calling < self.max_in_flight {
             let Some(sender) = state.to_worker.clone() else {
                 return;
             };
@@ -415,6 +427,7 @@ impl Shared {
             };
             self.send_request(state, &sender, request);
             if was_full {
+                state.refused_since = None;
                 // The loop stopped taking requests at the limit: tell it there is room.
                 let waker = self.loop_waker.lock().unwrap_or_else(|e| e.into_inner()).clone();
                 if let Some(waker) = waker {
@@ -427,6 +440,7 @@ impl Shared {
     fn send_request(self: &Arc<Self>, state: &mut State, sender: &Sender<ToWorker>, request: Request) {
         let id = state.next_id;
         state.next_id = state.next_id.wrapping_add(1).max(1);
+        let watch_id = self.spec.watch.as_ref().and_then(|watch| watch.begin(&request));
         let Request {
             buf,
             payload,
@@ -451,10 +465,13 @@ impl Shared {
                 let _ = events.send(ToWorker::Cancel { id });
             }
         }));
+        state.calling += 1;
         state.slots.insert(
             id,
             Slot {
                 outbox,
+                calling: true,
+                watch_id,
                 head: None,
                 began: false,
             },
@@ -543,6 +560,7 @@ impl Shared {
                 );
                 Some(End::Complete)
             }
+            b'I' => None,
             other => {
                 warning!(
                     "wsgi",
@@ -552,10 +570,21 @@ impl Shared {
                 None
             }
         };
-        if ended.is_some() {
-            state.slots.remove(&id);
-            self.pump_queue(&mut state);
+        if kind == b'I' || ended.is_some() {
+            // The app call is over: another may start (under rplex the response goes on).
+            if let Some(slot) = state.slots.get_mut(&id).filter(|slot| slot.calling) {
+                slot.calling = false;
+                state.calling -= 1;
+            }
         }
+        if ended.is_some() {
+            if let Some(slot) = state.slots.remove(&id) {
+                if let Some(watch) = &self.spec.watch {
+                    watch.end(slot.watch_id);
+                }
+            }
+        }
+        self.pump_queue(&mut state);
     }
 
     /// The worker is gone: answer what it held, then start another.
@@ -570,6 +599,7 @@ impl Shared {
             if state.stopping {
                 return;
             }
+            state.calling = 0;
             state.slots.drain().map(|(_, slot)| slot).collect()
         };
         error!(
@@ -579,6 +609,9 @@ impl Shared {
             lost.len()
         );
         for slot in lost {
+            if let Some(watch) = &self.spec.watch {
+                watch.end(slot.watch_id);
+            }
             if slot.began {
                 slot.outbox.finish(End::Abort);
             } else {
@@ -730,12 +763,24 @@ impl ExternalDispatcher {
             argv,
             state: Mutex::new(State {
                 slots: HashMap::new(),
+                calling: 0,
+                refused_since: None,
                 queue: VecDeque::new(),
                 next_id: 1,
                 to_worker: None,
                 stopping: false,
             }),
         });
+        if let Some(wedge) = Wedge::for_model(&shared.spec.model) {
+            let watched = Arc::clone(&shared);
+            spawn_wedge_watch(wedge, move |wedge| {
+                let state = watched.lock();
+                match wedge {
+                    Wedge::ThreadWait(_) => state.queue.front().map(|(_, since)| since.elapsed()),
+                    Wedge::QueueFull(_) => state.refused_since.map(|since| since.elapsed()),
+                }
+            });
+        }
         shared.run_worker(started);
         Ok(ExternalDispatcher { shared })
     }
@@ -745,6 +790,7 @@ impl Dispatcher for ExternalDispatcher {
     fn dispatch(&mut self, request: Request) -> Result<(), Request> {
         let mut state = self.shared.lock();
         if state.queue.len() >= self.shared.queue_limit {
+            state.refused_since.get_or_insert_with(Instant::now);
             return Err(request);
         }
         state.queue.push_back((request, Instant::now()));

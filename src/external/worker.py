@@ -231,11 +231,15 @@ class Request:
         with self.cond:
             self.acked = max(self.acked, count)
             self.cond.notify_all()
+        if self.worker.plexer is not None:
+            self.worker.plexer.poke()
 
     def cancel(self):
         with self.cond:
             self.gone = True
             self.cond.notify_all()
+        if self.worker.plexer is not None:
+            self.worker.plexer.poke()
 
     def start_response(self, status, headers, exc_info=None):
         if exc_info is not None:
@@ -248,7 +252,7 @@ class Request:
         self.length = length
         return self.write
 
-    def send(self, data):
+    def send(self, data, wait=True):
         if self.gone:
             raise ClientGone("the client closed the connection")
         if self.length is not None:
@@ -268,9 +272,16 @@ class Request:
             self.body_sent += len(data)
             self.sent += len(data)
             channel.send(b"D", self.rid, data)
-            self.wait_room()
+            if wait:
+                self.wait_room()
+
+    def has_room(self):
+        return self.gone or self.sent - self.acked <= self.worker.window
 
     def write(self, data):
+        if self.worker.plexer is not None:
+            raise RuntimeError("write() is not supported under the rplex handling model: return the body "
+                               "as an iterable, or use -t free or -t pool")
         if type(data) is not bytes:
             raise TypeError("write() takes bytes, not %s" % type(data).__name__)
         if not self.head_sent and self.pending is None:
@@ -358,7 +369,14 @@ class Request:
             result = worker.app(env, self.start_response)
         except BaseException:
             self.fail("the app failed; answering 500")
-            return
+            return False
+        plexer = worker.plexer
+        if plexer is not None and not (isinstance(result, (list, tuple)) and len(result) <= 1) \
+                and not (isinstance(result, FileWrapper) and self.send_file(result)):
+            # rplex: the app call is over; the response thread advances the iterable.
+            worker.channel.send(b"I", self.rid)
+            plexer.add(self, result)
+            return True
         original = result
         try:
             try:
@@ -379,13 +397,82 @@ class Request:
             except BaseException:
                 self.fail("the app failed; answering 500")
         finally:
-            close = getattr(original, "close", None)
-            if close is not None:
+            self.close_result(original)
+        return False
+
+    def close_result(self, result):
+        close = getattr(result, "close", None)
+        if close is not None:
+            try:
+                close()
+            except BaseException:
+                log_line("ERROR", "wsgi", "the response's close() raised for %s:\n%s"
+                         % (self.describe(), traceback.format_exc().rstrip()))
+
+
+class Plexer:
+    """rplex's response thread: advances every handed-over response a few chunks at a time
+    while its client has room, so long downloads hold no handler thread."""
+
+    TURN = 8
+
+    def __init__(self, worker):
+        self.worker = worker
+        self.cond = threading.Condition()
+        self.jobs = []
+        threading.Thread(target=self.run, name="rplex-responses", daemon=True).start()
+
+    def poke(self):
+        with self.cond:
+            self.cond.notify()
+
+    def add(self, request, result):
+        try:
+            iterator = iter(result)
+        except BaseException:
+            request.fail("the app failed; answering 500")
+            self.done(request, result)
+            return
+        with self.cond:
+            self.jobs.append((request, iterator, result))
+            self.cond.notify()
+
+    def done(self, request, result):
+        request.close_result(result)
+        with self.worker.lock:
+            self.worker.requests.pop(request.rid, None)
+
+    def run(self):
+        while True:
+            with self.cond:
+                ready = [job for job in self.jobs if job[0].has_room()]
+                while not ready:
+                    self.cond.wait()
+                    ready = [job for job in self.jobs if job[0].has_room()]
+            for job in ready:
+                request, iterator, result = job
                 try:
-                    close()
+                    for _ in range(self.TURN):
+                        if request.gone:
+                            raise ClientGone("the client closed the connection")
+                        chunk = next(iterator)
+                        if type(chunk) is not bytes:
+                            raise TypeError("the response iterable yielded %s, not bytes" % type(chunk).__name__)
+                        if chunk:
+                            request.send(chunk, wait=False)
+                            if not request.has_room():
+                                break
+                    continue
+                except StopIteration:
+                    try:
+                        request.finish()
+                    except BaseException:
+                        request.fail("the app failed; answering 500")
                 except BaseException:
-                    log_line("ERROR", "wsgi", "the response's close() raised for %s:\n%s"
-                             % (self.describe(), traceback.format_exc().rstrip()))
+                    request.fail("the app failed; answering 500")
+                with self.cond:
+                    self.jobs.remove(job)
+                self.done(request, result)
 
 
 class Worker:
@@ -406,6 +493,7 @@ class Worker:
             "wsgi.file_wrapper": FileWrapper,
         }
         self.app = None
+        self.plexer = Plexer(self) if config.get("rplex") else None
         self.jobs = []
         self.jobs_cond = threading.Condition()
 
@@ -462,13 +550,15 @@ class Worker:
                 request = self.jobs.pop(0)
             if request is None:
                 return
+            handed_over = False
             try:
-                request.run()
+                handed_over = request.run()
             except BaseException:
                 log_line("ERROR", "wsgi", "internal error in the worker:\n" + traceback.format_exc().rstrip())
             finally:
-                with self.lock:
-                    self.requests.pop(request.rid, None)
+                if not handed_over:
+                    with self.lock:
+                        self.requests.pop(request.rid, None)
 
     def submit(self, request):
         with self.jobs_cond:

@@ -51,6 +51,8 @@ struct ResponseState {
     /// rplex: the response thread does the waiting (it parks the response instead), and
     /// `write` is not offered.
     multiplexed: bool,
+    /// The status code given to start_response (for the access log).
+    status: u16,
 }
 
 impl ResponseState {
@@ -196,6 +198,7 @@ impl StartResponse {
                 None => {}
             }
             let head = build_head(status, headers)?;
+            this.state.status = status_code(&head.bytes);
             this.state.content_length = head.content_length;
             this.state.pending = Some(head);
         }
@@ -423,8 +426,10 @@ pub fn serve(
         payload,
         body,
         outbox,
-        ..
+        accepted,
     } = request;
+    // Logged when dropped: on every way out of this function.
+    let mut access = crate::access::begin(&buf[payload.clone()], accepted);
     let is_head_request =
         crate::scgi::headers(&buf[payload.clone()]).any(|(n, v)| n == b"REQUEST_METHOD" && v == b"HEAD");
     let environ = match environ::build(py, &buf[payload], consts) {
@@ -445,6 +450,7 @@ pub fn serve(
             overflow_logged: false,
             is_head_request,
             multiplexed: handoff.is_some(),
+            status: 0,
         },
     };
     let prepared = Bound::new(py, InputStream::new(buf, body))
@@ -501,6 +507,20 @@ pub fn serve(
     }
     // PEP 3333: close() whenever the iterable has one, however the response ended.
     close_iterable(py, &result, &environ);
+    if let Some(entry) = access.as_mut() {
+        let state = &responder.borrow().state;
+        if state.head_sent {
+            entry.set_result(state.status, state.body_sent);
+        }
+    }
+}
+
+/// The code of a serialised head (`Status: 200 OK...`), checked by [`build_head`].
+fn status_code(head: &[u8]) -> u16 {
+    head.get(8..11)
+        .and_then(|d| std::str::from_utf8(d).ok())
+        .and_then(|d| d.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Sends every chunk of the response iterable; list and tuple responses end with their last chunk.

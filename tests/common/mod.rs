@@ -786,6 +786,34 @@ impl Server {
             .unwrap_or_else(|e| panic!("cannot start {BIN}: {e}"))
     }
 
+    /// Takes over a server process the test started itself (stdout and stderr piped), which
+    /// listens on `addr`, and waits until it accepts; panics, showing its stderr, otherwise.
+    pub fn adopt(mut child: Child, addr: Addr) -> Server {
+        let stdout = capture(child.stdout.take().expect("piped stdout"));
+        let stderr = capture(child.stderr.take().expect("piped stderr"));
+        let mut server = Server {
+            child,
+            addr,
+            stderr,
+            stdout,
+            reaped: None,
+            _dir: None,
+        };
+        if let Err(why) = server.wait_accepting(Instant::now() + START_TIMEOUT) {
+            let why = match why {
+                NotReady::Exited(status) => format!("exited with {status}"),
+                NotReady::TimedOut => format!("did not accept within {START_TIMEOUT:?}"),
+            };
+            capture_wait_eof(&server.stderr, Duration::from_secs(2));
+            panic!(
+                "server {} {why}; its stderr:\n{}",
+                server.addr,
+                server.stderr_text()
+            );
+        }
+        server
+    }
+
     /// Polls probe connections until one is accepted and closed by the server.
     fn wait_accepting(&mut self, deadline: Instant) -> Result<(), NotReady> {
         loop {
