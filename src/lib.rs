@@ -144,12 +144,14 @@ fn prepare_process(config: &Config) -> Result<Option<setup::PidFile>, String> {
             .map_err(|e| format!("cannot open the access log {}: {e}", path.display()))?;
     }
     if let Some(identity) = &identity {
-        setup::drop_privileges(identity)?;
-        let python = match &config.virtualenv {
-            Some(dir) => dir.join("bin").join("python"),
-            None => std::path::PathBuf::from(wsgi::interp::BUILD_PYTHON),
+        // Which interpreter is found on PATH is settled before the switch, as root sees it.
+        let python = match (&config.interpreter, &config.virtualenv) {
+            (Some(command), _) => external::resolve_command(command),
+            (None, Some(dir)) => Some(dir.join("bin").join("python")),
+            (None, None) => Some(std::path::PathBuf::from(wsgi::interp::BUILD_PYTHON)),
         };
-        if config.interpreter.is_none() {
+        setup::drop_privileges(identity)?;
+        if let Some(python) = python {
             setup::check_python_reachable(&python)?;
         }
     }

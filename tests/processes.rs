@@ -119,9 +119,14 @@ impl Load {
     }
 }
 
-/// The worker processes of a master, from /proc.
+/// The worker processes of a master, from /proc: its children running this program (not an
+/// external interpreter some of them start).
 fn workers(server: &Server) -> Vec<u32> {
-    descendants(server.pid())
+    let ours = std::fs::canonicalize(BIN).unwrap();
+    children(server.pid())
+        .into_iter()
+        .filter(|pid| std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| exe == ours))
+        .collect()
 }
 
 /// Waits until the master has exactly `n` workers, none of `gone`, each of them serving
@@ -144,11 +149,12 @@ fn wait_for_workers(server: &Server, n: usize, gone: &[u32]) -> Vec<u32> {
 }
 
 fn pid_of(response: &Response) -> u32 {
-    response
+    let app_pid = response
         .text()
         .trim()
         .parse()
-        .unwrap_or_else(|_| panic!("not a pid: {:?}", response.text()))
+        .unwrap_or_else(|_| panic!("not a pid: {:?}", response.text()));
+    serving_pid(app_pid)
 }
 
 #[test]
@@ -478,6 +484,7 @@ fn a_request_past_the_timeout_gets_504_and_its_worker_is_replaced() {
         .lines()
         .find_map(|l| l.strip_prefix("hanging in "))
         .and_then(|p| p.trim().parse().ok())
+        .map(serving_pid)
         .expect("the app printed its pid");
     // Others are served meanwhile.
     assert_eq!(server.get("/env").status, 200);
@@ -514,6 +521,11 @@ fn start_activated(extra: &[&str]) -> (Server, SocketAddr) {
         .arg("-c")
         .arg("LISTEN_PID=$$ LISTEN_FDS=1 exec \"$0\" \"$@\"")
         .arg(BIN)
+        .args(
+            external_interpreter()
+                .map(|python| vec!["--interpreter".to_string(), python])
+                .unwrap_or_default(),
+        )
         .args(extra)
         .args(["-p", &apps, "-A", "procapp"])
         .stdin(Stdio::null())
@@ -612,8 +624,19 @@ fn privileges_are_dropped_after_binding() {
         "{gid_line}"
     );
     drop(server);
+    // The interpreter the app runs under: the embedded one, or the external one on PATH.
+    let python = match external_interpreter() {
+        Some(command) if !command.contains('/') => std::env::split_paths(&std::env::var_os("PATH").unwrap())
+            .map(|dir| dir.join(&command))
+            .find(|p| p.is_file())
+            .expect("the external interpreter is on PATH")
+            .to_string_lossy()
+            .into_owned(),
+        Some(path) => path,
+        None => BUILD_PYTHON.to_string(),
+    };
     let nobody_reaches_python = Command::new("test")
-        .args(["-x", BUILD_PYTHON])
+        .args(["-x", &python])
         .uid(65534)
         .gid(65534)
         .status()
@@ -636,7 +659,7 @@ fn privileges_are_dropped_after_binding() {
         assert_eq!(run.status.and_then(|s| s.code()), Some(1), "{}", run.stderr);
         assert!(
             run.stderr.contains(&format!(
-                "the Python installation ({BUILD_PYTHON}) is not reachable as uid 65534"
+                "the Python installation ({python}) is not reachable as uid 65534"
             )),
             "{}",
             run.stderr

@@ -112,6 +112,18 @@ impl WorkerSpec {
     }
 }
 
+/// Finds an interpreter command the way `exec` will: a path as given, else the first
+/// executable of that name on PATH.
+pub fn resolve_command(command: &str) -> Option<std::path::PathBuf> {
+    if command.contains('/') {
+        return Some(std::path::PathBuf::from(command));
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(command))
+        .find(|candidate| candidate.is_file())
+}
+
 /// A JSON string literal.
 fn json_str(text: &str) -> String {
     let mut out = String::with_capacity(text.len() + 2);
@@ -149,6 +161,12 @@ struct Slot {
     calling: bool,
     /// What the request watch gave it.
     watch_id: Option<u64>,
+    /// The access log line, written when the slot goes.
+    access: Option<crate::access::Entry>,
+    /// The response's status code, once its head came.
+    status: u16,
+    /// Body bytes the worker produced.
+    bytes: u64,
     /// A head waiting for the first body bytes (or the end).
     head: Option<Vec<u8>>,
     /// Whether anything went to the outbox yet.
@@ -441,6 +459,7 @@ impl Shared {
         let id = state.next_id;
         state.next_id = state.next_id.wrapping_add(1).max(1);
         let watch_id = self.spec.watch.as_ref().and_then(|watch| watch.begin(&request));
+        let access = crate::access::begin(request.header_block(), request.accepted);
         let Request {
             buf,
             payload,
@@ -472,6 +491,9 @@ impl Shared {
                 outbox,
                 calling: true,
                 watch_id,
+                access,
+                status: 0,
+                bytes: 0,
                 head: None,
                 began: false,
             },
@@ -493,6 +515,11 @@ impl Shared {
         let ended = match kind {
             b'H' => match cgi_head(&payload) {
                 Some(head) => {
+                    slot.status = payload
+                        .get(..3)
+                        .and_then(|code| std::str::from_utf8(code).ok())
+                        .and_then(|code| code.parse().ok())
+                        .unwrap_or(0);
                     slot.head = Some(head);
                     None
                 }
@@ -506,6 +533,7 @@ impl Shared {
                 }
             },
             b'D' => {
+                slot.bytes += payload.len() as u64;
                 let chunk = match slot.head.take() {
                     Some(mut head) => {
                         head.extend_from_slice(&payload);
@@ -530,6 +558,7 @@ impl Shared {
                             let _ = slot.outbox.send(head, None);
                         }
                         slot.began = true;
+                        slot.bytes += len;
                         let file = std::fs::File::from(fd);
                         let _ = slot.outbox.send_chunk(Chunk::File { file, offset, len }, None);
                         None
@@ -578,9 +607,12 @@ impl Shared {
             }
         }
         if ended.is_some() {
-            if let Some(slot) = state.slots.remove(&id) {
+            if let Some(mut slot) = state.slots.remove(&id) {
                 if let Some(watch) = &self.spec.watch {
                     watch.end(slot.watch_id);
+                }
+                if let Some(entry) = slot.access.as_mut().filter(|_| slot.status != 0) {
+                    entry.set_result(slot.status, slot.bytes);
                 }
             }
         }

@@ -523,22 +523,24 @@ class Worker:
             for part in module_name.split(".")[1:]:
                 module = getattr(module, part)
         except ModuleNotFoundError as e:
-            return "cannot import handler module %r: %s" % (module_name, e)
+            return "cannot import handler module %s: %s" % (quoted(module_name), e)
         except BaseException as e:
-            return "cannot import handler module %r: %s" % (module_name, one_line(e))
+            return "cannot import handler module %s: %s" % (quoted(module_name), one_line(e))
         name = "application" if config["application"] else "wmain"
         obj = getattr(module, name, None)
         if obj is None:
             hint = (" (without -A, wmain() is called instead)" if config["application"]
                     else " (with -A, its 'application' object is used instead)")
-            return "handler module %r has no %r%s" % (module_name, name, hint)
+            return "handler module %s has no %s%s" % (quoted(module_name), quoted(name), hint)
         if not config["application"]:
             try:
                 obj = obj(*config["args"])
             except BaseException as e:
-                return "handler module %r: wmain() raised %s" % (module_name, one_line(e))
+                return "handler module %s: wmain() raised %s" % (quoted(module_name), one_line(e))
         if not callable(obj):
-            return "handler module %r: the WSGI application is not callable: it is %s" % (module_name, type(obj).__name__)
+            return "handler module %s: the WSGI application (%s) is not callable: it is %s" % (
+                quoted(module_name), "'application'" if config["application"] else "what wmain() returned",
+                type(obj).__name__)
         self.app = obj
         return None
 
@@ -601,9 +603,13 @@ class Worker:
 
 def one_line(error):
     text = "%s: %s" % (type(error).__name__, str(error).replace("\n", " ")) if str(error) else type(error).__name__
-    tb = error.__traceback__
-    while tb is not None and tb.tb_next is not None:
+    # The innermost frame that is not this program's own says where it went wrong.
+    tb, where = error.__traceback__, None
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename != "<string>":
+            where = tb
         tb = tb.tb_next
+    tb = where
     if tb is not None:
         text += " (at %s line %d)" % (tb.tb_frame.f_code.co_filename, tb.tb_lineno)
     return text

@@ -827,6 +827,15 @@ impl Server {
                 poll_sleep(deadline);
                 continue;
             };
+            // A free port is an ephemeral one: before the server listens, a probe can connect
+            // to itself (TCP simultaneous open) and look like an answer. Not ready, then.
+            if let Stream::Tcp(tcp) = &probe {
+                if tcp.local_addr().ok() == tcp.peer_addr().ok() {
+                    drop(probe);
+                    poll_sleep(deadline);
+                    continue;
+                }
+            }
             let _ = probe.shutdown(Shutdown::Write);
             // Read in short slices so that a dying server is noticed at once.
             loop {
@@ -1057,6 +1066,44 @@ pub fn wait_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
 
 /// All processes descended from `pid` (children, grandchildren, ...), from /proc.
 pub fn descendants(pid: u32) -> Vec<u32> {
+    let children = child_table();
+    let mut out = Vec::new();
+    let mut todo = vec![pid];
+    while let Some(p) = todo.pop() {
+        for &c in children.get(&p).map(Vec::as_slice).unwrap_or(&[]) {
+            if !out.contains(&c) {
+                out.push(c);
+                todo.push(c);
+            }
+        }
+    }
+    out
+}
+
+/// The direct children of `pid` (a master's workers, without their own children such as an
+/// external interpreter).
+pub fn children(pid: u32) -> Vec<u32> {
+    child_table().remove(&pid).unwrap_or_default()
+}
+
+/// The parent of `pid`, from /proc.
+pub fn parent_pid(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The server process that served a request whose app reported `app_pid` (its `os.getpid()`):
+/// the same process when embedded; the external interpreter's parent otherwise.
+pub fn serving_pid(app_pid: u32) -> u32 {
+    match external_interpreter() {
+        Some(_) => parent_pid(app_pid).unwrap_or(app_pid),
+        None => app_pid,
+    }
+}
+
+/// Parent pid -> child pids, from /proc.
+fn child_table() -> HashMap<u32, Vec<u32>> {
     let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
     if let Ok(entries) = std::fs::read_dir("/proc") {
         for entry in entries.flatten() {
@@ -1075,17 +1122,7 @@ pub fn descendants(pid: u32) -> Vec<u32> {
             }
         }
     }
-    let mut out = Vec::new();
-    let mut todo = vec![pid];
-    while let Some(p) = todo.pop() {
-        for &c in children.get(&p).map(Vec::as_slice).unwrap_or(&[]) {
-            if !out.contains(&c) {
-                out.push(c);
-                todo.push(c);
-            }
-        }
-    }
-    out
+    children
 }
 
 // ---------------------------------------------------------------------------
