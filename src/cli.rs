@@ -19,7 +19,9 @@ use crate::wsgi::pathinfo::Mount;
         Without -T or -u, the listening socket is taken from standard input (fd 0), \
         as ashd's callscgi passes it. Without -A, HANDLER-MODULE's wmain(*ARGS) is called \
         and what it returns is the WSGI application.",
-    after_help = "See scgi-wsgi(1) for the handling models, limits and signals."
+    after_help = "See scgi-wsgi(1) for the handling models, limits and signals.",
+    // A flag given twice takes its last value, as with most Unix tools.
+    args_override_self = true
 )]
 pub struct Args {
     /// Use the object named `application` in HANDLER-MODULE as the WSGI app (mod_wsgi convention)
@@ -528,6 +530,25 @@ mod tests {
         assert_eq!(parse_secs("x", "0.5").unwrap(), Duration::from_millis(500));
         assert!(parse_secs("x", "-1").is_err());
         assert!(parse_secs("x", "nan").is_err());
+    }
+
+    #[test]
+    fn repeated_paths_add_up_and_repeated_values_take_the_last() {
+        let args = Args::try_parse_from([
+            "scgi-wsgi",
+            "-p",
+            "a",
+            "-p",
+            "b",
+            "--interpreter",
+            "python3",
+            "--interpreter",
+            "pypy3",
+            "m",
+        ])
+        .unwrap();
+        assert_eq!(args.module_paths, [PathBuf::from("a"), PathBuf::from("b")]);
+        assert_eq!(args.interpreter.as_deref(), Some("pypy3"));
     }
 
     #[test]

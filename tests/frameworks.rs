@@ -121,14 +121,15 @@ fn test_client_results(framework: &str, cases: &[Case]) -> Vec<Expected> {
         input.push_str(&fields.join("\t"));
         input.push('\n');
     }
-    let mut child = Command::new("python3")
+    // The framework's own test client, under the Python the app runs under.
+    let mut child = Command::new(common::app_python())
         .arg(apps_dir().join("fw_testclient.py"))
         .arg(framework)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("cannot run python3");
+        .expect("cannot run the app's Python");
     child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
     // Collect the output on another thread (it exceeds a pipe buffer), with a deadline.
     let pid = child.id();

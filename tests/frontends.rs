@@ -625,7 +625,7 @@ impl CallScgi {
         let socket = dir.path().join("scgi.sock");
         let listener = UnixListener::bind(&socket).unwrap();
         let stderr = dir.path().join("stderr.log");
-        let child = Command::new(BIN)
+        let child = server_command()
             .args(args)
             .stdin(Stdio::from(OwnedFd::from(listener)))
             .stdout(Stdio::null())
