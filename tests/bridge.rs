@@ -383,7 +383,7 @@ fn the_interpreter_is_the_python3_the_binary_was_built_for() {
     let python = std::process::Command::new(app_python())
         .args([
             "-c",
-            "import sys, flask; print(sys.prefix); print(sys.version); print(flask.__file__)",
+            "import json, sys, flask; print(json.dumps([sys.prefix, sys.version, flask.__file__]))",
         ])
         .output()
         .expect("python3 runs");
@@ -392,13 +392,9 @@ fn the_interpreter_is_the_python3_the_binary_was_built_for() {
         "{}",
         String::from_utf8_lossy(&python.stderr)
     );
-    let text = String::from_utf8(python.stdout).unwrap();
-    let mut lines = text.lines();
-    let (prefix, version, flask) = (
-        lines.next().unwrap(),
-        lines.next().unwrap(),
-        lines.next().unwrap(),
-    );
+    // JSON: PyPy's sys.version spans two lines.
+    let facts: Vec<String> = serde_json::from_slice(&python.stdout).unwrap();
+    let (prefix, version, flask) = (facts[0].as_str(), facts[1].as_str(), facts[2].as_str());
     let server = start(Listen::Tcp, &["-A", "bridgeapp"]);
     let info = json(&server.get("/interp"));
     assert_eq!(info["prefix"], prefix);

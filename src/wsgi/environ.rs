@@ -262,12 +262,15 @@ fn fill_cgi_defaults(
     Ok(())
 }
 
+/// A CGI variable: name and value, borrowed from the head unless computed.
+type CgiPair<'a> = (std::borrow::Cow<'a, [u8]>, std::borrow::Cow<'a, [u8]>);
+
 /// The CGI variables for a request as `NAME NUL VALUE NUL ...` bytes, by the same rules as
 /// [`build`] (duplicates joined, defaults filled), plus `wsgi.url_scheme`: what the
 /// external-interpreter worker turns into its environ.
 pub fn cgi_pairs(header_block: &[u8], mount: Option<&Mount>) -> Vec<u8> {
     use std::borrow::Cow;
-    let mut pairs: Vec<(Cow<'_, [u8]>, Cow<'_, [u8]>)> = Vec::with_capacity(32);
+    let mut pairs: Vec<CgiPair<'_>> = Vec::with_capacity(32);
     let mut ash_protocol: Option<&[u8]> = None;
     let mut https = false;
     let mut paths = SentPaths::default();
@@ -307,8 +310,7 @@ pub fn cgi_pairs(header_block: &[u8], mount: Option<&Mount>) -> Vec<u8> {
             None => pairs.push((Cow::Borrowed(key), value)),
         }
     }
-    let has =
-        |pairs: &[(Cow<'_, [u8]>, Cow<'_, [u8]>)], key: &[u8]| pairs.iter().any(|(n, _)| n.as_ref() == key);
+    let has = |pairs: &[CgiPair<'_>], key: &[u8]| pairs.iter().any(|(n, _)| n.as_ref() == key);
     for (key, default) in [
         (&b"QUERY_STRING"[..], &b""[..]),
         (b"REQUEST_METHOD", b"GET"),
