@@ -7,6 +7,7 @@ use clap::Parser;
 
 use crate::error::ConfigError;
 use crate::handling::Model;
+use crate::wsgi::pathinfo::Mount;
 
 /// Raw command-line arguments, as clap parses them.
 #[derive(Parser, Debug)]
@@ -18,7 +19,9 @@ use crate::handling::Model;
         Without -T or -u, the listening socket is taken from standard input (fd 0), \
         as ashd's callscgi passes it. Without -A, HANDLER-MODULE's wmain(*ARGS) is called \
         and what it returns is the WSGI application.",
-    after_help = "See scgi-wsgi(1) for the handling models, limits and signals."
+    after_help = "See scgi-wsgi(1) for the handling models, limits and signals.",
+    // A flag given twice takes its last value, as with most Unix tools.
+    args_override_self = true
 )]
 pub struct Args {
     /// Use the object named `application` in HANDLER-MODULE as the WSGI app (mod_wsgi convention)
@@ -62,6 +65,11 @@ pub struct Args {
     #[arg(short = 'H', long = "virtualenv", value_name = "DIR")]
     pub virtualenv: Option<PathBuf>,
 
+    /// Run the app in worker processes of this Python (e.g. pypy3, python3.12) instead of the
+    /// embedded interpreter
+    #[arg(long, value_name = "PYTHON")]
+    pub interpreter: Option<String>,
+
     /// Seconds to let requests in flight finish after SIGTERM or SIGINT
     #[arg(long, value_name = "SECS", default_value = "30")]
     pub graceful_timeout: String,
@@ -75,15 +83,19 @@ pub struct Args {
     pub max_body: String,
 
     /// Bodies larger than this are kept in an unlinked temporary file instead of memory
-    #[arg(long, value_name = "BYTES", default_value = "1M")]
+    #[arg(long, value_name = "BYTES", default_value = "256K")]
     pub body_buffer: String,
 
-    /// Seconds a client has to send the whole SCGI header block
-    #[arg(long, value_name = "SECS", default_value = "30")]
+    /// Response bytes buffered per connection before the app is made to wait for the client
+    #[arg(long, value_name = "BYTES", default_value = "256K")]
+    pub write_buffer: String,
+
+    /// Seconds a client has, from connecting, to send the whole SCGI header block
+    #[arg(long, value_name = "SECS", default_value = "10")]
     pub head_timeout: String,
 
     /// Seconds a request body may stall (no bytes arriving) before the request is answered 408
-    #[arg(long, value_name = "SECS", default_value = "60")]
+    #[arg(long, value_name = "SECS", default_value = "30")]
     pub body_timeout: String,
 
     /// Seconds a response may stall (client not reading) before the connection is dropped
@@ -94,13 +106,63 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value = "4096")]
     pub max_connections: usize,
 
+    /// Requests waiting for a worker thread under free, rplex and single (pool uses its queue=);
+    /// while it is full no new connections are accepted
+    #[arg(long, value_name = "N", default_value = "100")]
+    pub max_queue: usize,
+
     /// Listen backlog for sockets this program creates
     #[arg(long, value_name = "N", default_value = "1024")]
     pub backlog: i32,
 
+    /// The app's mount point: SCRIPT_NAME is MOUNT and PATH_INFO the rest of the decoded path,
+    /// whatever split the frontend made ("/" or "" for the root; see ENVIRON in scgi-wsgi(1))
+    #[arg(long = "script-name", value_name = "MOUNT")]
+    pub script_name: Option<String>,
+
     /// Log one line per request at DEBUG level and other detail
     #[arg(short = 'v', long)]
     pub verbose: bool,
+
+    /// Worker processes sharing the listening socket; above 1 a master process supervises them
+    #[arg(long, value_name = "N", default_value = "1")]
+    pub processes: usize,
+
+    /// Replace a worker process after it has taken N requests (0: never)
+    #[arg(long, value_name = "N", default_value = "0")]
+    pub max_requests: u64,
+
+    /// Add a random 0..=N to each worker's --max-requests, so workers are not all replaced at once
+    #[arg(long, value_name = "N", default_value = "0")]
+    pub max_requests_jitter: u64,
+
+    /// Seconds an app may spend on one request before it is answered 504 and its worker replaced
+    #[arg(long, value_name = "SECS")]
+    pub request_timeout: Option<String>,
+
+    /// Write one line per request to FILE ("-": standard output); SIGUSR1 reopens it
+    #[arg(long, value_name = "FILE")]
+    pub access_log: Option<PathBuf>,
+
+    /// Write the process id (of the master, with --processes above 1) to FILE
+    #[arg(long, value_name = "FILE")]
+    pub pid_file: Option<PathBuf>,
+
+    /// Change to DIR before anything else (relative paths in other options are then relative to it)
+    #[arg(long, value_name = "DIR")]
+    pub chdir: Option<PathBuf>,
+
+    /// After opening the listening socket, switch to USER (a name or a number)
+    #[arg(long, value_name = "USER")]
+    pub user: Option<String>,
+
+    /// After opening the listening socket, switch to GROUP (default: the --user's primary group)
+    #[arg(long, value_name = "GROUP")]
+    pub group: Option<String>,
+
+    /// File mode creation mask, in octal (e.g. 027)
+    #[arg(long, value_name = "MASK")]
+    pub umask: Option<String>,
 
     /// The Python module that provides the WSGI application
     #[arg(value_name = "HANDLER-MODULE")]
@@ -116,6 +178,8 @@ pub struct Args {
 pub enum ListenSpec {
     /// The socket already open on fd 0 (callscgi's convention).
     Stdin,
+    /// The socket systemd passed on fd 3 (`LISTEN_FDS`/`LISTEN_PID` name this process).
+    Activated,
     /// A TCP address: host (a name or an address) and port.
     Tcp {
         /// Host name or address to bind.
@@ -151,6 +215,33 @@ pub struct Limits {
     pub max_connections: usize,
     /// Bytes of response queued per connection before the app is made to wait.
     pub write_buffer: usize,
+    /// Requests waiting for a worker thread (models other than pool, which has its own `queue=`).
+    pub max_queue: usize,
+}
+
+/// How the process (or processes) run: workers, recycling, identity, files.
+#[derive(Debug, Clone)]
+pub struct ProcessConfig {
+    /// Worker processes; 1 means no master process.
+    pub processes: usize,
+    /// Requests after which a worker is replaced.
+    pub max_requests: Option<u64>,
+    /// Random extra requests added to `max_requests` per worker.
+    pub max_requests_jitter: u64,
+    /// Longest time the app may take over one request.
+    pub request_timeout: Option<Duration>,
+    /// Access log file; `-` is standard output.
+    pub access_log: Option<PathBuf>,
+    /// Pid file to write.
+    pub pid_file: Option<PathBuf>,
+    /// Directory to change to at start.
+    pub chdir: Option<PathBuf>,
+    /// User to switch to after binding.
+    pub user: Option<String>,
+    /// Group to switch to after binding.
+    pub group: Option<String>,
+    /// umask to set at start.
+    pub umask: Option<u32>,
 }
 
 /// The validated configuration the rest of the program runs on.
@@ -172,16 +263,22 @@ pub struct Config {
     pub pdm: Option<String>,
     /// Virtualenv to run in, if any.
     pub virtualenv: Option<PathBuf>,
+    /// External interpreter command, when the app runs outside this process.
+    pub interpreter: Option<String>,
     /// Bound on the wait for requests in flight at shutdown.
     pub graceful_timeout: Duration,
     /// Size and time limits.
     pub limits: Limits,
+    /// The mount point from `--script-name`: overrides the frontend's SCRIPT_NAME/PATH_INFO split.
+    pub mount: Option<Mount>,
     /// Debug-level logging.
     pub verbose: bool,
     /// Handler module name.
     pub module: String,
     /// Arguments for wmain().
     pub args: Vec<String>,
+    /// Worker processes, recycling and process identity.
+    pub process: ProcessConfig,
 }
 
 impl Args {
@@ -193,6 +290,7 @@ impl Args {
                 path: path.clone(),
                 mode: self.unix_mode.as_deref().map(parse_mode).transpose()?,
             },
+            (None, None) if socket_activated() => ListenSpec::Activated,
             (None, None) => ListenSpec::Stdin,
         };
         if self.module.is_empty() {
@@ -202,6 +300,7 @@ impl Args {
                 reason: "the module name is empty".into(),
             });
         }
+        let process = self.process_config()?;
         let virtualenv = self.virtualenv.or_else(|| {
             std::env::var_os("VIRTUAL_ENV")
                 .filter(|v| !v.is_empty())
@@ -209,6 +308,9 @@ impl Args {
         });
         if self.max_connections == 0 {
             return Err(invalid("--max-connections", "0", "must be at least 1"));
+        }
+        if self.max_queue == 0 {
+            return Err(invalid("--max-queue", "0", "must be at least 1"));
         }
         if self.backlog <= 0 {
             return Err(invalid(
@@ -225,12 +327,23 @@ impl Args {
             body_timeout: parse_secs("--body-timeout", &self.body_timeout)?,
             write_timeout: parse_secs("--write-timeout", &self.write_timeout)?,
             max_connections: self.max_connections,
-            write_buffer: 256 * 1024,
+            write_buffer: parse_size("--write-buffer", &self.write_buffer)?
+                .try_into()
+                .unwrap_or(usize::MAX),
+            max_queue: self.max_queue,
         };
+        if limits.write_buffer < 1024 {
+            return Err(invalid(
+                "--write-buffer",
+                &self.write_buffer,
+                "must be at least 1K",
+            ));
+        }
         if limits.max_head == 0 {
             return Err(invalid("--max-head", &self.max_head, "must be at least 1 byte"));
         }
         Ok(Config {
+            process,
             use_application: self.application,
             no_logging: self.no_logging,
             module_paths: self.module_paths,
@@ -239,13 +352,77 @@ impl Args {
             backlog: self.backlog,
             pdm: self.pdm,
             virtualenv,
+            interpreter: self.interpreter.filter(|i| !i.is_empty()),
             graceful_timeout: parse_secs("--graceful-timeout", &self.graceful_timeout)?,
             limits,
+            mount: self
+                .script_name
+                .as_deref()
+                .map(|m| Mount::parse(m).map_err(|reason| invalid("--script-name", m, reason)))
+                .transpose()?,
             verbose: self.verbose,
             module: self.module,
             args: self.args,
         })
     }
+}
+
+impl Args {
+    fn process_config(&self) -> Result<ProcessConfig, ConfigError> {
+        if self.processes == 0 || self.processes > 1024 {
+            return Err(invalid(
+                "--processes",
+                &self.processes.to_string(),
+                "must be from 1 to 1024",
+            ));
+        }
+        let request_timeout = match &self.request_timeout {
+            None => None,
+            Some(text) => Some(parse_secs("--request-timeout", text)?)
+                .filter(|d| !d.is_zero())
+                .map(Some)
+                .ok_or_else(|| invalid("--request-timeout", text, "must be above 0"))?,
+        };
+        let umask = match &self.umask {
+            None => None,
+            Some(text) => Some(
+                u32::from_str_radix(text, 8)
+                    .ok()
+                    .filter(|m| *m <= 0o777)
+                    .ok_or_else(|| invalid("--umask", text, "not an octal mask such as 027"))?,
+            ),
+        };
+        for (option, value) in [("--user", &self.user), ("--group", &self.group)] {
+            if value.as_deref() == Some("") {
+                return Err(invalid(option, "", "is empty"));
+            }
+        }
+        Ok(ProcessConfig {
+            processes: self.processes,
+            max_requests: Some(self.max_requests).filter(|n| *n > 0),
+            max_requests_jitter: self.max_requests_jitter,
+            request_timeout,
+            access_log: self.access_log.clone(),
+            pid_file: self.pid_file.clone(),
+            chdir: self.chdir.clone(),
+            user: self.user.clone(),
+            group: self.group.clone(),
+            umask,
+        })
+    }
+}
+
+/// Whether systemd-style socket activation passed a socket to this very process.
+fn socket_activated() -> bool {
+    let pid_matches = std::env::var("LISTEN_PID")
+        .ok()
+        .and_then(|p| p.trim().parse::<u32>().ok())
+        .is_some_and(|p| p == std::process::id());
+    let count = std::env::var("LISTEN_FDS")
+        .ok()
+        .and_then(|n| n.trim().parse::<u32>().ok())
+        .unwrap_or(0);
+    pid_matches && count >= 1
 }
 
 fn invalid(option: &'static str, value: &str, reason: &str) -> ConfigError {
@@ -353,6 +530,25 @@ mod tests {
         assert_eq!(parse_secs("x", "0.5").unwrap(), Duration::from_millis(500));
         assert!(parse_secs("x", "-1").is_err());
         assert!(parse_secs("x", "nan").is_err());
+    }
+
+    #[test]
+    fn repeated_paths_add_up_and_repeated_values_take_the_last() {
+        let args = Args::try_parse_from([
+            "scgi-wsgi",
+            "-p",
+            "a",
+            "-p",
+            "b",
+            "--interpreter",
+            "python3",
+            "--interpreter",
+            "pypy3",
+            "m",
+        ])
+        .unwrap();
+        assert_eq!(args.module_paths, [PathBuf::from("a"), PathBuf::from("b")]);
+        assert_eq!(args.interpreter.as_deref(), Some("pypy3"));
     }
 
     #[test]

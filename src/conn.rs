@@ -4,11 +4,12 @@
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, IoSlice, Read, Write};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::cli::Limits;
-use crate::dispatch::{Body, End, Outbox};
+use crate::dispatch::{Body, Chunk, End, Outbox};
 use crate::listen::Stream;
 use crate::scgi::{self, HeadError, HeadInfo, Status};
 
@@ -103,7 +104,7 @@ pub struct Conn {
     head: Option<HeadInfo>,
     spill: Option<File>,
     body_received: u64,
-    out: VecDeque<Vec<u8>>,
+    out: VecDeque<Chunk>,
     out_pos: usize,
     end: Option<End>,
     /// Input arrived beyond the request (or is still arriving): close gently.
@@ -265,7 +266,7 @@ impl Conn {
     pub fn refuse(&mut self, refusal: &Refusal) {
         self.out.clear();
         self.out_pos = 0;
-        self.out.push_back(refusal.response());
+        self.out.push_back(Chunk::Bytes(refusal.response()));
         self.end = Some(End::Complete);
         self.phase = Phase::Closing;
         self.last_progress = Instant::now();
@@ -298,16 +299,31 @@ impl Conn {
     }
 
     /// Writes queued output until done or the socket would block. `Err` means the client is gone.
+    ///
+    /// Runs of in-memory chunks go out with one `writev`; a file chunk goes out with
+    /// `sendfile`, from the descriptor, without a userspace copy.
     pub fn write_out(&mut self) -> io::Result<()> {
-        while !self.out.is_empty() {
-            let mut slices: [IoSlice<'_>; 16] = [IoSlice::new(&[]); 16];
-            let mut count = 0;
-            for (i, chunk) in self.out.iter().take(16).enumerate() {
-                let start = if i == 0 { self.out_pos } else { 0 };
-                slices[count] = IoSlice::new(&chunk[start..]);
-                count += 1;
-            }
-            let written = match self.stream.write_vectored_bufs(&slices[..count]) {
+        while let Some(front) = self.out.front() {
+            let result = match front {
+                Chunk::File { file, offset, len } => send_file(
+                    &self.stream,
+                    file,
+                    offset + self.out_pos as u64,
+                    len - self.out_pos as u64,
+                ),
+                Chunk::Bytes(_) => {
+                    let mut slices: [IoSlice<'_>; 16] = [IoSlice::new(&[]); 16];
+                    let mut count = 0;
+                    for (i, chunk) in self.out.iter().take(16).enumerate() {
+                        let Chunk::Bytes(bytes) = chunk else { break };
+                        let start = if i == 0 { self.out_pos } else { 0 };
+                        slices[count] = IoSlice::new(&bytes[start..]);
+                        count += 1;
+                    }
+                    self.stream.write_vectored_bufs(&slices[..count])
+                }
+            };
+            let written = match result {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
@@ -320,7 +336,7 @@ impl Conn {
             }
             let mut left = written;
             while left > 0 {
-                let front_len = self.out[0].len() - self.out_pos;
+                let front_len = self.out[0].len() as usize - self.out_pos;
                 if left >= front_len {
                     left -= front_len;
                     self.out.pop_front();
@@ -339,5 +355,28 @@ impl Conn {
         self.stream.shutdown_write();
         self.phase = Phase::Lingering;
         self.last_progress = Instant::now();
+    }
+}
+
+/// Most bytes handed to one `sendfile` call, so one large file does not monopolise the loop.
+const SENDFILE_MAX: u64 = 1 << 20;
+
+/// Sends up to `len` bytes of `file` from `offset` to the socket with `sendfile(2)`.
+/// A file that ends before `len` (it shrank after the app handed it over) is an error:
+/// the response can no longer match what was promised.
+fn send_file(stream: &Stream, file: &File, offset: u64, len: u64) -> io::Result<usize> {
+    let mut off = libc::off_t::try_from(offset)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "file offset out of range"))?;
+    let count = len.min(SENDFILE_MAX) as usize;
+    // SAFETY: both descriptors are open for the duration of the call; `off` is a valid off_t.
+    let sent = unsafe { libc::sendfile(stream.as_raw_fd(), file.as_raw_fd(), &mut off, count) };
+    match sent {
+        n if n < 0 => Err(io::Error::last_os_error()),
+        0 if count > 0 => {
+            let why = format!("the file being sent ended {len} bytes early (truncated while being sent?)");
+            crate::warning!("server", "{why}; connection cut");
+            Err(io::Error::new(io::ErrorKind::UnexpectedEof, why))
+        }
+        n => Ok(n as usize),
     }
 }

@@ -48,6 +48,39 @@ impl Request {
     }
 }
 
+/// A piece of a response on its way to the client.
+#[derive(Debug)]
+pub enum Chunk {
+    /// Bytes in memory.
+    Bytes(Vec<u8>),
+    /// `len` bytes of a regular file from `offset`, which the loop hands to the kernel
+    /// (`sendfile`) so they never pass through Python or a userspace buffer. The file is
+    /// the loop's own descriptor (a duplicate), so the app may close its file object at once.
+    File {
+        /// The open file.
+        file: File,
+        /// Where the bytes to send start.
+        offset: u64,
+        /// How many bytes to send.
+        len: u64,
+    },
+}
+
+impl Chunk {
+    /// How many bytes this chunk puts on the wire.
+    pub fn len(&self) -> u64 {
+        match self {
+            Chunk::Bytes(bytes) => bytes.len() as u64,
+            Chunk::File { len, .. } => *len,
+        }
+    }
+
+    /// Whether it puts nothing on the wire.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// How a response ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum End {
@@ -71,25 +104,69 @@ pub struct ConnId {
     pub serial: u64,
 }
 
+/// What an outbox tells an observer (the external-interpreter mode forwards it to its worker).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutboxEvent {
+    /// This many bytes in all have reached the client's socket.
+    Written(u64),
+    /// The client went away.
+    ClientGone,
+}
+
+/// A callback the event loop runs (briefly, without blocking) on each [`OutboxEvent`].
+pub type OutboxObserver = Box<dyn Fn(OutboxEvent) + Send + Sync>;
+
+/// Called once when a full outbox has room again, or its client is gone (rplex's response
+/// thread parks a response on it instead of blocking).
+pub type RoomHook = Box<dyn FnOnce() + Send>;
+
+#[derive(Default)]
+struct RoomWaiter(Option<RoomHook>);
+
+impl std::fmt::Debug for RoomWaiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "RoomWaiter(set)"
+        } else {
+            "RoomWaiter(none)"
+        })
+    }
+}
+
 #[derive(Debug, Default)]
 struct OutState {
-    chunks: VecDeque<Vec<u8>>,
-    /// Bytes handed over and not yet written to the socket.
+    chunks: VecDeque<Chunk>,
+    /// Bytes handed over and not yet written to the socket (file chunks count too).
     unsent: usize,
+    /// Bytes written to the socket so far.
+    written_total: u64,
     end: Option<End>,
     client_gone: bool,
     /// A notification for this outbox is already on its way to the loop.
     notified: bool,
+    /// Who to call when there is room again (see [`Outbox::call_when_room`]).
+    room_waiter: RoomWaiter,
+    /// Some bytes were handed over (the head went out).
+    sent_any: bool,
 }
 
 /// One response's queue from a worker to the event loop.
-#[derive(Debug)]
 pub struct Outbox {
     id: ConnId,
     state: Mutex<OutState>,
     room: Condvar,
     notifier: Arc<Notifier>,
     high_water: usize,
+    observer: std::sync::OnceLock<OutboxObserver>,
+}
+
+impl std::fmt::Debug for Outbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbox")
+            .field("id", &self.id)
+            .field("high_water", &self.high_water)
+            .finish()
+    }
 }
 
 impl Outbox {
@@ -101,7 +178,18 @@ impl Outbox {
             room: Condvar::new(),
             notifier,
             high_water,
+            observer: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Sets the observer that hears about bytes written and the client going away (once).
+    pub fn observe(&self, observer: OutboxObserver) {
+        let _ = self.observer.set(observer);
+    }
+
+    /// The most bytes a producer may have queued before it must wait.
+    pub fn high_water(&self) -> usize {
+        self.high_water
     }
 
     fn lock(&self) -> MutexGuard<'_, OutState> {
@@ -114,13 +202,22 @@ impl Outbox {
     /// After the end, nobody reads this outbox any more: more data is refused like a client
     /// gone (an app calling a kept `write()` later would otherwise wait for room forever).
     pub fn send(&self, data: Vec<u8>, end: Option<End>) -> Result<(), ClientGone> {
+        self.send_chunk(Chunk::Bytes(data), end)
+    }
+
+    /// Queues any kind of chunk (see [`Chunk`]), and optionally the end of the response.
+    pub fn send_chunk(&self, chunk: Chunk, end: Option<End>) -> Result<(), ClientGone> {
         let mut state = self.lock();
         if state.client_gone || state.end.is_some() {
             return Err(ClientGone);
         }
-        if !data.is_empty() {
-            state.unsent += data.len();
-            state.chunks.push_back(data);
+        if !chunk.is_empty() {
+            // A file chunk counts at its length: it holds no memory, but it is output to wait for.
+            state.unsent = state
+                .unsent
+                .saturating_add(usize::try_from(chunk.len()).unwrap_or(usize::MAX));
+            state.chunks.push_back(chunk);
+            state.sent_any = true;
         }
         if end.is_some() && state.end.is_none() {
             state.end = end;
@@ -159,13 +256,57 @@ impl Outbox {
         }
     }
 
+    /// Arranges for `hook` to be called once the outbox has drained to half the high-water
+    /// mark or the client is gone. Returns `false`, without keeping `hook`, when that is
+    /// already so: the caller can go on producing at once.
+    pub fn call_when_room(&self, hook: RoomHook) -> bool {
+        let mut state = self.lock();
+        if state.client_gone || state.unsent <= self.high_water / 2 {
+            return false;
+        }
+        state.room_waiter = RoomWaiter(Some(hook));
+        true
+    }
+
+    /// Gives up on a response the app is taking too long over: `response` goes out when
+    /// nothing was sent yet (returns true), otherwise the response is cut off. Either way the
+    /// app's further output is refused as if the client had gone.
+    pub fn time_out(&self, response: &[u8]) -> bool {
+        let mut state = self.lock();
+        if state.end.is_some() || state.client_gone {
+            return false;
+        }
+        let answered = !state.sent_any;
+        if answered {
+            state.unsent += response.len();
+            state.chunks.push_back(Chunk::Bytes(response.to_vec()));
+            state.end = Some(End::Complete);
+        } else {
+            state.end = Some(End::Abort);
+        }
+        state.sent_any = true;
+        state.client_gone = true;
+        self.room.notify_all();
+        let wake = !state.notified;
+        state.notified = true;
+        let hook = state.room_waiter.0.take();
+        drop(state);
+        if let Some(hook) = hook {
+            hook();
+        }
+        if wake {
+            self.notifier.notify(self.id);
+        }
+        answered
+    }
+
     /// Whether the loop has seen the client go away.
     pub fn client_gone(&self) -> bool {
         self.lock().client_gone
     }
 
     /// Loop side: moves queued chunks into `into` and reports whether the response has ended.
-    pub(crate) fn take(&self, into: &mut VecDeque<Vec<u8>>) -> Option<End> {
+    pub(crate) fn take(&self, into: &mut VecDeque<Chunk>) -> Option<End> {
         let mut state = self.lock();
         state.notified = false;
         into.append(&mut state.chunks);
@@ -177,18 +318,38 @@ impl Outbox {
         let mut state = self.lock();
         let before = state.unsent;
         state.unsent = state.unsent.saturating_sub(n);
-        if before > self.high_water / 2 && state.unsent <= self.high_water / 2 {
+        state.written_total += n as u64;
+        let total = state.written_total;
+        let hook = if before > self.high_water / 2 && state.unsent <= self.high_water / 2 {
             self.room.notify_all();
+            state.room_waiter.0.take()
+        } else {
+            None
+        };
+        drop(state);
+        if let Some(hook) = hook {
+            hook();
+        }
+        if let Some(observer) = self.observer.get() {
+            observer(OutboxEvent::Written(total));
         }
     }
 
     /// Loop side: the client is gone; producers stop at their next send or wait.
     pub(crate) fn mark_client_gone(&self) {
         let mut state = self.lock();
-        state.client_gone = true;
+        let was_gone = std::mem::replace(&mut state.client_gone, true);
         state.chunks.clear();
         state.unsent = 0;
         self.room.notify_all();
+        let hook = state.room_waiter.0.take();
+        drop(state);
+        if let Some(hook) = hook {
+            hook();
+        }
+        if let Some(observer) = self.observer.get().filter(|_| !was_gone) {
+            observer(OutboxEvent::ClientGone);
+        }
     }
 }
 
@@ -221,6 +382,15 @@ impl Notifier {
         }
     }
 
+    /// Wakes the loop with no connection to name: a full request queue has room again.
+    pub fn wake(&self) {
+        if !self.woken.swap(true, Ordering::AcqRel) {
+            if let Err(e) = self.waker.wake() {
+                crate::error!("server", "cannot wake the event loop: {e}");
+            }
+        }
+    }
+
     /// Loop side: takes the queued ids into `into` (which it reuses).
     pub(crate) fn drain(&self, into: &mut Vec<ConnId>) {
         self.woken.store(false, Ordering::Release);
@@ -233,8 +403,69 @@ impl Notifier {
 pub trait Dispatcher {
     /// Hands over a request. Returns it back when no more can be queued (the loop answers 503).
     fn dispatch(&mut self, request: Request) -> Result<(), Request>;
-    /// Whether another request can be taken now; the loop stops reading new requests while not.
+    /// Whether another request can be taken now; the loop stops accepting while not. The loop
+    /// asks only when it has a connection it would accept.
     fn has_room(&self) -> bool {
         true
+    }
+    /// How many requests may wait for a worker (for log lines).
+    fn queue_limit(&self) -> usize {
+        usize::MAX
+    }
+    /// Gives the dispatcher a way to wake the loop when it has room again after refusing.
+    fn set_waker(&mut self, _notifier: Arc<Notifier>) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    fn outbox(high_water: usize) -> (mio::Poll, Arc<Outbox>) {
+        let poll = mio::Poll::new().unwrap();
+        let waker = mio::Waker::new(poll.registry(), mio::Token(0)).unwrap();
+        let id = ConnId { key: 0, serial: 0 };
+        (poll, Outbox::new(id, Notifier::new(waker), high_water))
+    }
+
+    fn counting_hook(calls: &Arc<AtomicUsize>) -> RoomHook {
+        let calls = Arc::clone(calls);
+        Box::new(move || {
+            calls.fetch_add(1, Ordering::SeqCst);
+        })
+    }
+
+    #[test]
+    fn room_hook_fires_once_when_drained_to_half() {
+        let (_poll, outbox) = outbox(100);
+        let calls = Arc::new(AtomicUsize::new(0));
+        assert!(
+            !outbox.call_when_room(counting_hook(&calls)),
+            "empty outbox has room"
+        );
+        outbox.send(vec![0; 150], None).unwrap();
+        assert!(outbox.is_full());
+        assert!(outbox.call_when_room(counting_hook(&calls)));
+        outbox.written(60);
+        assert_eq!(calls.load(Ordering::SeqCst), 0, "90 unsent is above half of 100");
+        outbox.written(40);
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        outbox.written(50);
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "a hook fires once");
+    }
+
+    #[test]
+    fn room_hook_fires_when_the_client_goes() {
+        let (_poll, outbox) = outbox(100);
+        let calls = Arc::new(AtomicUsize::new(0));
+        outbox.send(vec![0; 150], None).unwrap();
+        assert!(outbox.call_when_room(counting_hook(&calls)));
+        outbox.mark_client_gone();
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert_eq!(outbox.send(vec![1], None), Err(ClientGone));
+        assert!(
+            !outbox.call_when_room(counting_hook(&calls)),
+            "nothing to wait for"
+        );
     }
 }

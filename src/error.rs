@@ -53,6 +53,9 @@ pub enum ListenError {
          or start this program from callscgi"
     )]
     Fd0NotListening(String),
+    /// LISTEN_FDS/LISTEN_PID name this process, but fd 3 is not a listening socket.
+    #[error("LISTEN_FDS and LISTEN_PID say a listening socket was passed on fd 3, but {0}")]
+    ActivatedNotListening(String),
     /// fd 0 is a socket of a family we cannot serve.
     #[error("standard input (fd 0) is a socket of unsupported address family {0}")]
     Fd0Family(i32),

@@ -1,8 +1,9 @@
 //! The `-t` request handling models, mapped onto a pool of Python worker threads.
 //!
-//! Every model runs each request entirely on one worker thread that is attached to Python
-//! once and releases the GIL while it waits for work. The models differ in how many threads
-//! there may be and how many requests may wait for one.
+//! Every model calls the app on a worker thread that is attached to Python once and releases
+//! the GIL while it waits for work. The models differ in how many threads there may be, how
+//! many requests may wait for one, when the process gives up as wedged, and (rplex) who
+//! iterates the response: see the README's "Handling models" section.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -11,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use pyo3::Python;
 
-use crate::dispatch::{Dispatcher, Request};
+use crate::dispatch::{Dispatcher, Notifier, Request};
 use crate::error::ConfigError;
 
 /// Default thread bound for `free` (the original has none; an unbounded default is not safe).
@@ -55,7 +56,8 @@ impl Model {
     pub fn parse(spec: &str) -> Result<Model, ConfigError> {
         let (name, rest) = spec.split_once(':').unwrap_or((spec, ""));
         let known: &'static str = match name {
-            "free" => "max, timeout",
+            // The original's code spells free's timeout `abort`, its manual `timeout`: take both.
+            "free" => "max, timeout, abort",
             "pool" => "max, queue, abort",
             "rplex" => "max",
             "single" => "none",
@@ -102,7 +104,10 @@ impl Model {
         Ok(match name {
             "free" => Model::Free {
                 max: count("max", FREE_DEFAULT_MAX)?,
-                timeout: seconds("timeout")?,
+                timeout: match seconds("timeout")? {
+                    Some(t) => Some(t),
+                    None => seconds("abort")?,
+                },
             },
             "pool" => Model::Pool {
                 max: count("max", POOL_DEFAULT_MAX)?,
@@ -114,6 +119,11 @@ impl Model {
             },
             _ => Model::Single,
         })
+    }
+
+    /// Whether response iterators are advanced by one response thread (rplex).
+    pub fn multiplexes_responses(&self) -> bool {
+        matches!(self, Model::Rplex { .. })
     }
 
     /// Whether requests may run on several threads at once (`wsgi.multithread`).
@@ -133,6 +143,17 @@ struct Queue {
     threads: usize,
     idle: usize,
     stopping: bool,
+    /// Since when the loop has held a request the full queue refused (pool's `abort=`).
+    refused_since: Option<Instant>,
+}
+
+/// When the process decides the app is wedged and aborts, as the original does.
+#[derive(Debug, Clone, Copy)]
+pub enum Wedge {
+    /// free's `timeout=`: a request waited this long for a thread.
+    ThreadWait(Duration),
+    /// pool's `abort=`: the queue stayed full this long with a request waiting to get in.
+    QueueFull(Duration),
 }
 
 struct Shared {
@@ -142,6 +163,8 @@ struct Shared {
     queue_limit: usize,
     idle_retire: Duration,
     handler: Arc<dyn RequestHandler>,
+    /// Wakes the event loop when a full queue gets room again.
+    loop_waker: Mutex<Option<Arc<Notifier>>>,
 }
 
 /// A pool of Python worker threads that takes requests from the event loop.
@@ -150,32 +173,40 @@ pub struct WorkerPool {
 }
 
 impl WorkerPool {
-    /// A pool shaped by `model`, running `handler`. Threads start on demand.
-    pub fn new(model: &Model, handler: Arc<dyn RequestHandler>) -> WorkerPool {
-        let (max_threads, queue_limit, wedge_timeout) = match *model {
-            Model::Free { max, timeout } => (max, usize::MAX, timeout),
-            Model::Pool { max, queue, abort } => (max, queue, abort),
-            Model::Rplex { max } => (max, usize::MAX, None),
-            Model::Single => (1, usize::MAX, None),
+    /// A pool shaped by `model`, running `handler`; at most `max_queue` requests wait for a
+    /// thread (pool uses its own `queue=` instead). Threads start on demand.
+    pub fn new(model: &Model, handler: Arc<dyn RequestHandler>, max_queue: usize) -> WorkerPool {
+        let (max_threads, queue_limit) = match *model {
+            Model::Free { max, .. } => (max, max_queue),
+            Model::Pool { max, queue, .. } => (max, queue),
+            Model::Rplex { max } => (max, max_queue),
+            Model::Single => (1, max_queue),
         };
+        let wedge = Wedge::for_model(model);
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue {
                 pending: VecDeque::new(),
                 threads: 0,
                 idle: 0,
                 stopping: false,
+                refused_since: None,
             }),
             work: Condvar::new(),
             max_threads,
             queue_limit,
             idle_retire: Duration::from_secs(60),
             handler,
+            loop_waker: Mutex::new(None),
         });
-        if let Some(limit) = wedge_timeout {
+        if let Some(wedge) = wedge {
             let watched = Arc::clone(&shared);
-            let _ = thread::Builder::new()
-                .name("wedge-watch".into())
-                .spawn(move || watch_for_wedge(&watched, limit));
+            spawn_wedge_watch(wedge, move |wedge| {
+                let queue = watched.lock();
+                match wedge {
+                    Wedge::ThreadWait(_) => queue.pending.front().map(|(_, since)| since.elapsed()),
+                    Wedge::QueueFull(_) => queue.refused_since.map(|since| since.elapsed()),
+                }
+            });
         }
         WorkerPool { shared }
     }
@@ -195,7 +226,17 @@ impl Shared {
     fn next_request(&self) -> Option<Request> {
         let mut queue = self.lock();
         loop {
+            let was_full = queue.pending.len() >= self.queue_limit;
             if let Some((request, _)) = queue.pending.pop_front() {
+                if was_full {
+                    // The loop stopped taking requests at the limit: tell it there is room.
+                    queue.refused_since = None;
+                    drop(queue);
+                    let waker = self.loop_waker.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                    if let Some(waker) = waker {
+                        waker.wake();
+                    }
+                }
                 return Some(request);
             }
             if queue.stopping {
@@ -225,22 +266,52 @@ fn worker_main(shared: Arc<Shared>) {
     });
 }
 
-fn watch_for_wedge(shared: &Shared, limit: Duration) {
+/// Aborts the process (so a supervisor restarts it) when requests stop getting through.
+impl Wedge {
+    /// The wedge rule of a model, if its parameters ask for one (free timeout=, pool abort=).
+    pub fn for_model(model: &Model) -> Option<Wedge> {
+        match *model {
+            Model::Free { timeout, .. } => timeout.map(Wedge::ThreadWait),
+            Model::Pool { abort, .. } => abort.map(Wedge::QueueFull),
+            Model::Rplex { .. } | Model::Single => None,
+        }
+    }
+}
+
+/// Starts the thread that aborts the process when `waited` (asked with the rule) says a
+/// request has waited longer than the rule allows, as the original does.
+pub fn spawn_wedge_watch(wedge: Wedge, waited: impl Fn(Wedge) -> Option<Duration> + Send + 'static) {
+    let _ = thread::Builder::new()
+        .name("wedge-watch".into())
+        .spawn(move || watch_for_wedge(wedge, waited));
+}
+
+fn watch_for_wedge(wedge: Wedge, waited: impl Fn(Wedge) -> Option<Duration>) {
+    let limit = match wedge {
+        Wedge::ThreadWait(limit) | Wedge::QueueFull(limit) => limit,
+    };
     let tick = (limit / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
     loop {
         thread::sleep(tick);
-        let oldest = shared.lock().pending.front().map(|(_, since)| since.elapsed());
-        if let Some(waited) = oldest {
-            if waited > limit {
-                crate::error!(
-                    "server",
-                    "a request has waited {:.1} s for a worker thread (limit {:.1} s): the app seems wedged; aborting",
-                    waited.as_secs_f64(),
-                    limit.as_secs_f64()
-                );
-                std::process::abort();
-            }
+        let waited = waited(wedge);
+        let Some(waited) = waited.filter(|w| *w > limit) else {
+            continue;
+        };
+        match wedge {
+            Wedge::ThreadWait(_) => crate::error!(
+                "server",
+                "a request has waited {:.1} s for a worker thread (free timeout={:.1}): the app seems wedged; aborting",
+                waited.as_secs_f64(),
+                limit.as_secs_f64()
+            ),
+            Wedge::QueueFull(_) => crate::error!(
+                "server",
+                "the request queue has been full for {:.1} s (pool abort={:.1}): the app seems wedged; aborting",
+                waited.as_secs_f64(),
+                limit.as_secs_f64()
+            ),
         }
+        std::process::abort();
     }
 }
 
@@ -248,6 +319,7 @@ impl Dispatcher for WorkerPool {
     fn dispatch(&mut self, request: Request) -> Result<(), Request> {
         let mut queue = self.shared.lock();
         if queue.pending.len() >= self.shared.queue_limit {
+            queue.refused_since.get_or_insert_with(Instant::now);
             return Err(request);
         }
         queue.pending.push_back((request, Instant::now()));
@@ -270,7 +342,21 @@ impl Dispatcher for WorkerPool {
     }
 
     fn has_room(&self) -> bool {
-        self.shared.lock().pending.len() < self.shared.queue_limit
+        let mut queue = self.shared.lock();
+        let room = queue.pending.len() < self.shared.queue_limit;
+        if !room {
+            // The loop asks when it has a connection to take: that one is now kept waiting.
+            queue.refused_since.get_or_insert_with(Instant::now);
+        }
+        room
+    }
+
+    fn queue_limit(&self) -> usize {
+        self.shared.queue_limit
+    }
+
+    fn set_waker(&mut self, notifier: Arc<Notifier>) {
+        *self.shared.loop_waker.lock().unwrap_or_else(|e| e.into_inner()) = Some(notifier);
     }
 }
 
@@ -299,6 +385,13 @@ mod tests {
             Model::Free {
                 max: 4,
                 timeout: Some(Duration::from_millis(2500))
+            }
+        );
+        assert_eq!(
+            Model::parse("free:abort=3").unwrap(),
+            Model::Free {
+                max: FREE_DEFAULT_MAX,
+                timeout: Some(Duration::from_secs(3))
             }
         );
         assert_eq!(

@@ -3,15 +3,20 @@
 //! The event loop ([`server`]) reads complete requests without the GIL and hands them through
 //! the [`dispatch`] seam to Python worker threads ([`handling`], [`wsgi`]).
 
+pub mod access;
 pub mod cli;
 pub mod conn;
 pub mod dispatch;
 pub mod error;
+pub mod external;
 pub mod handling;
 pub mod listen;
 pub mod log;
 pub mod scgi;
 pub mod server;
+pub mod setup;
+pub mod supervisor;
+pub mod watchdog;
 pub mod wsgi;
 
 use std::process::ExitCode;
@@ -59,6 +64,9 @@ pub fn main_entry() -> ExitCode {
         Ok(config) => config,
         Err(e) => return fatal(e),
     };
+    if let Err(message) = setup::early(config.process.umask, config.process.chdir.as_deref()) {
+        return fatal(message);
+    }
     if std::env::var_os("ASHD_USESYSLOG").is_some() {
         log::use_syslog();
     }
@@ -66,20 +74,209 @@ pub fn main_entry() -> ExitCode {
         log::set_min_level(log::Level::Debug);
     }
     raise_fd_limit();
-    // Before anything slow: a stop signal during start-up then ends in an orderly exit.
-    let signals = match SignalPipe::install() {
-        Ok(signals) => signals,
-        Err(e) => return fatal(format!("cannot install signal handlers: {e}")),
+    // Before anything slow: a stop signal during start-up then ends in an orderly exit. With
+    // a master, the supervisor owns signals until each worker installs its own after the fork.
+    let early_signals = if config.process.processes > 1 {
+        None
+    } else {
+        match SignalPipe::install() {
+            Ok(signals) => Some(signals),
+            Err(e) => return fatal(format!("cannot install signal handlers: {e}")),
+        }
     };
     let listener = match Listener::open(&config.listen, config.backlog) {
         Ok(listener) => listener,
         Err(e) => return fatal(e),
     };
+    if config.listen == cli::ListenSpec::Activated {
+        if std::env::var("LISTEN_FDS").is_ok_and(|n| n.trim() != "1") {
+            warning!(
+                "server",
+                "LISTEN_FDS={}: serving only the first passed socket (fd 3)",
+                std::env::var("LISTEN_FDS").unwrap_or_default()
+            );
+        }
+        // Consumed: the app and its child processes must not take the socket for theirs.
+        std::env::remove_var("LISTEN_PID");
+        std::env::remove_var("LISTEN_FDS");
+        std::env::remove_var("LISTEN_FDNAMES");
+    }
+    let pid_file = match prepare_process(&config) {
+        Ok(pid_file) => pid_file,
+        Err(message) => return fatal(message),
+    };
+    let code = if config.process.processes > 1 {
+        let plan = supervisor::Plan {
+            processes: config.process.processes,
+            graceful_timeout: config.graceful_timeout,
+            forward_usr1: config.process.access_log.is_some(),
+        };
+        match supervisor::run(plan, listener) {
+            supervisor::Role::Master(code) => code,
+            // A worker: the single-process server from here on; the master owns the pid file.
+            supervisor::Role::Worker(listener) => return run_server(config, listener, None),
+        }
+    } else {
+        run_server(config, listener, early_signals)
+    };
+    if let Some(pid_file) = pid_file {
+        pid_file.remove();
+    }
+    code
+}
+
+/// Pid file, access log file and privileges: everything done once the socket is open and
+/// before any worker or Python starts.
+fn prepare_process(config: &Config) -> Result<Option<setup::PidFile>, String> {
+    let process = &config.process;
+    let identity = setup::resolve(process.user.as_deref(), process.group.as_deref())?;
+    let pid_file = process
+        .pid_file
+        .as_deref()
+        .map(setup::PidFile::write)
+        .transpose()?;
+    if let Some(path) = &process.access_log {
+        let owner = identity
+            .as_ref()
+            .filter(|_| unsafe { libc::geteuid() } == 0)
+            .map(|id| (id.uid.unwrap_or(0), id.gid));
+        access::prepare(path, owner)
+            .map_err(|e| format!("cannot open the access log {}: {e}", path.display()))?;
+    }
+    if let Some(identity) = &identity {
+        // Which interpreter is found on PATH is settled before the switch, as root sees it.
+        let python = match (&config.interpreter, &config.virtualenv) {
+            (Some(command), _) => external::resolve_command(command),
+            (None, Some(dir)) => Some(dir.join("bin").join("python")),
+            (None, None) => Some(std::path::PathBuf::from(wsgi::interp::BUILD_PYTHON)),
+        };
+        setup::drop_privileges(identity)?;
+        if let Some(python) = python {
+            setup::check_python_reachable(&python)?;
+        }
+    }
+    Ok(pid_file)
+}
+
+/// The single-process server: what runs in each worker, or alone with --processes 1.
+fn run_server(config: Config, listener: Listener, signals: Option<SignalPipe>) -> ExitCode {
+    if let Some(path) = &config.process.access_log {
+        if let Err(e) = access::start(path) {
+            return fatal(format!("cannot open the access log {}: {e}", path.display()));
+        }
+    }
+    ignore_sighup();
+    let watch = request_watch(&config);
+    if let Some(interpreter) = config.interpreter.clone() {
+        let dispatcher = match start_external(&config, interpreter, watch) {
+            Ok(dispatcher) => dispatcher,
+            Err(message) => return fatal(message),
+        };
+        return serve(config, listener, signals, dispatcher);
+    }
     let handler = match start_python(&config) {
         Ok(handler) => handler,
         Err(message) => return fatal(message),
     };
-    serve(config, listener, signals, handler)
+    let handler: Arc<dyn handling::RequestHandler> = match watch {
+        Some(watch) => Arc::new(watchdog::Watchdog::new(Arc::new(handler), watch)),
+        None => Arc::new(handler),
+    };
+    let pool = WorkerPool::new(&config.model, handler, config.limits.max_queue);
+    let exit = serve(config, listener, signals, pool);
+    // Let the app's atexit handlers run and its output reach the streams.
+    Python::attach(|py| {
+        let _ = py.run(
+            c"import atexit, sys\natexit._run_exitfuncs()\nsys.stdout.flush()\nsys.stderr.flush()",
+            None,
+            None,
+        );
+    });
+    exit
+}
+
+/// `--max-requests` and `--request-timeout`, when either is given.
+fn request_watch(config: &Config) -> Option<Arc<watchdog::RequestWatch>> {
+    let process = &config.process;
+    if process.max_requests.is_none() && process.request_timeout.is_none() {
+        return None;
+    }
+    let max_requests = process
+        .max_requests
+        .map(|n| watchdog::jittered(n, process.max_requests_jitter));
+    Some(watchdog::RequestWatch::new(max_requests, process.request_timeout))
+}
+
+/// Starts the external-interpreter worker (`--interpreter`), in the virtualenv if one is named.
+fn start_external(
+    config: &Config,
+    interpreter: String,
+    watch: Option<Arc<watchdog::RequestWatch>>,
+) -> Result<external::ExternalDispatcher, String> {
+    let mut env = Vec::new();
+    let mut interpreter = interpreter;
+    if let Some(venv) = &config.virtualenv {
+        let bin = venv.join("bin");
+        if !venv.join("pyvenv.cfg").exists() {
+            return Err(format!(
+                "cannot use virtualenv {}: it has no pyvenv.cfg",
+                venv.display()
+            ));
+        }
+        // The virtualenv's own interpreter: the same name in its bin/, else its bin/python.
+        let name = std::path::Path::new(&interpreter)
+            .file_name()
+            .map(|n| n.to_os_string())
+            .unwrap_or_default();
+        interpreter = [bin.join(&name), bin.join("python")]
+            .into_iter()
+            .find(|candidate| candidate.exists())
+            .ok_or_else(|| format!("cannot use virtualenv {}: it has no bin/python", venv.display()))?
+            .to_string_lossy()
+            .into_owned();
+        let path = std::env::var("PATH").unwrap_or_default();
+        env.push(("VIRTUAL_ENV".to_string(), venv.to_string_lossy().into_owned()));
+        env.push(("PATH".to_string(), format!("{}:{path}", bin.display())));
+    }
+    let spec = external::WorkerSpec {
+        interpreter,
+        module: config.module.clone(),
+        use_application: config.use_application,
+        args: config.args.clone(),
+        paths: config
+            .module_paths
+            .iter()
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect(),
+        no_logging: config.no_logging,
+        model: config.model.clone(),
+        multiprocess: config.process.processes > 1,
+        window: config.limits.write_buffer,
+        env,
+        mount: config.mount.clone(),
+        max_queue: config.limits.max_queue,
+        watch,
+    };
+    external::ExternalDispatcher::start(spec, std::env::args().collect())
+}
+
+/// SIGHUP reloads only under a master; a single process (or a worker) is not ended by it.
+fn ignore_sighup() {
+    if supervisor::has_master() {
+        unsafe { libc::signal(libc::SIGHUP, libc::SIG_IGN) };
+        return;
+    }
+    const NOTE: &[u8] =
+        b"scgi-wsgi[server]: WARNING: SIGHUP ignored: reloading needs --processes 2 or more\n";
+    // Only write(2) runs in the handler: it is async-signal-safe.
+    let installed = unsafe {
+        signal_hook::low_level::register(libc::SIGHUP, || {
+            libc::write(2, NOTE.as_ptr().cast(), NOTE.len());
+        })
+    };
+    if let Err(e) = installed {
+        warning!("server", "cannot install a SIGHUP handler: {e}");
+    }
 }
 
 fn start_python(config: &Config) -> Result<wsgi::WsgiHandler, String> {
@@ -95,13 +292,22 @@ fn start_python(config: &Config) -> Result<wsgi::WsgiHandler, String> {
         }
         wsgi::interp::prepend_paths(py, &config.module_paths)
             .map_err(|e| format!("cannot set sys.path: {e}"))?;
+        wsgi::wsgidir::register(py).map_err(|e| format!("cannot register scgi_wsgi.wsgidir: {e}"))?;
         if let Some(spec) = &config.pdm {
             start_pdm(py, spec);
         }
         let app = wsgi::app::load(py, &config.module, config.use_application, &config.args)
             .map_err(|e| e.to_string())?;
-        wsgi::WsgiHandler::new(py, app, config.model.multithread(), false)
-            .map_err(|e| format!("cannot prepare the environ: {e}"))
+        let mut handler =
+            wsgi::WsgiHandler::new(py, app, config.model.multithread(), config.process.processes > 1)
+                .map(|handler| handler.with_mount(config.mount.clone()))
+                .map_err(|e| format!("cannot prepare the environ: {e}"))?;
+        if config.model.multiplexes_responses() {
+            handler
+                .start_response_thread()
+                .map_err(|e| format!("cannot start the rplex response thread: {e}"))?;
+        }
+        Ok(handler)
     })
 }
 
@@ -119,9 +325,17 @@ fn start_pdm(py: Python<'_>, spec: &str) {
     }
 }
 
-fn serve(config: Config, listener: Listener, signals: SignalPipe, handler: wsgi::WsgiHandler) -> ExitCode {
+fn serve<D: dispatch::Dispatcher>(
+    config: Config,
+    listener: Listener,
+    signals: Option<SignalPipe>,
+    pool: D,
+) -> ExitCode {
     let description = listener.describe();
-    let pool = WorkerPool::new(&config.model, Arc::new(handler));
+    let signals = match signals.map_or_else(SignalPipe::install, Ok) {
+        Ok(signals) => signals,
+        Err(e) => return fatal(format!("cannot install signal handlers: {e}")),
+    };
     let poll = match mio::Poll::new() {
         Ok(poll) => poll,
         Err(e) => return fatal(format!("cannot create the event loop: {e}")),
@@ -143,15 +357,11 @@ fn serve(config: Config, listener: Listener, signals: SignalPipe, handler: wsgi:
         config.module,
         std::process::id()
     );
+    server.set_repeat_stops_at_once(!supervisor::has_master());
+    supervisor::tell_master(supervisor::Message::Ready);
     let exit = server.run();
-    // Let the app's atexit handlers run and its output reach the streams.
-    Python::attach(|py| {
-        let _ = py.run(
-            c"import atexit, sys\natexit._run_exitfuncs()\nsys.stdout.flush()\nsys.stderr.flush()",
-            None,
-            None,
-        );
-    });
+    drop(server);
+    access::flush();
     match exit {
         Ok(Exit::Drained) => {
             info!("server", "all requests finished; exiting");

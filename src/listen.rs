@@ -39,6 +39,7 @@ impl Listener {
     pub fn open(spec: &ListenSpec, backlog: i32) -> Result<Listener, ListenError> {
         match spec {
             ListenSpec::Stdin => from_fd(0),
+            ListenSpec::Activated => adopt(ACTIVATED_FD, ListenError::ActivatedNotListening),
             ListenSpec::Tcp { host, port } => bind_tcp(host, *port, backlog),
             ListenSpec::Unix { path, mode } => bind_unix(path, *mode, backlog),
         }
@@ -71,6 +72,21 @@ impl Listener {
                 Some(path) => format!("unix {}", path.display()),
                 None => "unix socket".into(),
             },
+        }
+    }
+
+    /// Leaves the socket file alone at drop: for a worker process, whose master owns the file.
+    pub fn forget_socket_file(&mut self) {
+        if let Listener::Unix(_, created) = self {
+            *created = None;
+        }
+    }
+
+    /// The descriptor of the listening socket.
+    pub fn raw_fd(&self) -> RawFd {
+        match self {
+            Listener::Tcp(l) => l.as_raw_fd(),
+            Listener::Unix(l, _) => l.as_raw_fd(),
         }
     }
 
@@ -203,34 +219,47 @@ fn sockopt_int(fd: RawFd, level: libc::c_int, name: libc::c_int) -> io::Result<l
     }
 }
 
+/// The first descriptor systemd's socket activation passes (`SD_LISTEN_FDS_START`).
+pub const ACTIVATED_FD: RawFd = 3;
+
 /// Takes over an already listening socket, e.g. the one callscgi passes on fd 0.
 pub fn from_fd(fd: RawFd) -> Result<Listener, ListenError> {
+    adopt(fd, ListenError::Fd0NotListening)
+}
+
+/// Takes over listening socket `fd`; `not_listening` words the error when it is not one.
+fn adopt(fd: RawFd, not_listening: fn(String) -> ListenError) -> Result<Listener, ListenError> {
     let listening = sockopt_int(fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN).map_err(|e| {
         let why = match e.raw_os_error() {
             Some(libc::ENOTSOCK) => "it is not a socket".to_string(),
             Some(libc::EBADF) => "it is closed".to_string(),
             _ => e.to_string(),
         };
-        ListenError::Fd0NotListening(why)
+        not_listening(why)
     })?;
     if listening == 0 {
-        return Err(ListenError::Fd0NotListening(
-            "it is a socket, but not listening".into(),
-        ));
+        return Err(not_listening("it is a socket, but not listening".into()));
     }
-    let domain = sockopt_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN).map_err(io_error("cannot query fd 0"))?;
+    let domain = sockopt_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN)
+        .map_err(io_error(format!("cannot query fd {fd}")))?;
     // The fd stays open for the life of the process; from here on the listener owns it.
     let socket = unsafe { Socket::from_raw_fd(fd) };
     socket
         .set_nonblocking(true)
-        .map_err(io_error("cannot make fd 0 non-blocking"))?;
+        .map_err(io_error(format!("cannot make fd {fd} non-blocking")))?;
     let _ = socket.set_cloexec(true);
     match domain {
         libc::AF_INET | libc::AF_INET6 => Ok(Listener::Tcp(TcpListener::from_std(socket.into()))),
         libc::AF_UNIX => Ok(Listener::Unix(UnixListener::from_std(socket.into()), None)),
         other => {
             std::mem::forget(socket);
-            Err(ListenError::Fd0Family(other))
+            if fd == 0 {
+                Err(ListenError::Fd0Family(other))
+            } else {
+                Err(not_listening(format!(
+                    "it is a socket of unsupported address family {other}"
+                )))
+            }
         }
     }
 }

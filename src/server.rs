@@ -2,7 +2,7 @@
 //! It is the only code that touches sockets, and it never takes the GIL.
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, VecDeque};
 use std::io::{self, Read};
 use std::os::fd::IntoRawFd;
 use std::sync::Arc;
@@ -25,9 +25,6 @@ const SIGNALS: Token = Token(usize::MAX - 3);
 /// How long to stop accepting after the process ran out of file descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
-/// How often a starved listener repeats its warning.
-const STARVED_REMINDER: Duration = Duration::from_secs(10);
-
 /// An episode of accept failing for lack of descriptors or memory.
 #[derive(Debug, Clone, Copy)]
 struct AcceptStarved {
@@ -36,6 +33,9 @@ struct AcceptStarved {
     /// A warning was logged during this episode, so its end is logged too.
     warned: bool,
 }
+/// Least time between two log lines about the same overload (a full queue, the connection
+/// limit), so that sustained overload is reported without flooding the log.
+const OVERLOAD_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Why the loop ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,9 +111,17 @@ pub struct Server<D: Dispatcher> {
     /// how many retries failed. The episode ends when the backlog is empty again, so a few
     /// lines describe it instead of one per retry.
     accept_starved: Option<AcceptStarved>,
-    /// When the last starvation warning was logged: at most one per [`STARVED_REMINDER`],
+    /// When the last starvation warning was logged: at most one per [`OVERLOAD_LOG_INTERVAL`],
     /// across episodes, as a load that keeps descriptors scarce starts and ends many.
     starved_warning: Option<Instant>,
+    /// Complete requests the full worker queue could not take yet, oldest first. They hold
+    /// no thread; they go to the queue as it drains.
+    held: VecDeque<Request>,
+    /// When the last "queue full" and "connection limit" lines were logged.
+    queue_full_logged: Option<Instant>,
+    conn_limit_logged: Option<Instant>,
+    /// A second SIGTERM/SIGINT stops at once (off under a master, which escalates with SIGQUIT).
+    repeat_stops_at_once: bool,
 }
 
 impl<D: Dispatcher> Server<D> {
@@ -133,11 +141,14 @@ impl<D: Dispatcher> Server<D> {
         poll.registry()
             .register(&mut signals.reader, SIGNALS, Interest::READABLE)?;
         let waker = mio::Waker::new(poll.registry(), WAKER)?;
+        let notifier = Notifier::new(waker);
+        let mut dispatcher = dispatcher;
+        dispatcher.set_waker(Arc::clone(&notifier));
         Ok(Server {
             poll,
             listener: Some(listener),
             conns: Slab::with_capacity(256),
-            notifier: Notifier::new(waker),
+            notifier,
             dispatcher,
             limits,
             timers: BinaryHeap::new(),
@@ -151,7 +162,18 @@ impl<D: Dispatcher> Server<D> {
             accept_pending: false,
             accept_starved: None,
             starved_warning: None,
+            held: VecDeque::new(),
+            queue_full_logged: None,
+            conn_limit_logged: None,
+            repeat_stops_at_once: true,
         })
+    }
+
+    /// Makes a repeated SIGTERM/SIGINT only continue the drain. For a worker process: a service
+    /// manager may signal every process as the master passes the stop on; only SIGQUIT (which
+    /// the master sends on a second stop signal) stops at once.
+    pub fn set_repeat_stops_at_once(&mut self, at_once: bool) {
+        self.repeat_stops_at_once = at_once;
     }
 
     /// Runs until a stop signal and the drain that follows it.
@@ -216,13 +238,16 @@ impl<D: Dispatcher> Server<D> {
 
     fn on_signals(&mut self) -> Option<Exit> {
         for signal in self.signals.read_signals() {
-            if signal == libc::SIGQUIT || self.draining_since.is_some() {
+            if signal == libc::SIGQUIT || (self.draining_since.is_some() && self.repeat_stops_at_once) {
                 info!(
                     "server",
                     "stopping at once ({} connection(s) open)",
                     self.conns.len()
                 );
                 return Some(Exit::Immediate);
+            }
+            if self.draining_since.is_some() {
+                continue;
             }
             let name = if signal == libc::SIGINT {
                 "SIGINT"
@@ -250,9 +275,22 @@ impl<D: Dispatcher> Server<D> {
         self.accept_pending = false;
         let Some(listener) = &self.listener else { return };
         loop {
-            if self.conns.len() >= self.limits.max_connections || !self.dispatcher.has_room() {
+            if self.conns.len() >= self.limits.max_connections {
                 // Leave the rest in the kernel's backlog until a slot frees up.
                 self.accept_pending = true;
+                if overload_log_due(&mut self.conn_limit_logged) {
+                    warning!(
+                        "server",
+                        "{} connections open, the limit (--max-connections); new ones wait in the listen backlog",
+                        self.conns.len()
+                    );
+                }
+                return;
+            }
+            if !self.held.is_empty() || !self.dispatcher.has_room() {
+                // Requests already wait for a worker: let new ones wait in the backlog.
+                self.accept_pending = true;
+                self.log_queue_full();
                 return;
             }
             match listener.accept() {
@@ -301,11 +339,7 @@ impl<D: Dispatcher> Server<D> {
                         warned: false,
                     });
                     starved.failures += 1;
-                    if self
-                        .starved_warning
-                        .is_none_or(|t| now.duration_since(t) >= STARVED_REMINDER)
-                    {
-                        self.starved_warning = Some(now);
+                    if overload_log_due(&mut self.starved_warning) {
                         starved.warned = true;
                         warning!(
                             "server",
@@ -402,13 +436,41 @@ impl<D: Dispatcher> Server<D> {
             outbox,
             accepted: conn.accepted,
         };
+        if !self.held.is_empty() {
+            self.held.push_back(request);
+            return;
+        }
         if let Err(request) = self.dispatcher.dispatch(request) {
-            drop(request);
-            let refusal = Refusal {
-                status: "503 Service Unavailable",
-                cause: "the request queue is full (raise the model's queue= or max=)".into(),
-            };
-            self.refuse(key, &refusal);
+            // The queue is full: hold the request here (no thread, no GIL) and stop accepting
+            // until a worker takes one; the client is answered late, never dropped.
+            self.log_queue_full();
+            self.held.push_back(request);
+        }
+    }
+
+    fn log_queue_full(&mut self) {
+        if overload_log_due(&mut self.queue_full_logged) {
+            warning!(
+                "server",
+                "the request queue is full ({} waiting for a worker thread; --max-queue, or queue= for pool): new connections wait in the listen backlog",
+                self.dispatcher.queue_limit()
+            );
+        }
+    }
+
+    /// Moves held requests to the worker queue as it has room, then resumes accepting.
+    fn release_held(&mut self) {
+        while let Some(request) = self.held.pop_front() {
+            if request.outbox.client_gone() {
+                continue; // Its client gave up while it waited; its connection is gone.
+            }
+            if let Err(request) = self.dispatcher.dispatch(request) {
+                self.held.push_front(request);
+                return;
+            }
+        }
+        if self.accept_pending {
+            self.accept_all();
         }
     }
 
@@ -449,6 +511,10 @@ impl<D: Dispatcher> Server<D> {
             }
         }
         self.ready = ready;
+        // A wake-up may also mean the worker queue has room again.
+        if !self.held.is_empty() || self.accept_pending {
+            self.release_held();
+        }
     }
 
     /// Moves the app's output to the socket and closes the connection when the response is done.
@@ -457,8 +523,9 @@ impl<D: Dispatcher> Server<D> {
         if conn.phase == Phase::Lingering {
             return;
         }
-        conn.collect_output();
+        // Blocked before this round means a write-timeout timer is already set.
         let was_blocked = !conn.output_drained();
+        conn.collect_output();
         if let Err(e) = conn.write_out() {
             debug!("server", "client went away while receiving the response: {e}");
             if let Some(outbox) = &conn.outbox {
@@ -557,6 +624,7 @@ impl<D: Dispatcher> Server<D> {
     }
 
     fn close(&mut self, key: usize) {
+        let held = !self.held.is_empty();
         let mut conn = self.conns.remove(key);
         let _ = self.poll.registry().deregister(&mut conn.stream);
         if let Some(outbox) = &conn.outbox {
@@ -565,8 +633,22 @@ impl<D: Dispatcher> Server<D> {
                 outbox.mark_client_gone();
             }
         }
+        if held {
+            // A held request of this connection is skipped when its turn comes.
+            self.held.retain(|r| !r.outbox.client_gone());
+        }
         if self.accept_pending {
             self.accept_all();
         }
     }
+}
+
+/// Whether an overload line may be logged now (at most one per [`OVERLOAD_LOG_INTERVAL`]).
+fn overload_log_due(last: &mut Option<Instant>) -> bool {
+    let now = Instant::now();
+    if last.is_some_and(|t| now.duration_since(t) < OVERLOAD_LOG_INTERVAL) {
+        return false;
+    }
+    *last = Some(now);
+    true
 }

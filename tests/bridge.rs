@@ -380,10 +380,10 @@ fn app_logging_uses_the_original_format_unless_minus_l() {
 
 #[test]
 fn the_interpreter_is_the_python3_the_binary_was_built_for() {
-    let python = std::process::Command::new("python3")
+    let python = std::process::Command::new(app_python())
         .args([
             "-c",
-            "import sys, flask; print(sys.prefix); print(sys.version); print(flask.__file__)",
+            "import json, sys, flask; print(json.dumps([sys.prefix, sys.version, flask.__file__]))",
         ])
         .output()
         .expect("python3 runs");
@@ -392,13 +392,9 @@ fn the_interpreter_is_the_python3_the_binary_was_built_for() {
         "{}",
         String::from_utf8_lossy(&python.stderr)
     );
-    let text = String::from_utf8(python.stdout).unwrap();
-    let mut lines = text.lines();
-    let (prefix, version, flask) = (
-        lines.next().unwrap(),
-        lines.next().unwrap(),
-        lines.next().unwrap(),
-    );
+    // JSON: PyPy's sys.version spans two lines.
+    let facts: Vec<String> = serde_json::from_slice(&python.stdout).unwrap();
+    let (prefix, version, flask) = (facts[0].as_str(), facts[1].as_str(), facts[2].as_str());
     let server = start(Listen::Tcp, &["-A", "bridgeapp"]);
     let info = json(&server.get("/interp"));
     assert_eq!(info["prefix"], prefix);
@@ -424,18 +420,18 @@ fn the_interpreter_is_the_python3_the_binary_was_built_for() {
 fn a_virtualenv_is_used_from_the_flag_or_virtual_env() {
     let dir = TempDir::new("venv");
     let venv = dir.path().join("env");
-    let made = std::process::Command::new("python3")
+    // A virtualenv of the Python the app runs under (the embedded one, or the external one).
+    let made = std::process::Command::new(app_python())
         .args(["-m", "venv", "--without-pip"])
         .arg(&venv)
         .status()
         .unwrap();
     assert!(made.success());
-    let version = std::process::Command::new("python3")
-        .args(["-c", "import sys; print('python%d.%d' % sys.version_info[:2])"])
+    let purelib = std::process::Command::new(venv.join("bin").join("python"))
+        .args(["-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"])
         .output()
         .unwrap();
-    let pyver = String::from_utf8(version.stdout).unwrap().trim().to_string();
-    let site = venv.join("lib").join(pyver).join("site-packages");
+    let site = std::path::PathBuf::from(String::from_utf8(purelib.stdout).unwrap().trim());
     std::fs::write(site.join("venvonly.py"), "MARK = 'from the venv'\n").unwrap();
     let venv_str = venv.to_str().unwrap();
     let by_flag = start(Listen::Tcp, &["-H", venv_str, "-A", "bridgeapp"]);

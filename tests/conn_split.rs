@@ -38,6 +38,7 @@ fn limits(max_head: usize, max_body: u64, body_buffer: u64) -> Limits {
         write_timeout: Duration::from_secs(30),
         max_connections: 16,
         write_buffer: 64 * 1024,
+        max_queue: 16,
     }
 }
 

@@ -45,6 +45,8 @@ pub fn one_line(py: Python<'_>, err: &PyErr) -> String {
 
 /// The full traceback of `err`, as Python would print it.
 pub fn traceback_text(py: Python<'_>, err: &PyErr) -> String {
+    // Type, value and traceback explicitly: on Python 3.11 a fetched error's value does not
+    // carry its `__traceback__`, and formatting the value alone loses every frame.
     let formatted = py.import("traceback").and_then(|tb| {
         let trace = err
             .traceback(py)

@@ -9,6 +9,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString, PyTuple};
 
 use crate::scgi;
+use crate::wsgi::pathinfo::{self, Mount, SentPaths};
 
 /// Values that are the same in every environ, made once.
 pub struct EnvironConsts {
@@ -16,6 +17,8 @@ pub struct EnvironConsts {
     errors: Py<PyAny>,
     multithread: bool,
     multiprocess: bool,
+    /// The mount point from `--script-name`, if given.
+    mount: Option<Mount>,
 }
 
 impl EnvironConsts {
@@ -26,7 +29,13 @@ impl EnvironConsts {
             errors: py.import("sys")?.getattr("stderr")?.unbind(),
             multithread,
             multiprocess,
+            mount: None,
         })
+    }
+
+    /// Names the app's mount point (`--script-name`): SCRIPT_NAME is then always `mount`.
+    pub fn set_mount(&mut self, mount: Option<Mount>) {
+        self.mount = mount;
     }
 }
 
@@ -145,10 +154,21 @@ pub fn build<'py>(
     let environ = PyDict::new(py);
     let mut ash_protocol: Option<&[u8]> = None;
     let mut https = false;
+    let mut paths = SentPaths::default();
     // Repeated HTTP_ headers, joined as raw bytes and stored once at the end: joining in the
     // dict each time was quadratic (a 64 KiB head of duplicates took seconds under the GIL).
     let mut repeated: HashMap<&[u8], Vec<u8>> = HashMap::new();
     for (name, value) in scgi::headers(header_block) {
+        match name {
+            b"HTTP_X_ASH_PROTOCOL" => ash_protocol = Some(value),
+            b"HTTPS" => https = value.eq_ignore_ascii_case(b"on") || value == b"1",
+            // The first of a duplicate wins, as in the dict.
+            b"SCRIPT_NAME" => _ = paths.script_name.get_or_insert(value),
+            b"PATH_INFO" => _ = paths.path_info.get_or_insert(value),
+            b"DOCUMENT_URI" => _ = paths.document_uri.get_or_insert(value),
+            b"REQUEST_URI" => _ = paths.request_uri.get_or_insert(value),
+            _ => {}
+        }
         if let Some(joined) = repeated.get_mut(name) {
             joined.extend_from_slice(join_separator(name));
             joined.extend_from_slice(value);
@@ -180,14 +200,17 @@ pub fn build<'py>(
             joined.extend_from_slice(value);
             repeated.insert(name, joined);
         }
-        match name {
-            b"HTTP_X_ASH_PROTOCOL" => ash_protocol = Some(value),
-            b"HTTPS" => https = value.eq_ignore_ascii_case(b"on") || value == b"1",
-            _ => {}
-        }
     }
     for (name, joined) in &repeated {
         environ.set_item(latin1(py, name)?, latin1(py, joined)?)?;
+    }
+    // Frontends disagree on SCRIPT_NAME and PATH_INFO; see `pathinfo` for the one rule.
+    let (script_name, path_info) = pathinfo::split(&paths, consts.mount.as_ref());
+    if paths.script_name != Some(&*script_name) {
+        environ.set_item(intern!(py, "SCRIPT_NAME"), latin1(py, &script_name)?)?;
+    }
+    if paths.path_info != Some(&*path_info) {
+        environ.set_item(intern!(py, "PATH_INFO"), latin1(py, &path_info)?)?;
     }
     let scheme = match ash_protocol {
         Some(b"https") => intern!(py, "https"),
@@ -265,4 +288,93 @@ fn fill_cgi_defaults(
         environ.set_item(intern!(py, "SERVER_PORT"), port)?;
     }
     Ok(())
+}
+
+/// A CGI variable: name and value, borrowed from the head unless computed.
+type CgiPair<'a> = (std::borrow::Cow<'a, [u8]>, std::borrow::Cow<'a, [u8]>);
+
+/// The CGI variables for a request as `NAME NUL VALUE NUL ...` bytes, by the same rules as
+/// [`build`] (duplicates joined, defaults filled), plus `wsgi.url_scheme`: what the
+/// external-interpreter worker turns into its environ.
+pub fn cgi_pairs(header_block: &[u8], mount: Option<&Mount>) -> Vec<u8> {
+    use std::borrow::Cow;
+    let mut pairs: Vec<CgiPair<'_>> = Vec::with_capacity(32);
+    let mut ash_protocol: Option<&[u8]> = None;
+    let mut https = false;
+    let mut paths = SentPaths::default();
+    for (name, value) in scgi::headers(header_block) {
+        match name {
+            b"HTTP_X_ASH_PROTOCOL" => ash_protocol = Some(value),
+            b"HTTPS" => https = value.eq_ignore_ascii_case(b"on") || value == b"1",
+            b"SCRIPT_NAME" => _ = paths.script_name.get_or_insert(value),
+            b"PATH_INFO" => _ = paths.path_info.get_or_insert(value),
+            b"DOCUMENT_URI" => _ = paths.document_uri.get_or_insert(value),
+            b"REQUEST_URI" => _ = paths.request_uri.get_or_insert(value),
+            _ => {}
+        }
+        match pairs.iter_mut().find(|(n, _)| n.as_ref() == name) {
+            Some((_, first)) if name.starts_with(b"HTTP_") => {
+                let separator: &[u8] = if name == b"HTTP_COOKIE" { b"; " } else { b", " };
+                let mut joined = first.to_vec();
+                joined.extend_from_slice(separator);
+                joined.extend_from_slice(value);
+                *first = Cow::Owned(joined);
+            }
+            Some(_) => {}
+            None => pairs.push((Cow::Borrowed(name), Cow::Borrowed(value))),
+        }
+    }
+    let scheme: &[u8] = match ash_protocol {
+        Some(b"https") => b"https",
+        Some(b"http") => b"http",
+        _ if https => b"https",
+        _ => b"http",
+    };
+    // The same SCRIPT_NAME/PATH_INFO rule as the embedded environ.
+    let (script_name, path_info) = pathinfo::split(&paths, mount);
+    for (key, value) in [(&b"SCRIPT_NAME"[..], script_name), (b"PATH_INFO", path_info)] {
+        match pairs.iter_mut().find(|(n, _)| n.as_ref() == key) {
+            Some((_, existing)) => *existing = value,
+            None => pairs.push((Cow::Borrowed(key), value)),
+        }
+    }
+    let has = |pairs: &[CgiPair<'_>], key: &[u8]| pairs.iter().any(|(n, _)| n.as_ref() == key);
+    for (key, default) in [
+        (&b"QUERY_STRING"[..], &b""[..]),
+        (b"REQUEST_METHOD", b"GET"),
+        (b"SERVER_PROTOCOL", b"HTTP/1.0"),
+    ] {
+        if !has(&pairs, key) {
+            pairs.push((Cow::Borrowed(key), Cow::Borrowed(default)));
+        }
+    }
+    if !has(&pairs, b"SERVER_NAME") {
+        let host = pairs
+            .iter()
+            .find(|(n, _)| n.as_ref() == b"HTTP_HOST")
+            .map(|(_, v)| v.to_vec());
+        let name = match host {
+            Some(host) => match host.iter().rposition(|b| *b == b':') {
+                Some(i) if host[i + 1..].iter().all(u8::is_ascii_digit) && !host[..i].ends_with(b":") => {
+                    host[..i].to_vec()
+                }
+                _ => host,
+            },
+            None => b"localhost".to_vec(),
+        };
+        pairs.push((Cow::Borrowed(b"SERVER_NAME"), Cow::Owned(name)));
+    }
+    if !has(&pairs, b"SERVER_PORT") {
+        let port: &[u8] = if scheme == b"https" { b"443" } else { b"80" };
+        pairs.push((Cow::Borrowed(b"SERVER_PORT"), Cow::Borrowed(port)));
+    }
+    pairs.push((Cow::Borrowed(b"wsgi.url_scheme"), Cow::Borrowed(scheme)));
+    let mut out = Vec::with_capacity(header_block.len() + 128);
+    for (name, value) in &pairs {
+        out.extend_from_slice(name);
+        out.push(0);
+        out.extend_from_slice(value);
+        out.push(0);
+    }
+    out
 }

@@ -4,9 +4,13 @@
 
 pub mod app;
 pub mod environ;
+pub mod file_wrapper;
 pub mod input;
 pub mod interp;
+pub mod pathinfo;
 pub mod response;
+pub mod rplex;
+pub mod wsgidir;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
@@ -19,6 +23,8 @@ use crate::handling::RequestHandler;
 pub struct WsgiHandler {
     app: Py<PyAny>,
     consts: environ::EnvironConsts,
+    /// rplex: the response thread that iterates responses.
+    plex: Option<rplex::ResponsePlex>,
 }
 
 impl WsgiHandler {
@@ -32,15 +38,36 @@ impl WsgiHandler {
         Ok(WsgiHandler {
             app,
             consts: environ::EnvironConsts::new(py, multithread, multiprocess)?,
+            plex: None,
         })
+    }
+
+    /// Starts rplex's response thread: from now on, responses are iterated there.
+    pub fn start_response_thread(&mut self) -> std::io::Result<()> {
+        self.plex = Some(rplex::ResponsePlex::start()?);
+        Ok(())
+    }
+}
+
+impl WsgiHandler {
+    /// Names the app's mount point (`--script-name`); see [`pathinfo`] for the rule.
+    pub fn with_mount(mut self, mount: Option<pathinfo::Mount>) -> WsgiHandler {
+        self.consts.set_mount(mount);
+        self
     }
 }
 
 impl RequestHandler for WsgiHandler {
     fn handle(&self, py: Python<'_>, request: Request) {
         let outbox = std::sync::Arc::clone(&request.outbox);
+        let submit = |job| {
+            if let Some(plex) = &self.plex {
+                plex.submit(job);
+            }
+        };
+        let handoff: Option<&dyn Fn(response::PlexJob)> = self.plex.as_ref().map(|_| &submit as _);
         let served = catch_unwind(AssertUnwindSafe(|| {
-            response::serve(py, self.app.bind(py), &self.consts, request)
+            response::serve(py, self.app.bind(py), &self.consts, request, handoff)
         }));
         if served.is_err() {
             crate::error!(

@@ -9,12 +9,13 @@ use std::sync::Arc;
 use pyo3::exceptions::{PyBrokenPipeError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyIterator, PyList, PyString, PyTuple};
 
 use super::app::traceback_text;
 use super::environ::{self, EnvironConsts};
+use super::file_wrapper::{FileSource, FileWrapper};
 use super::input::InputStream;
-use crate::dispatch::{ClientGone, End, Outbox, Request};
+use crate::dispatch::{Chunk, ClientGone, End, Outbox, Request};
 
 /// The response sent when the app fails before sending anything.
 pub const INTERNAL_ERROR: &[u8] = b"Status: 500 Internal Server Error\r\n\
@@ -47,6 +48,11 @@ struct ResponseState {
     body_sent: u64,
     overflow_logged: bool,
     is_head_request: bool,
+    /// rplex: the response thread does the waiting (it parks the response instead), and
+    /// `write` is not offered.
+    multiplexed: bool,
+    /// The status code given to start_response (for the access log).
+    status: u16,
 }
 
 impl ResponseState {
@@ -80,11 +86,54 @@ impl ResponseState {
         };
         self.body_sent += data.len() as u64;
         self.outbox.send(chunk, end).map_err(client_gone)?;
-        if self.outbox.is_full() {
+        if self.outbox.is_full() && !self.multiplexed {
             let outbox = Arc::clone(&self.outbox);
             py.detach(move || outbox.wait_for_room()).map_err(client_gone)?;
         }
         Ok(())
+    }
+
+    /// Sends a whole response body that is a file (see [`FileWrapper`]): the loop sends it with
+    /// `sendfile`. Content-Length is honoured, or added when the app gave none.
+    fn send_file(&mut self, py: Python<'_>, source: FileSource) -> PyResult<()> {
+        let FileSource {
+            file,
+            offset,
+            mut len,
+        } = source;
+        if let Some(head) = self.pending.as_mut().filter(|h| h.content_length.is_none()) {
+            // Nothing was sent yet and the length is known: tell the client.
+            head.bytes.truncate(head.bytes.len() - 2);
+            head.bytes
+                .extend_from_slice(format!("Content-Length: {len}\r\n\r\n").as_bytes());
+            head.content_length = Some(len);
+            self.content_length = head.content_length;
+        }
+        if let Some(declared) = self.content_length {
+            let allowed = declared.saturating_sub(self.body_sent);
+            if len > allowed {
+                crate::warning!(
+                    "wsgi",
+                    "app sent more than its Content-Length of {declared} bytes; the excess is dropped"
+                );
+                self.overflow_logged = true;
+                len = allowed;
+            }
+        }
+        if !self.head_sent {
+            let head = self.pending.take().ok_or_else(|| {
+                PyRuntimeError::new_err("the app produced body data before calling start_response()")
+            })?;
+            self.head_sent = true;
+            self.outbox.send(head.bytes, None).map_err(client_gone)?;
+        }
+        self.body_sent += len;
+        self.outbox
+            .send_chunk(Chunk::File { file, offset, len }, None)
+            .map_err(client_gone)?;
+        // The response is complete once handed over: no waiting for the client here, the
+        // worker is free while the loop sends the file.
+        self.finish(py)
     }
 
     /// Ends a response that ran its course: sends a head still pending, checks the length.
@@ -149,6 +198,7 @@ impl StartResponse {
                 None => {}
             }
             let head = build_head(status, headers)?;
+            this.state.status = status_code(&head.bytes);
             this.state.content_length = head.content_length;
             this.state.pending = Some(head);
         }
@@ -160,6 +210,11 @@ impl StartResponse {
         let bytes = data
             .cast::<PyBytes>()
             .map_err(|_| PyTypeError::new_err(format!("write() takes bytes, not {}", type_name(data))))?;
+        if self.state.multiplexed {
+            return Err(PyRuntimeError::new_err(
+                "write() is not supported under the rplex handling model: return the body as an iterable, or use -t free or -t pool",
+            ));
+        }
         if !self.state.head_sent && self.state.pending.is_none() {
             return Err(PyRuntimeError::new_err("write() called before start_response()"));
         }
@@ -280,15 +335,101 @@ fn build_head(status: &Bound<'_, PyAny>, headers: &Bound<'_, PyAny>) -> PyResult
     })
 }
 
-/// Runs the app for one request and sends its response.
-pub fn serve(py: Python<'_>, app: &Bound<'_, PyAny>, consts: &EnvironConsts, request: Request) {
+/// A response iterator handed to rplex's response thread, with what finishing it needs.
+pub struct PlexJob {
+    result: Py<PyAny>,
+    iter: Py<PyIterator>,
+    responder: Py<StartResponse>,
+    environ: Py<PyDict>,
+    outbox: Arc<Outbox>,
+}
+
+/// Where [`PlexJob::advance`] left a response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// It ended (completely, by error, or because the client left); the iterable is closed.
+    Done,
+    /// The budget ran out; more may come at once.
+    Again,
+    /// The client is behind: the outbox is over its high-water mark.
+    Full,
+}
+
+impl PlexJob {
+    /// The response's outbox.
+    pub fn outbox(&self) -> &Arc<Outbox> {
+        &self.outbox
+    }
+
+    /// Takes up to `budget` chunks from the iterator and queues them, never waiting.
+    pub fn advance(&self, py: Python<'_>, budget: usize) -> Step {
+        let responder = self.responder.bind(py);
+        let environ = self.environ.bind(py);
+        let iter = self.iter.bind(py);
+        let mut outcome = Ok(false);
+        for _ in 0..budget {
+            if self.outbox.client_gone() {
+                crate::debug!("wsgi", "client went away during {}", request_line(environ));
+                self.outbox.finish(End::Abort);
+                outcome = Ok(true);
+                break;
+            }
+            outcome = match iter.clone().next() {
+                None => responder.borrow_mut().state.finish(py).map(|_| true),
+                Some(Err(err)) => Err(err),
+                Some(Ok(item)) => send_chunk(py, &item, responder).map(|_| false),
+            };
+            if !matches!(outcome, Ok(false)) || self.outbox.is_full() {
+                break;
+            }
+        }
+        match outcome {
+            Ok(false) if self.outbox.is_full() => Step::Full,
+            Ok(false) => Step::Again,
+            Ok(true) => {
+                close_iterable(py, self.result.bind(py), environ);
+                Step::Done
+            }
+            Err(err) => {
+                fail(py, environ, responder, &err);
+                close_iterable(py, self.result.bind(py), environ);
+                Step::Done
+            }
+        }
+    }
+}
+
+/// Calls the iterable's `close()` when it has one (PEP 3333: however the response ended).
+fn close_iterable(py: Python<'_>, result: &Bound<'_, PyAny>, environ: &Bound<'_, PyDict>) {
+    match result.getattr_opt(intern!(py, "close")) {
+        Ok(Some(close)) => {
+            if let Err(err) = close.call0() {
+                log_app_error(py, environ, "the response's close() raised", &err);
+            }
+        }
+        Ok(None) => {}
+        Err(err) => log_app_error(py, environ, "looking up the response's close() failed", &err),
+    }
+}
+
+/// Runs the app for one request and sends its response. With `handoff` (rplex), a response
+/// that is more than one ready chunk is handed over for another thread to iterate.
+pub fn serve(
+    py: Python<'_>,
+    app: &Bound<'_, PyAny>,
+    consts: &EnvironConsts,
+    request: Request,
+    handoff: Option<&dyn Fn(PlexJob)>,
+) {
     let Request {
         buf,
         payload,
         body,
         outbox,
-        ..
+        accepted,
     } = request;
+    // Logged when dropped: on every way out of this function.
+    let mut access = crate::access::begin(&buf[payload.clone()], accepted);
     let is_head_request =
         crate::scgi::headers(&buf[payload.clone()]).any(|(n, v)| n == b"REQUEST_METHOD" && v == b"HEAD");
     let environ = match environ::build(py, &buf[payload], consts) {
@@ -308,10 +449,13 @@ pub fn serve(py: Python<'_>, app: &Bound<'_, PyAny>, consts: &EnvironConsts, req
             body_sent: 0,
             overflow_logged: false,
             is_head_request,
+            multiplexed: handoff.is_some(),
+            status: 0,
         },
     };
     let prepared = Bound::new(py, InputStream::new(buf, body))
         .and_then(|input| environ.set_item(intern!(py, "wsgi.input"), input))
+        .and_then(|_| environ.set_item(intern!(py, "wsgi.file_wrapper"), py.get_type::<FileWrapper>()))
         .and_then(|_| Bound::new(py, responder));
     let responder = match prepared {
         Ok(responder) => responder,
@@ -325,23 +469,67 @@ pub fn serve(py: Python<'_>, app: &Bound<'_, PyAny>, consts: &EnvironConsts, req
         Ok(result) => result,
         Err(err) => return fail(py, &environ, &responder, &err),
     };
+    if let Some(handoff) = handoff {
+        // A file the event loop can sendfile() needs no iterating: send it from here.
+        if let Some(source) = result
+            .cast::<FileWrapper>()
+            .ok()
+            .and_then(|wrapper| wrapper.borrow().file_source(py))
+        {
+            let sent = responder.borrow_mut().state.send_file(py, source);
+            if let Err(err) = sent {
+                fail(py, &environ, &responder, &err);
+            }
+            return close_iterable(py, &result, &environ);
+        }
+        let ready = [
+            result.cast::<PyList>().map(|l| l.len()).ok(),
+            result.cast::<PyTuple>().map(|t| t.len()).ok(),
+        ];
+        if !ready.iter().any(|n| n.is_some_and(|n| n <= 1)) {
+            match result.try_iter() {
+                Ok(iter) => {
+                    return handoff(PlexJob {
+                        result: result.unbind(),
+                        iter: iter.unbind(),
+                        responder: responder.unbind(),
+                        environ: environ.unbind(),
+                        outbox,
+                    })
+                }
+                Err(err) => fail(py, &environ, &responder, &err),
+            }
+            return close_iterable(py, &result, &environ);
+        }
+    }
     if let Err(err) = iterate(py, &result, &responder) {
         fail(py, &environ, &responder, &err);
     }
     // PEP 3333: close() whenever the iterable has one, however the response ended.
-    match result.getattr_opt(intern!(py, "close")) {
-        Ok(Some(close)) => {
-            if let Err(err) = close.call0() {
-                log_app_error(py, &environ, "the response's close() raised", &err);
-            }
+    close_iterable(py, &result, &environ);
+    if let Some(entry) = access.as_mut() {
+        let state = &responder.borrow().state;
+        if state.head_sent {
+            entry.set_result(state.status, state.body_sent);
         }
-        Ok(None) => {}
-        Err(err) => log_app_error(py, &environ, "looking up the response's close() failed", &err),
     }
+}
+
+/// The code of a serialised head (`Status: 200 OK...`), checked by [`build_head`].
+fn status_code(head: &[u8]) -> u16 {
+    head.get(8..11)
+        .and_then(|d| std::str::from_utf8(d).ok())
+        .and_then(|d| d.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Sends every chunk of the response iterable; list and tuple responses end with their last chunk.
 fn iterate(py: Python<'_>, result: &Bound<'_, PyAny>, responder: &Bound<'_, StartResponse>) -> PyResult<()> {
+    if let Ok(wrapper) = result.cast::<FileWrapper>() {
+        if let Some(source) = wrapper.borrow().file_source(py) {
+            return responder.borrow_mut().state.send_file(py, source);
+        }
+    }
     let sequence = result
         .cast::<PyList>()
         .ok()

@@ -581,6 +581,29 @@ pub fn show_bytes(bytes: &[u8]) -> String {
 // Server processes
 // ---------------------------------------------------------------------------
 
+/// Environment variable naming a Python to run every test server's app under, in the
+/// external-interpreter mode (`--interpreter`); unset, the embedded interpreter is used.
+pub const INTERPRETER_ENV: &str = "SCGI_WSGI_TEST_INTERPRETER";
+
+/// The external interpreter the tests run under, if any.
+pub fn external_interpreter() -> Option<String> {
+    std::env::var(INTERPRETER_ENV).ok().filter(|v| !v.is_empty())
+}
+
+/// The Python the app runs under: the external interpreter, or the `python3` the binary embeds.
+pub fn app_python() -> String {
+    external_interpreter().unwrap_or_else(|| "python3".to_string())
+}
+
+/// A command for the server binary, in the mode the test run asks for.
+pub fn server_command() -> Command {
+    let mut command = Command::new(BIN);
+    if let Some(python) = external_interpreter() {
+        command.arg("--interpreter").arg(python);
+    }
+    command
+}
+
 /// How [`Server::start_with`] makes the server listen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Listen {
@@ -702,7 +725,7 @@ impl Server {
             };
             full_args.extend(args.iter().map(|a| a.to_string()));
 
-            let mut cmd = Command::new(BIN);
+            let mut cmd = server_command();
             cmd.args(&full_args)
                 .envs(env.iter().copied())
                 .stdin(stdin)
@@ -753,7 +776,7 @@ impl Server {
     /// stderr are piped). The caller must wait for or kill the child; see
     /// [`run_raw`] for a version that does.
     pub fn spawn_raw(args: &[&str], env: &[(&str, &str)]) -> Child {
-        Command::new(BIN)
+        server_command()
             .args(args)
             .envs(env.iter().copied())
             .stdin(Stdio::null())
@@ -761,6 +784,34 @@ impl Server {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {BIN}: {e}"))
+    }
+
+    /// Takes over a server process the test started itself (stdout and stderr piped), which
+    /// listens on `addr`, and waits until it accepts; panics, showing its stderr, otherwise.
+    pub fn adopt(mut child: Child, addr: Addr) -> Server {
+        let stdout = capture(child.stdout.take().expect("piped stdout"));
+        let stderr = capture(child.stderr.take().expect("piped stderr"));
+        let mut server = Server {
+            child,
+            addr,
+            stderr,
+            stdout,
+            reaped: None,
+            _dir: None,
+        };
+        if let Err(why) = server.wait_accepting(Instant::now() + START_TIMEOUT) {
+            let why = match why {
+                NotReady::Exited(status) => format!("exited with {status}"),
+                NotReady::TimedOut => format!("did not accept within {START_TIMEOUT:?}"),
+            };
+            capture_wait_eof(&server.stderr, Duration::from_secs(2));
+            panic!(
+                "server {} {why}; its stderr:\n{}",
+                server.addr,
+                server.stderr_text()
+            );
+        }
+        server
     }
 
     /// Polls probe connections until one is accepted and closed by the server.
@@ -776,6 +827,15 @@ impl Server {
                 poll_sleep(deadline);
                 continue;
             };
+            // A free port is an ephemeral one: before the server listens, a probe can connect
+            // to itself (TCP simultaneous open) and look like an answer. Not ready, then.
+            if let Stream::Tcp(tcp) = &probe {
+                if tcp.local_addr().ok() == tcp.peer_addr().ok() {
+                    drop(probe);
+                    poll_sleep(deadline);
+                    continue;
+                }
+            }
             let _ = probe.shutdown(Shutdown::Write);
             // Read in short slices so that a dying server is noticed at once.
             loop {
@@ -1006,6 +1066,44 @@ pub fn wait_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
 
 /// All processes descended from `pid` (children, grandchildren, ...), from /proc.
 pub fn descendants(pid: u32) -> Vec<u32> {
+    let children = child_table();
+    let mut out = Vec::new();
+    let mut todo = vec![pid];
+    while let Some(p) = todo.pop() {
+        for &c in children.get(&p).map(Vec::as_slice).unwrap_or(&[]) {
+            if !out.contains(&c) {
+                out.push(c);
+                todo.push(c);
+            }
+        }
+    }
+    out
+}
+
+/// The direct children of `pid` (a master's workers, without their own children such as an
+/// external interpreter).
+pub fn children(pid: u32) -> Vec<u32> {
+    child_table().remove(&pid).unwrap_or_default()
+}
+
+/// The parent of `pid`, from /proc.
+pub fn parent_pid(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The server process that served a request whose app reported `app_pid` (its `os.getpid()`):
+/// the same process when embedded; the external interpreter's parent otherwise.
+pub fn serving_pid(app_pid: u32) -> u32 {
+    match external_interpreter() {
+        Some(_) => parent_pid(app_pid).unwrap_or(app_pid),
+        None => app_pid,
+    }
+}
+
+/// Parent pid -> child pids, from /proc.
+fn child_table() -> HashMap<u32, Vec<u32>> {
     let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
     if let Ok(entries) = std::fs::read_dir("/proc") {
         for entry in entries.flatten() {
@@ -1024,17 +1122,7 @@ pub fn descendants(pid: u32) -> Vec<u32> {
             }
         }
     }
-    let mut out = Vec::new();
-    let mut todo = vec![pid];
-    while let Some(p) = todo.pop() {
-        for &c in children.get(&p).map(Vec::as_slice).unwrap_or(&[]) {
-            if !out.contains(&c) {
-                out.push(c);
-                todo.push(c);
-            }
-        }
-    }
-    out
+    children
 }
 
 // ---------------------------------------------------------------------------

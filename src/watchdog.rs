@@ -1,0 +1,193 @@
+//! Worker recycling from inside a worker: counts requests for `--max-requests`, and watches
+//! the requests running in the app for `--request-timeout`. Either way the process asks to be
+//! replaced ([`supervisor::request_replacement`]); it then drains like on SIGTERM.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use pyo3::Python;
+
+use crate::dispatch::{Outbox, Request};
+use crate::handling::RequestHandler;
+use crate::supervisor::{self, Message};
+
+/// What a client gets when the app takes longer than --request-timeout and sent nothing yet.
+pub const GATEWAY_TIMEOUT: &[u8] = b"Status: 504 Gateway Timeout\r\n\
+Content-Type: text/plain; charset=utf-8\r\nContent-Length: 20\r\n\r\n504 Gateway Timeout\n";
+
+struct Running {
+    since: Instant,
+    what: String,
+    outbox: Arc<Outbox>,
+    cut: bool,
+}
+
+struct Shared {
+    running: Mutex<HashMap<u64, Running>>,
+    next_id: AtomicU64,
+    served: AtomicU64,
+    max_requests: Option<u64>,
+    replacement_asked: AtomicBool,
+    timeout: Option<Duration>,
+}
+
+/// Request counting for `--max-requests` and the hung-request watch for `--request-timeout`,
+/// whoever runs the app (embedded threads, or the external interpreter's dispatcher).
+pub struct RequestWatch {
+    shared: Arc<Shared>,
+}
+
+impl RequestWatch {
+    /// `max_requests`: ask to be replaced after that many; `timeout`: cut off and ask to be
+    /// replaced when a request stays in the app longer (checked by a thread of its own).
+    pub fn new(max_requests: Option<u64>, timeout: Option<Duration>) -> Arc<RequestWatch> {
+        let shared = Arc::new(Shared {
+            running: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(0),
+            served: AtomicU64::new(0),
+            max_requests,
+            replacement_asked: AtomicBool::new(false),
+            timeout,
+        });
+        if let Some(limit) = timeout {
+            let watched = Arc::clone(&shared);
+            let _ = thread::Builder::new()
+                .name("request-timeout".into())
+                .spawn(move || watch(&watched, limit));
+        }
+        Arc::new(RequestWatch { shared })
+    }
+
+    /// A request goes into the app: counts it and, with a timeout, starts watching it.
+    /// Give what it returns to [`RequestWatch::end`] when the app is done with it.
+    pub fn begin(&self, request: &Request) -> Option<u64> {
+        let served = self.shared.served.fetch_add(1, Ordering::Relaxed) + 1;
+        if let Some(max) = self.shared.max_requests {
+            if served >= max && !self.shared.replacement_asked.swap(true, Ordering::Relaxed) {
+                crate::info!(
+                    "server",
+                    "worker {} has taken {served} requests (--max-requests); asking to be replaced",
+                    std::process::id()
+                );
+                supervisor::request_replacement(Message::Recycle);
+            }
+        }
+        self.shared.timeout?;
+        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let entry = Running {
+            since: Instant::now(),
+            what: describe(request),
+            outbox: Arc::clone(&request.outbox),
+            cut: false,
+        };
+        self.shared.lock().insert(id, entry);
+        Some(id)
+    }
+
+    /// The app is done with the request [`RequestWatch::begin`] returned `id` for.
+    pub fn end(&self, id: Option<u64>) {
+        if let Some(id) = id {
+            self.shared.lock().remove(&id);
+        }
+    }
+}
+
+impl std::fmt::Debug for RequestWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestWatch")
+            .field("max_requests", &self.shared.max_requests)
+            .field("timeout", &self.shared.timeout)
+            .finish()
+    }
+}
+
+/// Wraps the request handler of a worker with a [`RequestWatch`].
+pub struct Watchdog {
+    inner: Arc<dyn RequestHandler>,
+    watch: Arc<RequestWatch>,
+}
+
+impl Watchdog {
+    /// Runs `inner` under `watch`.
+    pub fn new(inner: Arc<dyn RequestHandler>, watch: Arc<RequestWatch>) -> Watchdog {
+        Watchdog { inner, watch }
+    }
+}
+
+/// A `--max-requests` limit with a random 0..=`jitter` added, different in each process.
+pub fn jittered(max_requests: u64, jitter: u64) -> u64 {
+    if jitter == 0 {
+        return max_requests;
+    }
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() as u64)
+        .unwrap_or(0);
+    // Mixing the pid in keeps workers forked in the same instant apart.
+    let mut x = nanos ^ (u64::from(std::process::id()) << 32) ^ 0x9e37_79b9_7f4a_7c15;
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    max_requests.saturating_add(x % (jitter + 1))
+}
+
+impl RequestHandler for Watchdog {
+    fn handle(&self, py: Python<'_>, request: Request) {
+        let id = self.watch.begin(&request);
+        self.inner.handle(py, request);
+        self.watch.end(id);
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Running>> {
+        self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// `GET /path?query` for log lines.
+fn describe(request: &Request) -> String {
+    let text = |name: &[u8]| String::from_utf8_lossy(request.header(name).unwrap_or(b"")).into_owned();
+    let uri = match request.header(b"REQUEST_URI") {
+        Some(uri) if !uri.is_empty() => String::from_utf8_lossy(uri).into_owned(),
+        _ => text(b"SCRIPT_NAME") + &text(b"PATH_INFO"),
+    };
+    format!("{} {}", text(b"REQUEST_METHOD"), uri.escape_debug())
+}
+
+fn watch(shared: &Shared, limit: Duration) {
+    let tick = (limit / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+    loop {
+        thread::sleep(tick);
+        let mut overdue = Vec::new();
+        for running in shared.lock().values_mut() {
+            let ran = running.since.elapsed();
+            if ran > limit && !running.cut {
+                running.cut = true;
+                let answered = running.outbox.time_out(GATEWAY_TIMEOUT);
+                overdue.push((running.what.clone(), ran, answered));
+            }
+        }
+        for (what, ran, answered) in &overdue {
+            let outcome = if *answered {
+                "answered 504"
+            } else {
+                "its response is cut off"
+            };
+            crate::error!(
+                "server",
+                "request {what} has been in the app for {:.1} s (--request-timeout {:.1} s): {outcome}; \
+                 replacing worker {}",
+                ran.as_secs_f64(),
+                limit.as_secs_f64(),
+                std::process::id()
+            );
+        }
+        if !overdue.is_empty() && !shared.replacement_asked.swap(true, Ordering::Relaxed) {
+            supervisor::request_replacement(Message::Hung);
+        }
+    }
+}

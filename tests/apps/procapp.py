@@ -1,0 +1,33 @@
+"""Test app for worker processes: reports its pid and identity, sleeps, hangs."""
+
+import os
+import sys
+import time
+
+
+def application(environ, start_response):
+    path = environ.get("PATH_INFO", "")
+    query = environ.get("QUERY_STRING", "")
+    if path == "/pid":
+        body = str(os.getpid()).encode()
+    elif path == "/env":
+        body = "multiprocess={} multithread={}".format(
+            environ["wsgi.multiprocess"], environ["wsgi.multithread"]
+        ).encode()
+    elif path == "/ids":
+        body = "uid={} gid={} groups={} cwd={}".format(
+            os.getuid(), os.getgid(), ",".join(map(str, os.getgroups())), os.getcwd()
+        ).encode()
+    elif path == "/sleep":
+        print("sleeping in", os.getpid(), file=sys.stderr, flush=True)
+        time.sleep(float(query or "0.5"))
+        body = b"slept " + str(os.getpid()).encode()
+    elif path == "/hang":
+        print("hanging in", os.getpid(), file=sys.stderr, flush=True)
+        time.sleep(60)
+        body = b"woke up"
+    else:
+        start_response("404 Not Found", [("Content-Type", "text/plain")])
+        return [b"not found\n"]
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [body]

@@ -1,0 +1,363 @@
+//! Limits, timeouts and flow control: each limit answers as documented and logs one line
+//! naming its flag; a slow reader keeps memory bounded; a client that leaves stops the work;
+//! stalled and fleeting clients do not slow normal requests down.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::Shutdown;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn start(extra: &[&str]) -> Server {
+    let apps = apps_dir_str();
+    let mut args = vec!["-p", &apps, "-A"];
+    args.extend_from_slice(extra);
+    args.push("overload");
+    Server::start(&args)
+}
+
+/// Sends raw bytes, keeps the connection open, and reads the answer (at most `timeout`).
+fn raw_answer(server: &Server, bytes: &[u8], timeout: Duration) -> (Response, Duration) {
+    let started = Instant::now();
+    let raw = exchange_raw(&server.addr, bytes, timeout);
+    (Response::parse(raw), started.elapsed())
+}
+
+#[test]
+fn max_head_answers_400_naming_the_flag() {
+    let server = start(&["--max-head", "200"]);
+    let request = ScgiRequest::get("/sleep?s=0").header("HTTP_X_PAD", "p".repeat(300));
+    let (response, _) = raw_answer(&server, &request.encode(), Duration::from_secs(10));
+    assert_eq!(response.status, 400);
+    assert!(response.text().contains("--max-head"), "{}", response.text());
+    assert!(server.wait_for_log("400 Bad Request", Duration::from_secs(5)));
+    assert!(server
+        .stderr_text()
+        .lines()
+        .any(|l| l.contains("400 Bad Request") && l.contains("--max-head")));
+    // A head under the limit passes.
+    assert_eq!(server.get("/sleep?s=0").status, 200);
+}
+
+#[test]
+fn max_body_answers_413_naming_the_flag() {
+    let server = start(&["--max-body", "1000"]);
+    let request = ScgiRequest::post("/echo", "application/octet-stream", &[b'b'; 2000]);
+    let (response, _) = raw_answer(&server, &request.encode(), Duration::from_secs(10));
+    assert_eq!(response.status, 413);
+    assert!(server.wait_for_log("--max-body", Duration::from_secs(5)));
+    let fits = ScgiRequest::post("/echo", "application/octet-stream", &[b'b'; 1000]);
+    assert_eq!(server.request(&fits).text(), "1000\n");
+}
+
+#[test]
+fn bodies_over_the_buffer_size_spill_to_a_file_and_arrive_whole() {
+    let server = start(&["--body-buffer", "1K"]);
+    let body: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let request = ScgiRequest::post("/echo", "application/octet-stream", &body);
+    assert_eq!(server.request(&request).text(), "300000\n");
+}
+
+#[test]
+fn head_timeout_answers_408_naming_the_flag() {
+    let server = start(&["--head-timeout", "0.5"]);
+    let half = &ScgiRequest::get("/sleep?s=0").encode()[..20];
+    let (response, took) = raw_answer(&server, half, Duration::from_secs(10));
+    assert_eq!(response.status, 408);
+    assert!(
+        took >= Duration::from_millis(450) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+    assert!(server.wait_for_log("--head-timeout", Duration::from_secs(5)));
+    // A connection that sends nothing at all is closed quietly at the same deadline.
+    let silent = server.connect();
+    assert!(wait_until(Duration::from_secs(5), || silent
+        .peer_closed(Duration::from_millis(50))));
+}
+
+#[test]
+fn body_timeout_answers_408_naming_the_flag() {
+    let server = start(&["--body-timeout", "0.5"]);
+    let request = ScgiRequest::post("/echo", "text/plain", &[b'x'; 100]).encode();
+    let partial = &request[..request.len() - 90];
+    let (response, took) = raw_answer(&server, partial, Duration::from_secs(10));
+    assert_eq!(response.status, 408);
+    assert!(
+        took >= Duration::from_millis(450) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+    assert!(server.wait_for_log("--body-timeout", Duration::from_secs(5)));
+    assert!(server.stderr_text().contains("stalled at 10 of 100 bytes"));
+}
+
+#[test]
+fn write_timeout_drops_a_client_that_stops_reading_and_closes_the_iterable() {
+    let server = start(&["--write-timeout", "0.5"]);
+    let mut stream = server.connect();
+    stream
+        .write_all(&ScgiRequest::get("/big?mib=50").encode())
+        .unwrap();
+    assert!(server.wait_for_log("--write-timeout", Duration::from_secs(10)));
+    assert!(server.wait_for_log("big response closed after", Duration::from_secs(10)));
+    assert!(!server.stderr_text().contains("closed after 800 of 800"));
+    drop(stream);
+}
+
+#[test]
+fn a_client_that_leaves_mid_response_stops_the_app() {
+    let server = start(&[]);
+    let mut stream = server.connect();
+    stream
+        .write_all(&ScgiRequest::get("/big?mib=50").encode())
+        .unwrap();
+    let mut first = vec![0u8; 1 << 20];
+    stream.read_exact(&mut first).unwrap();
+    drop(stream);
+    assert!(server.wait_for_log("big response closed after", Duration::from_secs(10)));
+    let log = server.stderr_text();
+    let sent: usize = log
+        .split("closed after ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .expect("chunk count in the log");
+    // 1 MiB read + the 256 KiB write buffer + socket buffers: far from all 800 chunks.
+    assert!(
+        sent < 200,
+        "the app produced {sent} chunks for a client that left after 16"
+    );
+    assert!(!log.contains("ERROR"), "a client leaving is not an error:\n{log}");
+}
+
+#[test]
+fn max_connections_leaves_the_rest_in_the_backlog() {
+    let server = start(&["--max-connections", "2", "--head-timeout", "30"]);
+    let idle: Vec<Stream> = (0..2).map(|_| server.connect()).collect();
+    let mut third = server.connect();
+    third.write_all(&ScgiRequest::get("/sleep?s=0").encode()).unwrap();
+    let (early, _) = third
+        .try_clone()
+        .unwrap()
+        .read_until_eof(Duration::from_millis(700));
+    assert!(
+        early.is_empty(),
+        "served a third connection beyond --max-connections 2"
+    );
+    assert!(server.wait_for_log("--max-connections", Duration::from_secs(5)));
+    drop(idle);
+    let (late, end) = third.read_until_eof(Duration::from_secs(10));
+    assert_eq!(end, ReadEnd::Eof);
+    assert_eq!(Response::parse(late).status, 200);
+}
+
+#[test]
+fn a_full_queue_pauses_accepting_and_drops_nobody() {
+    let server = start(&["-t", "free:max=1", "--max-queue", "1"]);
+    let started = Instant::now();
+    // One request runs, one waits in the queue, the rest wait in the loop or the backlog.
+    let answers: Vec<u16> = thread::scope(|scope| {
+        let handles: Vec<_> = (0..6)
+            .map(|_| scope.spawn(|| server.get("/sleep?s=0.3").status))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(answers, [200; 6]);
+    assert!(
+        started.elapsed() >= Duration::from_millis(1750),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(server.wait_for_log("the request queue is full", Duration::from_secs(5)));
+    assert!(server.stderr_text().contains("--max-queue"));
+}
+
+#[test]
+fn pool_queue_holds_a_burst_without_refusing() {
+    let server = start(&["-t", "pool:max=2,queue=1"]);
+    let answers: Vec<u16> = thread::scope(|scope| {
+        let handles: Vec<_> = (0..20)
+            .map(|_| scope.spawn(|| server.get("/sleep?s=0.05").status))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(answers, [200; 20]);
+}
+
+#[test]
+fn bad_limit_values_are_start_up_errors_that_name_the_flag() {
+    let cases: [(&[&str], &str); 5] = [
+        (&["--write-buffer", "lots"], "--write-buffer"),
+        (&["--write-buffer", "10"], "--write-buffer"),
+        (&["--max-queue", "0"], "--max-queue"),
+        (&["--head-timeout=-1"], "--head-timeout"),
+        (&["--max-head", "1X"], "--max-head"),
+    ];
+    for (flags, named) in cases {
+        let apps = apps_dir_str();
+        let mut args = vec!["-T", "127.0.0.1:9", "-p", &apps, "-A"];
+        args.extend_from_slice(flags);
+        args.push("overload");
+        let run = run_raw(&args, &[], Duration::from_secs(20));
+        assert_eq!(
+            run.status.and_then(|s| s.code()),
+            Some(1),
+            "{flags:?}: {}",
+            run.stderr
+        );
+        assert!(run.stderr.contains(named), "{flags:?}: {}", run.stderr);
+    }
+}
+
+/// The largest RSS (KiB) seen while `stream` reads a whole response slowly.
+fn read_slowly(stream: &mut Stream, pid: u32, expect: usize) -> u64 {
+    // First do not read at all: an unbounded server would buffer everything now.
+    let pause_until = Instant::now() + Duration::from_secs(1);
+    let mut peak = 0;
+    while Instant::now() < pause_until {
+        peak = peak.max(proc_rss_kib(pid));
+        thread::sleep(Duration::from_millis(20));
+    }
+    let mut got = 0;
+    let mut buf = vec![0u8; 256 * 1024];
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut reads = 0u64;
+    loop {
+        let n = stream.read(&mut buf).expect("read response");
+        if n == 0 {
+            break;
+        }
+        got += n;
+        reads += 1;
+        if reads % 16 == 0 {
+            peak = peak.max(proc_rss_kib(pid));
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+    assert!(got >= expect, "got {got} of {expect} bytes");
+    peak
+}
+
+#[test]
+fn a_slow_reader_of_50_mib_keeps_server_memory_bounded() {
+    for model in ["free", "rplex"] {
+        let server = start(&["-t", model]);
+        // Warm up: the app, its code paths and the allocator have run once.
+        assert_eq!(server.get("/big?mib=1").body.len(), 1 << 20);
+        let before = proc_rss_kib(server.pid());
+        let mut stream = server.connect();
+        stream
+            .write_all(&ScgiRequest::get("/big?mib=50").encode())
+            .unwrap();
+        let peak = read_slowly(&mut stream, server.pid(), 50 << 20);
+        let growth_mib = peak.saturating_sub(before) as f64 / 1024.0;
+        eprintln!("{model}: RSS {before} KiB before, {peak} KiB at most while serving 50 MiB slowly");
+        assert!(growth_mib < 30.0, "{model}: RSS grew by {growth_mib:.1} MiB");
+        assert!(server.wait_for_log("closed after 800 of 800", Duration::from_secs(5)));
+    }
+}
+
+/// Raises this process's soft open-file limit to the hard one (the test opens 1000s of sockets).
+fn raise_nofile() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid rlimit struct.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+        limit.rlim_cur = limit.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+    }
+    limit.rlim_cur
+}
+
+#[test]
+fn stalled_and_fleeting_clients_do_not_slow_normal_requests() {
+    let nofile = raise_nofile();
+    assert!(
+        nofile >= 2600,
+        "RLIMIT_NOFILE hard limit {nofile} is too low for this test"
+    );
+    let server = start(&[]);
+    let pid = server.pid();
+    let quiet_rss = proc_rss_kib(pid);
+    let quiet_threads = proc_threads(pid);
+
+    // 1000 connections that send half a head and stall.
+    let half = &ScgiRequest::get("/sleep?s=0").encode()[..30];
+    let stalled: Vec<Stream> = (0..1000)
+        .map(|_| {
+            let mut s = server.connect();
+            s.write_all(half).unwrap();
+            s
+        })
+        .collect();
+    assert!(
+        wait_until(Duration::from_secs(10), || proc_fds(pid) >= 1000),
+        "the server did not take the stalled connections ({} fds)",
+        proc_fds(pid)
+    );
+    // 1000 that connect and close at once, from another thread, while we measure.
+    let churning = AtomicBool::new(true);
+    let (latencies, rss, threads, fds) = thread::scope(|scope| {
+        let churn = scope.spawn(|| {
+            let mut n = 0;
+            while n < 1000 {
+                if let Ok(s) = Stream::connect(&server.addr) {
+                    let _ = s.shutdown(Shutdown::Both);
+                    n += 1;
+                }
+            }
+            churning.store(false, Ordering::Relaxed);
+        });
+        let mut latencies = Vec::new();
+        let mut rss = 0;
+        let mut threads = 0;
+        let mut fds = 0;
+        while latencies.len() < 200 || churning.load(Ordering::Relaxed) {
+            let t = Instant::now();
+            assert_eq!(server.get("/sleep?s=0").status, 200);
+            latencies.push(t.elapsed());
+            if latencies.len() % 20 == 0 {
+                rss = rss.max(proc_rss_kib(pid));
+                threads = threads.max(proc_threads(pid));
+                fds = fds.max(proc_fds(pid));
+            }
+        }
+        churn.join().unwrap();
+        (latencies, rss, threads, fds)
+    });
+    let mut sorted = latencies.clone();
+    sorted.sort();
+    let p50 = sorted[sorted.len() / 2];
+    let p99 = sorted[sorted.len() * 99 / 100];
+    eprintln!(
+        "stalled clients: {} normal requests, p50 {p50:?}, p99 {p99:?}, max {:?}; \
+         server RSS {quiet_rss} KiB idle, {rss} KiB at most under load; threads {quiet_threads} idle, {threads} at most; \
+         {fds} fds at most",
+        sorted.len(),
+        sorted[sorted.len() - 1]
+    );
+    // Were the stalled clients holding anything up, requests would wait for their 10 s head timeout.
+    assert!(
+        p99 < Duration::from_millis(500),
+        "p99 {p99:?} with stalled clients"
+    );
+    // Workers for the sequential normal requests, not a thread per connection.
+    assert!(
+        threads <= quiet_threads + 8,
+        "{threads} threads under a connection flood"
+    );
+    assert!(
+        rss < quiet_rss + 64 * 1024,
+        "RSS {rss} KiB under a connection flood"
+    );
+    // The stalled ones are still held (their head timeout is 10 s), not dropped early.
+    assert!(!stalled[0].peer_closed(Duration::ZERO));
+    drop(stalled);
+}

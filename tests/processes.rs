@@ -1,0 +1,829 @@
+//! Production operation: worker processes under a master (restart, reload, recycling, hung
+//! requests, signals), socket activation, privilege drop, pid file, access log.
+
+mod common;
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// The interpreter the server embeds (recorded by the build script).
+const BUILD_PYTHON: &str = env!("SCGI_WSGI_BUILD_PYTHON");
+
+/// One request on a fresh connection, never panicking: the response, or why there is none.
+fn try_get(addr: &Addr, path: &str) -> Result<Response, String> {
+    let mut stream = Stream::connect(addr).map_err(|e| format!("connect: {e}"))?;
+    let sent = stream
+        .send_all(&ScgiRequest::get(path).encode(), Duration::from_secs(10))
+        .map_err(|e| format!("send: {e}"))?;
+    if !sent {
+        return Err("closed while sending".into());
+    }
+    let (raw, end) = stream.read_until_eof(Duration::from_secs(20));
+    if end != ReadEnd::Eof {
+        return Err(format!("read ended with {end:?} after {} bytes", raw.len()));
+    }
+    Response::try_parse(raw).map_err(|(why, raw)| format!("{why}: {}", show_bytes(&raw)))
+}
+
+/// Clients sending requests in a loop until stopped, counting what happened.
+struct Load {
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicU64>,
+    ok: Arc<AtomicU64>,
+    failures: Arc<Mutex<Vec<String>>>,
+    bodies: Arc<Mutex<Vec<String>>>,
+    threads: Vec<JoinHandle<()>>,
+    started: Instant,
+}
+
+impl Load {
+    /// Starts `clients` threads, each sending GET `path` one after another.
+    fn start(addr: &Addr, path: &str, clients: usize) -> Load {
+        let mut load = Load {
+            stop: Arc::default(),
+            sent: Arc::default(),
+            ok: Arc::default(),
+            failures: Arc::default(),
+            bodies: Arc::default(),
+            threads: Vec::new(),
+            started: Instant::now(),
+        };
+        for _ in 0..clients {
+            let (addr, path) = (addr.clone(), path.to_string());
+            let (stop, sent, ok) = (
+                Arc::clone(&load.stop),
+                Arc::clone(&load.sent),
+                Arc::clone(&load.ok),
+            );
+            let (failures, bodies) = (Arc::clone(&load.failures), Arc::clone(&load.bodies));
+            load.threads.push(thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    sent.fetch_add(1, Ordering::Relaxed);
+                    match try_get(&addr, &path) {
+                        Ok(r) if r.status == 200 => {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                            bodies.lock().unwrap().push(r.text());
+                        }
+                        Ok(r) => failures
+                            .lock()
+                            .unwrap()
+                            .push(format!("status {}: {}", r.status, r.text())),
+                        Err(why) => failures.lock().unwrap().push(why),
+                    }
+                }
+            }));
+        }
+        load
+    }
+
+    fn ok(&self) -> u64 {
+        self.ok.load(Ordering::Relaxed)
+    }
+
+    /// Waits until `n` more requests than now have succeeded; panics after `timeout`.
+    fn wait_for_more(&self, n: u64, timeout: Duration, server: &Server) {
+        let target = self.ok() + n;
+        assert!(
+            wait_until(timeout, || self.ok() >= target),
+            "only {} of {target} requests succeeded; failures: {:?}\nserver stderr:\n{}",
+            self.ok(),
+            self.failures.lock().unwrap(),
+            server.stderr_text()
+        );
+    }
+
+    /// Stops the clients; returns (sent, failures, seconds).
+    fn finish(mut self) -> (u64, Vec<String>, f64, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            t.join().expect("load thread");
+        }
+        let failures = self.failures.lock().unwrap().clone();
+        let bodies = self.bodies.lock().unwrap().clone();
+        (
+            self.sent.load(Ordering::Relaxed),
+            failures,
+            self.started.elapsed().as_secs_f64(),
+            bodies,
+        )
+    }
+}
+
+/// The worker processes of a master, from /proc: its children running this program (not an
+/// external interpreter some of them start).
+fn workers(server: &Server) -> Vec<u32> {
+    let ours = std::fs::canonicalize(BIN).unwrap();
+    children(server.pid())
+        .into_iter()
+        .filter(|pid| std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| exe == ours))
+        .collect()
+}
+
+/// Waits until the master has exactly `n` workers, none of `gone`, each of them serving
+/// (it logged `serving ... (pid N)`, just before it starts accepting).
+fn wait_for_workers(server: &Server, n: usize, gone: &[u32]) -> Vec<u32> {
+    let mut now = Vec::new();
+    let settled = wait_until(Duration::from_secs(30), || {
+        now = workers(server);
+        let log = server.stderr_text();
+        now.len() == n
+            && !now.iter().any(|p| gone.contains(p))
+            && now.iter().all(|p| log.contains(&format!(" (pid {p})\n")))
+    });
+    assert!(
+        settled,
+        "expected {n} workers without {gone:?}, have {now:?}; stderr:\n{}",
+        server.stderr_text()
+    );
+    now
+}
+
+fn pid_of(response: &Response) -> u32 {
+    let app_pid = response
+        .text()
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("not a pid: {:?}", response.text()));
+    serving_pid(app_pid)
+}
+
+#[test]
+fn workers_share_the_socket_and_say_multiprocess() {
+    let apps = apps_dir_str();
+    let server = Server::start(&["--processes", "3", "-p", &apps, "-A", "procapp"]);
+    let pids = wait_for_workers(&server, 3, &[]);
+    assert!(!pids.contains(&server.pid()));
+    let env = server.get("/env");
+    assert_eq!(env.text(), "multiprocess=True multithread=True");
+    // Every request is served by a worker, never by the master.
+    for _ in 0..20 {
+        let pid = pid_of(&server.get("/pid"));
+        assert!(pids.contains(&pid), "{pid} is not one of the workers {pids:?}");
+    }
+    let single = Server::start(&["-p", &apps, "-A", "procapp"]);
+    assert_eq!(single.get("/env").text(), "multiprocess=False multithread=True");
+    // --processes 1 keeps today's shape: no master, the process started serves itself.
+    assert_eq!(pid_of(&single.get("/pid")), single.pid());
+    assert!(workers(&single).is_empty());
+}
+
+#[test]
+fn every_listener_kind_is_shared() {
+    let apps = apps_dir_str();
+    for listen in [Listen::Unix, Listen::Fd0] {
+        let server = Server::start_with(listen, &["--processes", "2", "-p", &apps, "-A", "procapp"], &[]);
+        let pids = wait_for_workers(&server, 2, &[]);
+        let pid = pid_of(&server.get("/pid"));
+        assert!(pids.contains(&pid), "{listen:?}: {pid} not in {pids:?}");
+        let Addr::Unix(path) = server.addr.clone() else {
+            unreachable!()
+        };
+        // A worker that stops must not remove the master's socket file.
+        let mut server = server;
+        let victim = pids[0];
+        unsafe { libc::kill(victim as i32, libc::SIGKILL) };
+        wait_for_workers(&server, 2, &[victim]);
+        assert!(path.exists(), "{listen:?}: socket file gone after a worker died");
+        assert_eq!(server.get("/env").status, 200);
+        server.signal(libc::SIGTERM);
+        assert!(server
+            .wait_exit(Duration::from_secs(30))
+            .is_some_and(|s| s.success()));
+        if listen == Listen::Unix {
+            assert!(!path.exists(), "the master removes the socket file it made");
+        }
+    }
+}
+
+#[test]
+fn a_killed_worker_is_replaced_under_load() {
+    let apps = apps_dir_str();
+    let server = Server::start(&["--processes", "2", "-p", &apps, "-A", "procapp"]);
+    let before = wait_for_workers(&server, 2, &[]);
+    let clients = 4;
+    let load = Load::start(&server.addr, "/pid", clients);
+    load.wait_for_more(50, Duration::from_secs(60), &server);
+    let victim = before[0];
+    unsafe { libc::kill(victim as i32, libc::SIGKILL) };
+    assert!(
+        server.wait_for_log(
+            &format!("worker {victim} was killed by signal 9 (SIGKILL); starting a replacement"),
+            Duration::from_secs(10)
+        ),
+        "{}",
+        server.stderr_text()
+    );
+    let after = wait_for_workers(&server, 2, &[victim]);
+    load.wait_for_more(50, Duration::from_secs(60), &server);
+    let (sent, failures, secs, _) = load.finish();
+    eprintln!(
+        "kill under load: {sent} requests in {secs:.1} s, {} failed",
+        failures.len()
+    );
+    // Only what the killed worker held at that instant may fail: one per client at most.
+    assert!(failures.len() <= clients, "{failures:?}");
+    for _ in 0..10 {
+        let pid = pid_of(&server.get("/pid"));
+        assert!(after.contains(&pid));
+    }
+}
+
+const APP_V1: &str = "def application(environ, start_response):\n    \
+    start_response('200 OK', [('Content-Type', 'text/plain')])\n    return [b'v1']\n";
+
+/// Version `n` of the reloaded app: each request spends 20 ms in the app, so that requests
+/// are in flight in the old workers when they are told to stop.
+fn app_version(n: u32) -> String {
+    format!(
+        "import time\n\ndef application(environ, start_response):\n    time.sleep(0.02)\n    \
+         start_response('200 OK', [('Content-Type', 'text/plain')])\n    return [b'version {n}']\n"
+    )
+}
+
+#[test]
+fn sighup_under_load_fails_nothing_and_serves_the_new_code() {
+    let dir = TempDir::new("reload");
+    let app = dir.path().join("reloadapp.py");
+    std::fs::write(&app, app_version(1)).unwrap();
+    let path = dir.path().to_str().unwrap();
+    let server = Server::start_with(
+        Listen::Tcp,
+        &["--processes", "2", "-p", path, "-A", "reloadapp"],
+        &[("PYTHONDONTWRITEBYTECODE", "1")],
+    );
+    let mut old = wait_for_workers(&server, 2, &[]);
+    let clients = 8;
+    let load = Load::start(&server.addr, "/", clients);
+    load.wait_for_more(100, Duration::from_secs(60), &server);
+    for version in 2..=4 {
+        std::fs::write(&app, app_version(version)).unwrap();
+        server.signal(libc::SIGHUP);
+        let done = "reload: 2 new worker(s) ready";
+        assert!(
+            wait_until(Duration::from_secs(30), || server
+                .stderr_text()
+                .matches(&done)
+                .count()
+                == version as usize - 1),
+            "{}",
+            server.stderr_text()
+        );
+        let new = wait_for_workers(&server, 2, &old);
+        load.wait_for_more(100, Duration::from_secs(60), &server);
+        eprintln!("reload {}: workers {old:?} -> {new:?}", version - 1);
+        old = new;
+    }
+    let (sent, failures, secs, bodies) = load.finish();
+    eprintln!(
+        "reload under load: 3 reloads, {sent} requests from {clients} clients in {secs:.1} s, {} failed",
+        failures.len()
+    );
+    assert!(failures.is_empty(), "{} failed: {failures:?}", failures.len());
+    for version in 1..=4 {
+        let text = format!("version {version}");
+        assert!(bodies.contains(&text), "{text} never served");
+    }
+    // Once the old workers are gone, only the new code answers.
+    for _ in 0..20 {
+        assert_eq!(server.get("/").text(), "version 4");
+    }
+}
+
+#[test]
+fn a_reload_whose_app_fails_to_import_keeps_the_old_workers() {
+    let dir = TempDir::new("badreload");
+    let app = dir.path().join("reloadapp.py");
+    std::fs::write(&app, APP_V1).unwrap();
+    let path = dir.path().to_str().unwrap();
+    let server = Server::start_with(
+        Listen::Tcp,
+        &["--processes", "2", "-p", path, "-A", "reloadapp"],
+        &[("PYTHONDONTWRITEBYTECODE", "1")],
+    );
+    let old = wait_for_workers(&server, 2, &[]);
+    std::fs::write(&app, "def broken(:\n").unwrap();
+    server.signal(libc::SIGHUP);
+    assert!(
+        server.wait_for_log("reload failed: new worker", Duration::from_secs(30)),
+        "{}",
+        server.stderr_text()
+    );
+    assert!(
+        server
+            .stderr_text()
+            .contains("cannot import handler module \"reloadapp\": SyntaxError"),
+        "{}",
+        server.stderr_text()
+    );
+    assert_eq!(wait_for_workers(&server, 2, &[]), old);
+    assert_eq!(server.get("/").text(), "v1");
+}
+
+#[test]
+fn sigterm_lets_requests_in_flight_finish() {
+    sigterm_drains(false);
+}
+
+/// systemd's default KillMode signals every process of the service: a worker then gets
+/// SIGTERM twice (directly and from the master) and must still finish its requests.
+#[test]
+fn sigterm_to_every_process_still_drains() {
+    sigterm_drains(true);
+}
+
+fn sigterm_drains(to_every_process: bool) {
+    let apps = apps_dir_str();
+    let mut server = Server::start(&["--processes", "2", "-p", &apps, "-A", "procapp"]);
+    let pids = wait_for_workers(&server, 2, &[]);
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let addr = server.addr.clone();
+            thread::spawn(move || try_get(&addr, "/sleep?1.5"))
+        })
+        .collect();
+    assert!(
+        wait_until(Duration::from_secs(20), || server
+            .stderr_text()
+            .matches("sleeping in")
+            .count()
+            == 4),
+        "{}",
+        server.stderr_text()
+    );
+    if to_every_process {
+        for pid in &pids {
+            unsafe { libc::kill(*pid as i32, libc::SIGTERM) };
+        }
+    }
+    server.signal(libc::SIGTERM);
+    for client in clients {
+        let response = client.join().unwrap().expect("a request in flight completes");
+        assert_eq!(response.status, 200);
+        assert!(response.text().starts_with("slept "));
+    }
+    let status = server
+        .wait_exit(Duration::from_secs(30))
+        .expect("the master exits");
+    assert!(status.success(), "{status}");
+    assert!(server
+        .stderr_text()
+        .contains("all workers have exited; master exiting"));
+    assert!(
+        Stream::connect(&server.addr).is_err(),
+        "still accepting after exit"
+    );
+}
+
+#[test]
+fn a_second_sigterm_stops_at_once() {
+    let apps = apps_dir_str();
+    let mut server = Server::start(&["--processes", "2", "-p", &apps, "-A", "procapp"]);
+    wait_for_workers(&server, 2, &[]);
+    let addr = server.addr.clone();
+    let client = thread::spawn(move || try_get(&addr, "/hang"));
+    assert!(server.wait_for_log("hanging in", Duration::from_secs(20)));
+    let started = Instant::now();
+    server.signal(libc::SIGTERM);
+    assert!(server.wait_for_log("SIGTERM: stopping 2 worker(s)", Duration::from_secs(10)));
+    server.signal(libc::SIGQUIT);
+    let status = server
+        .wait_exit(Duration::from_secs(20))
+        .expect("the master exits");
+    assert!(status.success(), "{status}");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        client.join().unwrap().is_err(),
+        "the hung request cannot have completed"
+    );
+}
+
+#[test]
+fn max_requests_recycles_workers_without_failures() {
+    let apps = apps_dir_str();
+    let server = Server::start(&[
+        "--processes",
+        "2",
+        "--max-requests",
+        "30",
+        "--max-requests-jitter",
+        "10",
+        "-p",
+        &apps,
+        "-A",
+        "procapp",
+    ]);
+    wait_for_workers(&server, 2, &[]);
+    let load = Load::start(&server.addr, "/pid", 6);
+    load.wait_for_more(400, Duration::from_secs(120), &server);
+    let (sent, failures, secs, bodies) = load.finish();
+    let mut per_worker = std::collections::HashMap::<&String, u32>::new();
+    for pid in &bodies {
+        *per_worker.entry(pid).or_default() += 1;
+    }
+    let pids: Vec<&String> = per_worker.keys().copied().collect();
+    let busiest = per_worker.values().copied().max().unwrap_or(0);
+    eprintln!(
+        "max-requests under load: {sent} requests in {secs:.1} s, {} failed, {} distinct workers",
+        failures.len(),
+        pids.len()
+    );
+    assert!(failures.is_empty(), "{failures:?}");
+    // A worker stops accepting as soon as it reaches its limit (30 to 40): it may finish
+    // what it has already accepted, no more.
+    assert!(
+        busiest <= 60,
+        "a worker served {busiest} requests: {per_worker:?}"
+    );
+    assert!(
+        pids.len() >= 8,
+        "only {} workers served: {per_worker:?}",
+        pids.len()
+    );
+    assert!(server
+        .stderr_text()
+        .contains("reached --max-requests; replacing it"));
+    wait_for_workers(&server, 2, &[]);
+}
+
+#[test]
+fn a_request_past_the_timeout_gets_504_and_its_worker_is_replaced() {
+    let apps = apps_dir_str();
+    let server = Server::start(&[
+        "--processes",
+        "2",
+        "--request-timeout",
+        "1",
+        "--graceful-timeout",
+        "5",
+        "-p",
+        &apps,
+        "-A",
+        "procapp",
+    ]);
+    wait_for_workers(&server, 2, &[]);
+    let started = Instant::now();
+    let addr = server.addr.clone();
+    let client = thread::spawn(move || try_get(&addr, "/hang?x=1"));
+    assert!(server.wait_for_log("hanging in", Duration::from_secs(20)));
+    let text = server.stderr_text();
+    let hung: u32 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("hanging in "))
+        .and_then(|p| p.trim().parse().ok())
+        .map(serving_pid)
+        .expect("the app printed its pid");
+    // Others are served meanwhile.
+    assert_eq!(server.get("/env").status, 200);
+    let response = client.join().unwrap().expect("a response to the hung request");
+    assert_eq!(response.status, 504, "{}", response.text());
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(
+        server.wait_for_log(
+            "request GET /hang?x=1 has been in the app for",
+            Duration::from_secs(5)
+        ),
+        "{}",
+        server.stderr_text()
+    );
+    assert!(server.wait_for_log(
+        &format!("worker {hung} has a request past --request-timeout; replacing it"),
+        Duration::from_secs(5)
+    ));
+    let now = wait_for_workers(&server, 2, &[hung]);
+    for _ in 0..10 {
+        assert!(now.contains(&pid_of(&server.get("/pid"))));
+    }
+}
+
+/// Starts the server as systemd would: the listening socket on fd 3, LISTEN_FDS=1 and
+/// LISTEN_PID set to the server's own pid (by a shell that then execs it).
+fn start_activated(extra: &[&str]) -> (Server, SocketAddr) {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let fd = listener.as_raw_fd();
+    let apps = apps_dir_str();
+    let mut command = Command::new("sh");
+    command
+        .arg("-c")
+        .arg("LISTEN_PID=$$ LISTEN_FDS=1 exec \"$0\" \"$@\"")
+        .arg(BIN)
+        .args(
+            external_interpreter()
+                .map(|python| vec!["--interpreter".to_string(), python])
+                .unwrap_or_default(),
+        )
+        .args(extra)
+        .args(["-p", &apps, "-A", "procapp"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    unsafe {
+        command.pre_exec(move || {
+            if fd == 3 {
+                // Already in place: only let it survive exec.
+                libc::fcntl(3, libc::F_SETFD, 0);
+            } else if libc::dup2(fd, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = command.spawn().expect("start the server through sh");
+    drop(listener);
+    (Server::adopt(child, Addr::Tcp(addr)), addr)
+}
+
+#[test]
+fn socket_activation_passes_the_socket_on_fd_3() {
+    let (single, _) = start_activated(&[]);
+    assert_eq!(pid_of(&single.get("/pid")), single.pid());
+    let (multi, _) = start_activated(&["--processes", "2"]);
+    let pids = wait_for_workers(&multi, 2, &[]);
+    assert!(pids.contains(&pid_of(&multi.get("/pid"))));
+    assert!(multi
+        .stderr_text()
+        .contains("starting 2 workers on tcp 127.0.0.1:"));
+}
+
+#[test]
+fn activation_variables_for_another_process_are_ignored() {
+    // LISTEN_PID names some other process: fd 0 is used, as without the variables.
+    let run = run_raw(
+        &["-A", "procapp"],
+        &[("LISTEN_PID", "1"), ("LISTEN_FDS", "1")],
+        Duration::from_secs(20),
+    );
+    assert_eq!(run.status.and_then(|s| s.code()), Some(1));
+    assert!(run.stderr.contains("fd 0"), "{}", run.stderr);
+}
+
+#[test]
+fn privileges_are_dropped_after_binding() {
+    let apps = apps_dir_str();
+    let dir = TempDir::new("user");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let log = dir.path().join("access.log");
+    let log_str = log.to_str().unwrap();
+    let port = free_tcp_port().to_string();
+    let listen = format!("127.0.0.1:{port}");
+    let args = [
+        "-T",
+        &listen,
+        "--processes",
+        "2",
+        "--user",
+        "nobody",
+        "--access-log",
+        log_str,
+        "-p",
+        &apps,
+        "-A",
+        "procapp",
+    ];
+    if unsafe { libc::geteuid() } != 0 {
+        let run = run_raw(&args, &[], Duration::from_secs(20));
+        assert_eq!(run.status.and_then(|s| s.code()), Some(1));
+        assert!(
+            run.stderr.contains("only root can switch users"),
+            "{}",
+            run.stderr
+        );
+        return;
+    }
+    // The group alone can be switched whatever the interpreter's location (root reads all).
+    let server = Server::start(&[
+        "--processes",
+        "2",
+        "--group",
+        "nogroup",
+        "-p",
+        &apps,
+        "-A",
+        "procapp",
+    ]);
+    let ids = server.get("/ids").text();
+    assert!(ids.starts_with("uid=0 gid=65534 groups=65534 "), "{ids}");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid())).unwrap();
+    let gid_line = status.lines().find(|l| l.starts_with("Gid:")).unwrap();
+    assert!(
+        gid_line.split_whitespace().skip(1).all(|id| id == "65534"),
+        "{gid_line}"
+    );
+    drop(server);
+    // The interpreter the app runs under: the embedded one, or the external one on PATH.
+    let python = match external_interpreter() {
+        Some(command) if !command.contains('/') => std::env::split_paths(&std::env::var_os("PATH").unwrap())
+            .map(|dir| dir.join(&command))
+            .find(|p| p.is_file())
+            .expect("the external interpreter is on PATH")
+            .to_string_lossy()
+            .into_owned(),
+        Some(path) => path,
+        None => BUILD_PYTHON.to_string(),
+    };
+    let nobody_reaches_python = Command::new("test")
+        .args(["-x", &python])
+        .uid(65534)
+        .gid(65534)
+        .status()
+        .expect("run test(1)")
+        .success();
+    if nobody_reaches_python {
+        let server = Server::start_with(Listen::Tcp, &args[2..], &[]);
+        let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid())).unwrap();
+        let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+        assert!(
+            uid_line.split_whitespace().skip(1).all(|id| id == "65534"),
+            "{uid_line}"
+        );
+        let ids = server.get("/ids").text();
+        assert!(ids.starts_with("uid=65534 gid=65534 groups=65534 "), "{ids}");
+    } else {
+        // This interpreter lives where nobody cannot reach it: the server must say so, by
+        // name, instead of letting Python fail obscurely.
+        let run = run_raw(&args, &[], Duration::from_secs(20));
+        assert_eq!(run.status.and_then(|s| s.code()), Some(1), "{}", run.stderr);
+        assert!(
+            run.stderr.contains(&format!(
+                "the Python installation ({python}) is not reachable as uid 65534"
+            )),
+            "{}",
+            run.stderr
+        );
+    }
+    // Created before the switch, for the user the workers run as.
+    assert_eq!(std::fs::metadata(&log).unwrap().uid(), 65534);
+}
+
+#[test]
+fn pid_file_chdir_and_umask() {
+    let apps = apps_dir_str();
+    let dir = TempDir::new("pidfile");
+    let dir_str = dir.path().to_str().unwrap();
+    let mut server = Server::start(&[
+        "--processes",
+        "2",
+        "--chdir",
+        dir_str,
+        "--pid-file",
+        "server.pid",
+        "--umask",
+        "077",
+        "--access-log",
+        "access.log",
+        "-p",
+        &apps,
+        "-A",
+        "procapp",
+    ]);
+    let pid_file = dir.path().join("server.pid");
+    assert_eq!(
+        std::fs::read_to_string(&pid_file).unwrap(),
+        format!("{}\n", server.pid())
+    );
+    let ids = server.get("/ids").text();
+    let cwd = std::fs::canonicalize(dir.path()).unwrap();
+    assert!(ids.ends_with(&format!("cwd={}", cwd.display())), "{ids}");
+    let mode = std::fs::metadata(dir.path().join("access.log"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "access log created under umask 077");
+    server.signal(libc::SIGTERM);
+    assert!(server
+        .wait_exit(Duration::from_secs(30))
+        .is_some_and(|s| s.success()));
+    assert!(!pid_file.exists(), "the pid file is removed at exit");
+}
+
+fn read_lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn access_log_lines_and_reopen_on_sigusr1() {
+    let apps = apps_dir_str();
+    let dir = TempDir::new("access");
+    let log = dir.path().join("access.log");
+    let log_str = log.to_str().unwrap();
+    for processes in ["1", "2"] {
+        let _ = std::fs::remove_file(&log);
+        let server = Server::start(&[
+            "--processes",
+            processes,
+            "--access-log",
+            log_str,
+            "-p",
+            &apps,
+            "-A",
+            "procapp",
+        ]);
+        let request = ScgiRequest::get("/env?a=\"b\"")
+            .header("HTTP_REFERER", "http://example.org/")
+            .header("HTTP_USER_AGENT", "tester/1.0")
+            .set_header("REMOTE_ADDR", "192.0.2.7");
+        let response = server.request(&request);
+        assert_eq!(response.status, 200);
+        assert!(wait_until(Duration::from_secs(10), || read_lines(&log).len() == 1));
+        let line = &read_lines(&log)[0];
+        assert!(line.starts_with("192.0.2.7 - - ["), "{line}");
+        let expected = format!(
+            "] \"GET /env?a=\\x22b\\x22 HTTP/1.1\" 200 {} \"http://example.org/\" \"tester/1.0\" ",
+            response.body.len()
+        );
+        assert!(line.contains(&expected), "{line}\nexpected: {expected}");
+        let seconds: f64 = line.rsplit(' ').next().unwrap().parse().expect("a duration");
+        assert!((0.0..10.0).contains(&seconds), "{line}");
+        assert_eq!(server.get("/nothing-here").status, 404);
+        assert!(wait_until(Duration::from_secs(10), || read_lines(&log).len() == 2));
+        assert!(read_lines(&log)[1].contains("\"GET /nothing-here HTTP/1.1\" 404 10 \"-\" \"-\""));
+        // Rotation: move the file away, signal, and the next line goes to a new file.
+        let rotated = dir.path().join("access.log.1");
+        std::fs::rename(&log, &rotated).unwrap();
+        server.signal(libc::SIGUSR1);
+        let mut fresh = false;
+        wait_until(Duration::from_secs(10), || {
+            // Signal delivery races with the request: keep asking until the new file appears.
+            let _ = server.get("/pid");
+            fresh = !read_lines(&log).is_empty();
+            fresh
+        });
+        assert!(
+            fresh,
+            "no new access log after SIGUSR1; stderr:\n{}",
+            server.stderr_text()
+        );
+        assert!(read_lines(&log)[0].contains("\"GET /pid HTTP/1.1\" 200 "));
+        assert!(read_lines(&rotated).len() >= 2);
+    }
+}
+
+#[test]
+fn a_worker_that_cannot_start_stops_the_master_with_status_1() {
+    let apps = apps_dir_str();
+    let listen = format!("127.0.0.1:{}", free_tcp_port());
+    let run = run_raw(
+        &[
+            "-T",
+            &listen,
+            "--processes",
+            "2",
+            "-p",
+            &apps,
+            "-A",
+            "no_such_module_here",
+        ],
+        &[],
+        Duration::from_secs(30),
+    );
+    assert_eq!(run.status.and_then(|s| s.code()), Some(1), "{}", run.stderr);
+    assert!(run.stderr.contains("no_such_module_here"), "{}", run.stderr);
+    assert!(run.stderr.contains("while starting"), "{}", run.stderr);
+}
+
+#[test]
+fn sighup_without_workers_is_ignored_with_a_note() {
+    let apps = apps_dir_str();
+    let mut server = Server::start(&["-p", &apps, "-A", "procapp"]);
+    server.signal(libc::SIGHUP);
+    assert!(server.wait_for_log(
+        "SIGHUP ignored: reloading needs --processes 2",
+        Duration::from_secs(10)
+    ));
+    assert!(server.is_running());
+    assert_eq!(server.get("/env").status, 200);
+}
+
+#[test]
+fn without_a_master_a_timed_out_request_makes_the_process_exit() {
+    let apps = apps_dir_str();
+    let mut server = Server::start(&["--request-timeout", "0.5", "-p", &apps, "-A", "procapp"]);
+    let response = try_get(&server.addr, "/hang").expect("a response to the hung request");
+    assert_eq!(response.status, 504);
+    // It drains and exits for whatever started it (callscgi, systemd) to start a fresh one.
+    let status = server
+        .wait_exit(Duration::from_secs(20))
+        .expect("the process exits");
+    assert!(status.success(), "{status}");
+    assert!(server
+        .stderr_text()
+        .contains("request GET /hang has been in the app for"));
+}
