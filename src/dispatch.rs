@@ -199,13 +199,13 @@ impl Outbox {
 
     /// Queues bytes for the client, and (optionally) the end of the response with them,
     /// in one hand-off. Never blocks on the client; see [`Outbox::wait_for_room`].
-    /// After the end, nobody reads this outbox any more: more data is refused like a client
-    /// gone (an app calling a kept `write()` later would otherwise wait for room forever).
     pub fn send(&self, data: Vec<u8>, end: Option<End>) -> Result<(), ClientGone> {
         self.send_chunk(Chunk::Bytes(data), end)
     }
 
     /// Queues any kind of chunk (see [`Chunk`]), and optionally the end of the response.
+    /// After the end, nobody reads this outbox any more: more is refused like a client gone
+    /// (an app calling a kept `write()` later would otherwise wait for room forever).
     pub fn send_chunk(&self, chunk: Chunk, end: Option<End>) -> Result<(), ClientGone> {
         let mut state = self.lock();
         if state.client_gone || state.end.is_some() {

@@ -33,6 +33,7 @@ struct AcceptStarved {
     /// A warning was logged during this episode, so its end is logged too.
     warned: bool,
 }
+
 /// Least time between two log lines about the same overload (a full queue, the connection
 /// limit), so that sustained overload is reported without flooding the log.
 const OVERLOAD_LOG_INTERVAL: Duration = Duration::from_secs(10);
@@ -107,9 +108,9 @@ pub struct Server<D: Dispatcher> {
     accept_paused_until: Option<Instant>,
     /// The listener may have connections we left waiting (at the connection limit).
     accept_pending: bool,
-    /// Accepting fails for lack of descriptors (or memory): since when, the last warning, and
-    /// how many retries failed. The episode ends when the backlog is empty again, so a few
-    /// lines describe it instead of one per retry.
+    /// Accepting fails for lack of descriptors (or memory): since when and how often. The
+    /// episode ends when the backlog is empty again, so a few lines describe it instead of
+    /// one per retry.
     accept_starved: Option<AcceptStarved>,
     /// When the last starvation warning was logged: at most one per [`OVERLOAD_LOG_INTERVAL`],
     /// across episodes, as a load that keeps descriptors scarce starts and ends many.
