@@ -401,6 +401,10 @@ impl PlexJob {
 
 /// Calls the iterable's `close()` when it has one (PEP 3333: however the response ended).
 fn close_iterable(py: Python<'_>, result: &Bound<'_, PyAny>, environ: &Bound<'_, PyDict>) {
+    // A plain list or tuple has no close(); asking would build and discard an AttributeError.
+    if result.is_exact_instance_of::<PyList>() || result.is_exact_instance_of::<PyTuple>() {
+        return;
+    }
     match result.getattr_opt(intern!(py, "close")) {
         Ok(Some(close)) => {
             if let Err(err) = close.call0() {
