@@ -170,7 +170,8 @@ pub fn build<'py>(
     // Sized for a typical request up front: growing 8 -> 16 -> 32 slots costs three rehashes.
     // SAFETY: a NULL result raises below; otherwise we own the new reference to a dict.
     let environ = unsafe {
-        Bound::from_owned_ptr_or_err(py, _PyDict_NewPresized(ENVIRON_PRESIZE))?.cast_into_unchecked::<PyDict>()
+        Bound::from_owned_ptr_or_err(py, _PyDict_NewPresized(ENVIRON_PRESIZE))?
+            .cast_into_unchecked::<PyDict>()
     };
     let mut ash_protocol: Option<&[u8]> = None;
     let mut https = false;
