@@ -199,22 +199,41 @@ impl Conn {
             let content_length = info.content_length;
             self.head = Some(info);
             self.phase = Phase::Body;
-            // The body bytes that came with the head are handled below like later ones.
-            let tail = self.buf.split_off(head_len);
+            // The body bytes that came with the head already follow it in `buf`: leave them
+            // there rather than copying them out and back, and drop what is beyond the body.
+            let arrived = (self.buf.len() - head_len) as u64;
+            let wanted = arrived.min(content_length);
+            if wanted < arrived {
+                self.extra_input = true;
+            }
+            self.buf.truncate(head_len + wanted as usize);
+            self.body_received = wanted;
             if content_length > limits.body_buffer {
-                match tempfile::tempfile() {
-                    Ok(file) => self.spill = Some(file),
+                let mut file = match tempfile::tempfile() {
+                    Ok(file) => file,
                     Err(e) => {
                         return ReadOutcome::Refuse(Refusal::new(
                             "503 Service Unavailable",
                             format!("cannot create a temporary file for a {content_length}-byte body: {e}"),
                         ))
                     }
+                };
+                if let Err(e) = file.write_all(&self.buf[head_len..]) {
+                    return ReadOutcome::Refuse(Refusal::new(
+                        "503 Service Unavailable",
+                        format!("cannot store the request body in a temporary file: {e}"),
+                    ));
                 }
+                self.buf.truncate(head_len);
+                self.spill = Some(file);
             } else {
-                self.buf.reserve_exact(content_length as usize);
+                self.buf.reserve_exact((content_length - wanted) as usize);
             }
-            return self.absorb_body(&tail);
+            return if wanted == content_length {
+                ReadOutcome::Complete
+            } else {
+                ReadOutcome::Pending
+            };
         }
         if self.phase == Phase::Body {
             return self.absorb_body(std::mem::take(&mut data));

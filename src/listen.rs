@@ -50,6 +50,9 @@ impl Listener {
         match self {
             Listener::Tcp(l) => l.accept().map(|(s, _)| {
                 // Responses are written whole or in large pieces: do not hold back small tails.
+                // Linux copies TCP_NODELAY from the listener (see `nodelay_for_accepted`),
+                // which saves a system call per connection; elsewhere set it here.
+                #[cfg(not(target_os = "linux"))]
                 let _ = s.set_nodelay(true);
                 Stream::Tcp(s)
             }),
@@ -249,7 +252,10 @@ fn adopt(fd: RawFd, not_listening: fn(String) -> ListenError) -> Result<Listener
         .map_err(io_error(format!("cannot make fd {fd} non-blocking")))?;
     let _ = socket.set_cloexec(true);
     match domain {
-        libc::AF_INET | libc::AF_INET6 => Ok(Listener::Tcp(TcpListener::from_std(socket.into()))),
+        libc::AF_INET | libc::AF_INET6 => {
+            nodelay_for_accepted(&socket);
+            Ok(Listener::Tcp(TcpListener::from_std(socket.into())))
+        }
         libc::AF_UNIX => Ok(Listener::Unix(UnixListener::from_std(socket.into()), None)),
         other => {
             std::mem::forget(socket);
@@ -262,6 +268,12 @@ fn adopt(fd: RawFd, not_listening: fn(String) -> ListenError) -> Result<Listener
             }
         }
     }
+}
+
+/// Sets TCP_NODELAY on a listening socket: Linux gives accepted connections the listener's
+/// setting, so no connection needs its own system call for it.
+fn nodelay_for_accepted(socket: &Socket) {
+    let _ = socket.set_tcp_nodelay(true);
 }
 
 fn bind_tcp(host: &str, port: u16, backlog: i32) -> Result<Listener, ListenError> {
@@ -282,6 +294,7 @@ fn bind_tcp(host: &str, port: u16, backlog: i32) -> Result<Listener, ListenError
                 socket.set_only_v6(true)?;
             }
             socket.bind(&addr.into())?;
+            nodelay_for_accepted(&socket);
             socket.listen(backlog)?;
             socket.set_nonblocking(true)?;
             Ok::<_, io::Error>(socket)
@@ -353,4 +366,36 @@ fn bind_unix(path: &Path, mode: Option<u32>, backlog: i32) -> Result<Listener, L
         UnixListener::from_std(bound.into()),
         Some(path.to_path_buf()),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepted_tcp_connections_have_nodelay() {
+        let listener = bind_tcp("127.0.0.1", 0, 16).unwrap();
+        let Listener::Tcp(tcp) = &listener else {
+            panic!("a TCP listener");
+        };
+        let _client = std::net::TcpStream::connect(tcp.local_addr().unwrap()).unwrap();
+        // The connection is queued once connect() returns; accept may still race: retry briefly.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let stream = loop {
+            match listener.accept() {
+                Ok(stream) => break stream,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && std::time::Instant::now() < deadline => {
+                    std::thread::yield_now()
+                }
+                Err(e) => panic!("accept: {e}"),
+            }
+        };
+        let Stream::Tcp(stream) = stream else {
+            panic!("a TCP stream");
+        };
+        assert!(
+            stream.nodelay().unwrap(),
+            "TCP_NODELAY is off on an accepted connection"
+        );
+    }
 }

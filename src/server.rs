@@ -626,8 +626,10 @@ impl<D: Dispatcher> Server<D> {
 
     fn close(&mut self, key: usize) {
         let held = !self.held.is_empty();
-        let mut conn = self.conns.remove(key);
-        let _ = self.poll.registry().deregister(&mut conn.stream);
+        // No deregister: closing the socket (when `conn` drops) takes it out of the epoll set,
+        // and saves a system call per connection. A stale event for the slot is harmless (a
+        // read that would block).
+        let conn = self.conns.remove(key);
         if let Some(outbox) = &conn.outbox {
             // A response still being produced has nobody to go to any more.
             if conn.end().is_none() {

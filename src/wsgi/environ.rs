@@ -57,68 +57,78 @@ pub fn latin1<'py>(py: Python<'py>, bytes: &[u8]) -> PyResult<Bound<'py, PyStrin
 
 /// The interned key for a well-known header name, so each request reuses one string object.
 fn known_key<'py>(py: Python<'py>, name: &[u8]) -> Option<&'py Bound<'py, PyString>> {
+    // Byte-string patterns let the compiler switch on the length before comparing bytes,
+    // instead of comparing the name with every key in turn.
     macro_rules! keys {
         ($($key:literal),* $(,)?) => {
             match name {
-                $(n if n == $key.as_bytes() => Some(intern!(py, $key)),)*
+                $($key => Some(intern!(py, const_str($key))),)*
                 _ => None,
             }
         };
     }
     keys!(
-        "CONTENT_LENGTH",
-        "CONTENT_TYPE",
-        "SCGI",
-        "REQUEST_METHOD",
-        "REQUEST_URI",
-        "QUERY_STRING",
-        "SCRIPT_NAME",
-        "PATH_INFO",
-        "DOCUMENT_URI",
-        "DOCUMENT_ROOT",
-        "SERVER_PROTOCOL",
-        "REQUEST_SCHEME",
-        "HTTPS",
-        "REMOTE_ADDR",
-        "REMOTE_PORT",
-        "SERVER_ADDR",
-        "SERVER_PORT",
-        "SERVER_NAME",
-        "SERVER_SOFTWARE",
-        "GATEWAY_INTERFACE",
-        "SCRIPT_FILENAME",
-        "PATH_TRANSLATED",
-        "REDIRECT_STATUS",
-        "HTTP_HOST",
-        "HTTP_USER_AGENT",
-        "HTTP_ACCEPT",
-        "HTTP_ACCEPT_ENCODING",
-        "HTTP_ACCEPT_LANGUAGE",
-        "HTTP_CONNECTION",
-        "HTTP_COOKIE",
-        "HTTP_REFERER",
-        "HTTP_CACHE_CONTROL",
-        "HTTP_CONTENT_LENGTH",
-        "HTTP_CONTENT_TYPE",
-        "HTTP_ORIGIN",
-        "HTTP_AUTHORIZATION",
-        "HTTP_IF_MODIFIED_SINCE",
-        "HTTP_IF_NONE_MATCH",
-        "HTTP_X_FORWARDED_FOR",
-        "HTTP_X_FORWARDED_PROTO",
-        "HTTP_X_REAL_IP",
-        "HTTP_X_ASH_ADDRESS",
-        "HTTP_X_ASH_PORT",
-        "HTTP_X_ASH_PROTOCOL",
-        "HTTP_X_ASH_SERVER_ADDRESS",
-        "HTTP_X_ASH_SERVER_PORT",
-        "HTTP_X_ASH_FILE",
-        "HTTP_X_ASH_CONNECTION_ID",
-        "HTTP_UPGRADE_INSECURE_REQUESTS",
-        "HTTP_TRANSFER_ENCODING",
-        "HTTP_PRAGMA",
-        "HTTP_DNT",
+        b"CONTENT_LENGTH",
+        b"CONTENT_TYPE",
+        b"SCGI",
+        b"REQUEST_METHOD",
+        b"REQUEST_URI",
+        b"QUERY_STRING",
+        b"SCRIPT_NAME",
+        b"PATH_INFO",
+        b"DOCUMENT_URI",
+        b"DOCUMENT_ROOT",
+        b"SERVER_PROTOCOL",
+        b"REQUEST_SCHEME",
+        b"HTTPS",
+        b"REMOTE_ADDR",
+        b"REMOTE_PORT",
+        b"SERVER_ADDR",
+        b"SERVER_PORT",
+        b"SERVER_NAME",
+        b"SERVER_SOFTWARE",
+        b"GATEWAY_INTERFACE",
+        b"SCRIPT_FILENAME",
+        b"PATH_TRANSLATED",
+        b"REDIRECT_STATUS",
+        b"HTTP_HOST",
+        b"HTTP_USER_AGENT",
+        b"HTTP_ACCEPT",
+        b"HTTP_ACCEPT_ENCODING",
+        b"HTTP_ACCEPT_LANGUAGE",
+        b"HTTP_CONNECTION",
+        b"HTTP_COOKIE",
+        b"HTTP_REFERER",
+        b"HTTP_CACHE_CONTROL",
+        b"HTTP_CONTENT_LENGTH",
+        b"HTTP_CONTENT_TYPE",
+        b"HTTP_ORIGIN",
+        b"HTTP_AUTHORIZATION",
+        b"HTTP_IF_MODIFIED_SINCE",
+        b"HTTP_IF_NONE_MATCH",
+        b"HTTP_X_FORWARDED_FOR",
+        b"HTTP_X_FORWARDED_PROTO",
+        b"HTTP_X_REAL_IP",
+        b"HTTP_X_ASH_ADDRESS",
+        b"HTTP_X_ASH_PORT",
+        b"HTTP_X_ASH_PROTOCOL",
+        b"HTTP_X_ASH_SERVER_ADDRESS",
+        b"HTTP_X_ASH_SERVER_PORT",
+        b"HTTP_X_ASH_FILE",
+        b"HTTP_X_ASH_CONNECTION_ID",
+        b"HTTP_UPGRADE_INSECURE_REQUESTS",
+        b"HTTP_TRANSFER_ENCODING",
+        b"HTTP_PRAGMA",
+        b"HTTP_DNT",
     )
+}
+
+/// A byte-string literal as a `&str`, at compile time (the keys above are ASCII).
+const fn const_str(bytes: &'static [u8]) -> &'static str {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => text,
+        Err(_) => panic!("environ keys are ASCII"),
+    }
 }
 
 /// A short value that repeats across requests, interned.
@@ -145,13 +155,26 @@ fn known_value<'py>(py: Python<'py>, value: &[u8]) -> Option<&'py Bound<'py, PyS
     })
 }
 
+/// Entries an environ holds without growing: nginx's scgi_params, a few HTTP headers, wsgi.*.
+const ENVIRON_PRESIZE: ffi::Py_ssize_t = 40;
+
+extern "C" {
+    // CPython's presizing dict constructor (cpython/dictobject.h, every 3.x); pyo3-ffi skips it.
+    fn _PyDict_NewPresized(minused: ffi::Py_ssize_t) -> *mut ffi::PyObject;
+}
+
 /// Builds the environ for a request head (without `wsgi.input`, which the caller adds).
 pub fn build<'py>(
     py: Python<'py>,
     header_block: &[u8],
     consts: &EnvironConsts,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let environ = PyDict::new(py);
+    // Sized for a typical request up front: growing 8 -> 16 -> 32 slots costs three rehashes.
+    // SAFETY: a NULL result raises below; otherwise we own the new reference to a dict.
+    let environ = unsafe {
+        Bound::from_owned_ptr_or_err(py, _PyDict_NewPresized(ENVIRON_PRESIZE))?
+            .cast_into_unchecked::<PyDict>()
+    };
     let mut ash_protocol: Option<&[u8]> = None;
     let mut https = false;
     let mut paths = SentPaths::default();

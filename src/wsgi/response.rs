@@ -401,6 +401,10 @@ impl PlexJob {
 
 /// Calls the iterable's `close()` when it has one (PEP 3333: however the response ended).
 fn close_iterable(py: Python<'_>, result: &Bound<'_, PyAny>, environ: &Bound<'_, PyDict>) {
+    // A plain list or tuple has no close(); asking would build and discard an AttributeError.
+    if result.is_exact_instance_of::<PyList>() || result.is_exact_instance_of::<PyTuple>() {
+        return;
+    }
     match result.getattr_opt(intern!(py, "close")) {
         Ok(Some(close)) => {
             if let Err(err) = close.call0() {
@@ -430,8 +434,6 @@ pub fn serve(
     } = request;
     // Logged when dropped: on every way out of this function.
     let mut access = crate::access::begin(&buf[payload.clone()], accepted);
-    let is_head_request =
-        crate::scgi::headers(&buf[payload.clone()]).any(|(n, v)| n == b"REQUEST_METHOD" && v == b"HEAD");
     let environ = match environ::build(py, &buf[payload], consts) {
         Ok(environ) => environ,
         Err(err) => {
@@ -440,6 +442,16 @@ pub fn serve(
             return;
         }
     };
+    // The environ holds the first REQUEST_METHOD already: one lookup instead of a second header scan.
+    let is_head_request = environ
+        .get_item(intern!(py, "REQUEST_METHOD"))
+        .ok()
+        .flatten()
+        .is_some_and(|method| {
+            method
+                .cast::<PyString>()
+                .is_ok_and(|m| m.to_str().is_ok_and(|m| m == "HEAD"))
+        });
     let responder = StartResponse {
         state: ResponseState {
             outbox: Arc::clone(&outbox),
