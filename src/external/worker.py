@@ -147,10 +147,11 @@ def quoted(text):
 
 
 def latin1(value, what):
-    if type(value) is not str:
+    if not isinstance(value, str):
         raise TypeError("%s must be a str, not %s" % (what, type(value).__name__))
     try:
-        return value.encode("latin-1")
+        # A str subclass counts by its text, whatever its methods do (as in the embedded mode).
+        return str.encode(value, "latin-1")
     except UnicodeEncodeError:
         raise ValueError("%s %s has a character that is not Latin-1" % (what, quoted(value))) from None
 
