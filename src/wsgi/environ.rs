@@ -175,23 +175,12 @@ pub fn build<'py>(
         Bound::from_owned_ptr_or_err(py, _PyDict_NewPresized(ENVIRON_PRESIZE))?
             .cast_into_unchecked::<PyDict>()
     };
-    let mut ash_protocol: Option<&[u8]> = None;
-    let mut https = false;
-    let mut paths = SentPaths::default();
+    let mut facts = HeadFacts::default();
     // Repeated HTTP_ headers, joined as raw bytes and stored once at the end: joining in the
     // dict each time was quadratic (a 64 KiB head of duplicates took seconds under the GIL).
     let mut repeated: HashMap<&[u8], Vec<u8>> = HashMap::new();
     for (name, value) in scgi::headers(header_block) {
-        match name {
-            b"HTTP_X_ASH_PROTOCOL" => ash_protocol = Some(value),
-            b"HTTPS" => https = value.eq_ignore_ascii_case(b"on") || value == b"1",
-            // The first of a duplicate wins, as in the dict.
-            b"SCRIPT_NAME" => _ = paths.script_name.get_or_insert(value),
-            b"PATH_INFO" => _ = paths.path_info.get_or_insert(value),
-            b"DOCUMENT_URI" => _ = paths.document_uri.get_or_insert(value),
-            b"REQUEST_URI" => _ = paths.request_uri.get_or_insert(value),
-            _ => {}
-        }
+        facts.note(name, value);
         if let Some(joined) = repeated.get_mut(name) {
             joined.extend_from_slice(join_separator(name));
             joined.extend_from_slice(value);
@@ -228,18 +217,18 @@ pub fn build<'py>(
         environ.set_item(latin1(py, name)?, latin1(py, joined)?)?;
     }
     // Frontends disagree on SCRIPT_NAME and PATH_INFO; see `pathinfo` for the one rule.
-    let (script_name, path_info) = pathinfo::split(&paths, consts.mount.as_ref());
+    let paths = &facts.paths;
+    let (script_name, path_info) = pathinfo::split(paths, consts.mount.as_ref());
     if paths.script_name != Some(&*script_name) {
         environ.set_item(intern!(py, "SCRIPT_NAME"), latin1(py, &script_name)?)?;
     }
     if paths.path_info != Some(&*path_info) {
         environ.set_item(intern!(py, "PATH_INFO"), latin1(py, &path_info)?)?;
     }
-    let scheme = match ash_protocol {
-        Some(b"https") => intern!(py, "https"),
-        Some(b"http") => intern!(py, "http"),
-        _ if https => intern!(py, "https"),
-        _ => intern!(py, "http"),
+    let scheme = if facts.scheme() == b"https" {
+        intern!(py, "https")
+    } else {
+        intern!(py, "http")
     };
     fill_cgi_defaults(py, &environ, scheme)?;
     environ.set_item(intern!(py, "wsgi.version"), consts.version.bind(py))?;
@@ -313,6 +302,39 @@ fn fill_cgi_defaults(
     Ok(())
 }
 
+/// What both environ builders need from a head besides the variables themselves.
+#[derive(Default)]
+struct HeadFacts<'a> {
+    ash_protocol: Option<&'a [u8]>,
+    https: bool,
+    paths: SentPaths<'a>,
+}
+
+impl<'a> HeadFacts<'a> {
+    /// Takes note of one header (the first of a repeated path header wins, as in the dict).
+    fn note(&mut self, name: &[u8], value: &'a [u8]) {
+        match name {
+            b"HTTP_X_ASH_PROTOCOL" => self.ash_protocol = Some(value),
+            b"HTTPS" => self.https = value.eq_ignore_ascii_case(b"on") || value == b"1",
+            b"SCRIPT_NAME" => _ = self.paths.script_name.get_or_insert(value),
+            b"PATH_INFO" => _ = self.paths.path_info.get_or_insert(value),
+            b"DOCUMENT_URI" => _ = self.paths.document_uri.get_or_insert(value),
+            b"REQUEST_URI" => _ = self.paths.request_uri.get_or_insert(value),
+            _ => {}
+        }
+    }
+
+    /// `wsgi.url_scheme`: X-Ash-Protocol when it says http or https, then HTTPS=on/1, else http.
+    fn scheme(&self) -> &'static [u8] {
+        match self.ash_protocol {
+            Some(b"https") => b"https",
+            Some(b"http") => b"http",
+            _ if self.https => b"https",
+            _ => b"http",
+        }
+    }
+}
+
 /// A CGI variable: name and value, borrowed from the head unless computed.
 type CgiPair<'a> = (std::borrow::Cow<'a, [u8]>, std::borrow::Cow<'a, [u8]>);
 
@@ -322,37 +344,27 @@ type CgiPair<'a> = (std::borrow::Cow<'a, [u8]>, std::borrow::Cow<'a, [u8]>);
 pub fn cgi_pairs(header_block: &[u8], mount: Option<&Mount>) -> Vec<u8> {
     use std::borrow::Cow;
     let mut pairs: Vec<CgiPair<'_>> = Vec::with_capacity(32);
-    let mut ash_protocol: Option<&[u8]> = None;
-    let mut https = false;
-    let mut paths = SentPaths::default();
+    // Where each name stands in `pairs`: repeats are found and joined in linear time (this
+    // runs on the event loop, and a hostile head may repeat one header thousands of times).
+    let mut index: HashMap<&[u8], usize> = HashMap::with_capacity(32);
+    let mut facts = HeadFacts::default();
     for (name, value) in scgi::headers(header_block) {
-        match name {
-            b"HTTP_X_ASH_PROTOCOL" => ash_protocol = Some(value),
-            b"HTTPS" => https = value.eq_ignore_ascii_case(b"on") || value == b"1",
-            b"SCRIPT_NAME" => _ = paths.script_name.get_or_insert(value),
-            b"PATH_INFO" => _ = paths.path_info.get_or_insert(value),
-            b"DOCUMENT_URI" => _ = paths.document_uri.get_or_insert(value),
-            b"REQUEST_URI" => _ = paths.request_uri.get_or_insert(value),
-            _ => {}
-        }
-        match pairs.iter_mut().find(|(n, _)| n.as_ref() == name) {
-            Some((_, first)) if name.starts_with(b"HTTP_") => {
-                let separator: &[u8] = if name == b"HTTP_COOKIE" { b"; " } else { b", " };
-                let mut joined = first.to_vec();
-                joined.extend_from_slice(separator);
+        facts.note(name, value);
+        match index.get(name) {
+            Some(&at) if name.starts_with(b"HTTP_") => {
+                let joined = pairs[at].1.to_mut();
+                joined.extend_from_slice(join_separator(name));
                 joined.extend_from_slice(value);
-                *first = Cow::Owned(joined);
             }
             Some(_) => {}
-            None => pairs.push((Cow::Borrowed(name), Cow::Borrowed(value))),
+            None => {
+                index.insert(name, pairs.len());
+                pairs.push((Cow::Borrowed(name), Cow::Borrowed(value)));
+            }
         }
     }
-    let scheme: &[u8] = match ash_protocol {
-        Some(b"https") => b"https",
-        Some(b"http") => b"http",
-        _ if https => b"https",
-        _ => b"http",
-    };
+    let scheme = facts.scheme();
+    let paths = facts.paths;
     // The same SCRIPT_NAME/PATH_INFO rule as the embedded environ.
     let (script_name, path_info) = pathinfo::split(&paths, mount);
     for (key, value) in [(&b"SCRIPT_NAME"[..], script_name), (b"PATH_INFO", path_info)] {
@@ -400,4 +412,92 @@ pub fn cgi_pairs(header_block: &[u8], mount: Option<&Mount>) -> Vec<u8> {
         out.push(0);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn block(headers: &[(&str, &str)]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (name, value) in headers {
+            out.extend_from_slice(name.as_bytes());
+            out.push(0);
+            out.extend_from_slice(value.as_bytes());
+            out.push(0);
+        }
+        out
+    }
+
+    fn pairs(bytes: &[u8]) -> Vec<(String, String)> {
+        let fields: Vec<&[u8]> = bytes.split(|b| *b == 0).collect();
+        fields[..fields.len() - 1]
+            .chunks(2)
+            .map(|p| {
+                (
+                    String::from_utf8_lossy(p[0]).into(),
+                    String::from_utf8_lossy(p[1]).into(),
+                )
+            })
+            .collect()
+    }
+
+    fn get<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
+        pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+
+    #[test]
+    fn cgi_pairs_join_repeats_fill_defaults_and_name_the_scheme() {
+        let head = block(&[
+            ("CONTENT_LENGTH", "0"),
+            ("HTTP_COOKIE", "a=1"),
+            ("HTTP_ACCEPT", "x"),
+            ("HTTP_COOKIE", "b=2"),
+            ("HTTP_ACCEPT", "y"),
+            ("REQUEST_METHOD", "GET"),
+            ("REQUEST_METHOD", "POST"),
+            ("HTTPS", "on"),
+            ("HTTP_HOST", "example.org:8443"),
+            ("REQUEST_URI", "/caf%C3%A9?q=1"),
+        ]);
+        let got = pairs(&cgi_pairs(&head, None));
+        assert_eq!(get(&got, "HTTP_COOKIE"), Some("a=1; b=2"));
+        assert_eq!(get(&got, "HTTP_ACCEPT"), Some("x, y"));
+        assert_eq!(
+            get(&got, "REQUEST_METHOD"),
+            Some("GET"),
+            "the first non-HTTP_ value wins"
+        );
+        assert_eq!(get(&got, "wsgi.url_scheme"), Some("https"));
+        assert_eq!(get(&got, "SERVER_NAME"), Some("example.org"));
+        assert_eq!(get(&got, "SERVER_PORT"), Some("443"));
+        assert_eq!(get(&got, "SCRIPT_NAME"), Some(""));
+        assert_eq!(get(&got, "PATH_INFO"), Some("/café"));
+        assert_eq!(get(&got, "QUERY_STRING"), Some(""));
+        assert_eq!(got.iter().filter(|(k, _)| k == "HTTP_COOKIE").count(), 1);
+    }
+
+    #[test]
+    fn cgi_pairs_join_a_head_of_thousands_of_repeats() {
+        let mut headers = vec![("CONTENT_LENGTH", "0")];
+        headers.extend(std::iter::repeat_n(("HTTP_X", "v"), 10_000));
+        let got = pairs(&cgi_pairs(&block(&headers), None));
+        let joined = get(&got, "HTTP_X").unwrap();
+        assert_eq!(joined.len(), 10_000 + 2 * 9_999);
+        assert!(joined.split(", ").all(|v| v == "v"));
+    }
+
+    #[test]
+    fn ash_protocol_decides_the_scheme_before_https() {
+        let head = block(&[("HTTP_X_ASH_PROTOCOL", "http"), ("HTTPS", "on")]);
+        assert_eq!(
+            get(&pairs(&cgi_pairs(&head, None)), "wsgi.url_scheme"),
+            Some("http")
+        );
+        let head = block(&[("HTTP_X_ASH_PROTOCOL", "gopher"), ("HTTPS", "1")]);
+        assert_eq!(
+            get(&pairs(&cgi_pairs(&head, None)), "wsgi.url_scheme"),
+            Some("https")
+        );
+    }
 }
