@@ -8,7 +8,7 @@
 //! and the requests it held are answered 502 (or cut, if their response had begun).
 
 use std::collections::{HashMap, VecDeque};
-use std::io::{self, BufWriter, Read, Write};
+use std::io::{self, BufWriter, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::os::unix::net::UnixStream;
@@ -204,7 +204,7 @@ pub struct ExternalDispatcher {
 /// A started worker: its process and the two ends of its socket.
 struct Started {
     child: Child,
-    reader: UnixStream,
+    reader: FrameReader,
     writer: UnixStream,
     version: String,
 }
@@ -234,10 +234,11 @@ fn start_worker(spec: &WorkerSpec, argv: &[String]) -> Result<Started, String> {
         .spawn()
         .map_err(|e| format!("cannot run the interpreter {:?}: {e}", spec.interpreter))?;
     drop(theirs);
-    let mut reader = ours
+    let socket = ours
         .try_clone()
         .map_err(|e| format!("cannot share the worker socket: {e}"))?;
-    let (kind, _, payload) = match read_frame(&mut reader) {
+    let mut reader = FrameReader::new(socket);
+    let (kind, _, payload) = match reader.next_frame() {
         Ok(frame) => frame,
         Err(_) => {
             let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
@@ -374,16 +375,6 @@ impl FrameReader {
         self.read_exact(&mut payload)?;
         Ok((header[0], id, payload))
     }
-}
-
-fn read_frame(reader: &mut impl Read) -> io::Result<(u8, u32, Vec<u8>)> {
-    let mut header = [0u8; 9];
-    reader.read_exact(&mut header)?;
-    let id = u32::from_be_bytes([header[1], header[2], header[3], header[4]]);
-    let len = u32::from_be_bytes([header[5], header[6], header[7], header[8]]) as usize;
-    let mut payload = vec![0u8; len];
-    reader.read_exact(&mut payload)?;
-    Ok((header[0], id, payload))
 }
 
 fn write_frame(writer: &mut impl Write, kind: u8, id: u32, payload: &[u8]) -> io::Result<()> {
@@ -702,7 +693,7 @@ impl Shared {
         let spawned = thread::Builder::new()
             .name("worker-reader".into())
             .spawn(move || {
-                let mut frames = FrameReader::new(reader);
+                let mut frames = reader;
                 while let Ok((kind, id, payload)) = frames.next_frame() {
                     let fd = if kind == b'P' {
                         frames.fds.pop_front()
