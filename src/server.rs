@@ -250,11 +250,7 @@ impl<D: Dispatcher> Server<D> {
             if self.draining_since.is_some() {
                 continue;
             }
-            let name = if signal == libc::SIGINT {
-                "SIGINT"
-            } else {
-                "SIGTERM"
-            };
+            let name = crate::setup::signal_abbrev(signal).unwrap_or("SIGTERM");
             info!(
                 "server",
                 "{name}: no longer accepting; finishing {} open connection(s) (up to {:.0} s)",

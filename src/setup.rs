@@ -192,15 +192,9 @@ impl PidFile {
     }
 }
 
-/// The name of a signal, for log lines (`SIGKILL`), or its number.
-pub fn signal_name(signal: i32) -> String {
-    let name = unsafe { libc::strsignal(signal) };
-    let described = if name.is_null() {
-        String::new()
-    } else {
-        unsafe { CStr::from_ptr(name) }.to_string_lossy().into_owned()
-    };
-    let abbrev = match signal {
+/// The conventional name of a signal (`SIGTERM`), when it is one of the common ones.
+pub fn signal_abbrev(signal: i32) -> Option<&'static str> {
+    Some(match signal {
         libc::SIGHUP => "SIGHUP",
         libc::SIGINT => "SIGINT",
         libc::SIGQUIT => "SIGQUIT",
@@ -214,8 +208,19 @@ pub fn signal_name(signal: i32) -> String {
         libc::SIGTERM => "SIGTERM",
         libc::SIGUSR1 => "SIGUSR1",
         libc::SIGUSR2 => "SIGUSR2",
-        _ => "",
+        _ => return None,
+    })
+}
+
+/// The name of a signal, for log lines (`SIGKILL`), or its number.
+pub fn signal_name(signal: i32) -> String {
+    let name = unsafe { libc::strsignal(signal) };
+    let described = if name.is_null() {
+        String::new()
+    } else {
+        unsafe { CStr::from_ptr(name) }.to_string_lossy().into_owned()
     };
+    let abbrev = signal_abbrev(signal).unwrap_or("");
     match (abbrev, described.is_empty()) {
         ("", true) => format!("signal {signal}"),
         ("", false) => format!("signal {signal} ({described})"),

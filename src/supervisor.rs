@@ -369,11 +369,7 @@ impl Master {
         match signal {
             libc::SIGCHLD => {}
             libc::SIGTERM | libc::SIGINT if !self.stopping => {
-                let name = if signal == libc::SIGINT {
-                    "SIGINT"
-                } else {
-                    "SIGTERM"
-                };
+                let name = crate::setup::signal_abbrev(signal).unwrap_or("SIGTERM");
                 info!(
                     "server",
                     "{name}: stopping {} worker(s); they finish open requests (up to {:.0} s)",
