@@ -296,7 +296,14 @@ impl Conn {
     /// Collects what the app queued since the last call.
     pub fn collect_output(&mut self) {
         if let Some(outbox) = &self.outbox {
-            if let Some(end) = outbox.take(&mut self.out) {
+            let was_idle = self.out.is_empty();
+            let end = outbox.take(&mut self.out);
+            if was_idle && !self.out.is_empty() {
+                // The write timeout counts from when there was something to write: the
+                // producer may have been writing directly until now, unseen by the loop.
+                self.last_progress = Instant::now();
+            }
+            if let Some(end) = end {
                 self.end = Some(end);
             }
         }
@@ -350,9 +357,6 @@ impl Conn {
                 Err(e) => return Err(e),
             };
             self.last_progress = Instant::now();
-            if let Some(outbox) = &self.outbox {
-                outbox.written(written);
-            }
             let mut left = written;
             while left > 0 {
                 let front_len = self.out[0].len() as usize - self.out_pos;
@@ -365,6 +369,10 @@ impl Conn {
                     left = 0;
                 }
             }
+            if let Some(outbox) = &self.outbox {
+                // Once the queue is empty, producers may write directly again.
+                outbox.written(written, self.out.is_empty());
+            }
         }
         Ok(())
     }
@@ -374,6 +382,17 @@ impl Conn {
         self.stream.shutdown_write();
         self.phase = Phase::Lingering;
         self.last_progress = Instant::now();
+    }
+}
+
+impl Drop for Conn {
+    /// The socket closes when the connection drops: first take it away from producers, under
+    /// the outbox lock, so none writes to the descriptor number after it is closed (by then it
+    /// may name another connection).
+    fn drop(&mut self) {
+        if let Some(outbox) = self.outbox.take() {
+            outbox.revoke();
+        }
     }
 }
 

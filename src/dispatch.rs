@@ -1,13 +1,19 @@
 //! The seam between the event loop and whatever runs the app: a complete [`Request`] goes out,
 //! response bytes come back through its [`Outbox`].
 //!
-//! The loop never waits on a worker and a worker never touches a socket. A worker that produces
-//! output faster than the client reads waits in [`Outbox::wait_for_room`] (callers release the
-//! GIL around it) until the loop has written enough.
+//! The loop never waits on a worker. A worker writes its output straight to the client's socket
+//! when the loop has nothing queued for it and the socket takes the bytes at once (one
+//! non-blocking `sendmsg`); whatever the socket does not take is queued for the loop. The loop
+//! revokes the socket, under the outbox lock, before it closes it, so a worker never writes to
+//! a descriptor number that may already name another connection. A worker that produces output
+//! faster than the client reads waits in [`Outbox::wait_for_room`] (callers release the GIL
+//! around it) until the loop has written enough.
 
 use std::collections::VecDeque;
 use std::fs::File;
+use std::io;
 use std::ops::Range;
+use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Instant;
@@ -148,11 +154,20 @@ struct OutState {
     room_waiter: RoomWaiter,
     /// Some bytes were handed over (the head went out).
     sent_any: bool,
+    /// The loop holds chunks it took from here and has not written all of them yet: a direct
+    /// write now would overtake them. Set by [`Outbox::take`], cleared by the loop (in
+    /// [`Outbox::written`]) when its own queue drains.
+    loop_busy: bool,
+    /// The loop closed (or is about to close) the socket: never write to it again.
+    revoked: bool,
 }
 
 /// One response's queue from a worker to the event loop.
 pub struct Outbox {
     id: ConnId,
+    /// The client's socket, for direct writes (see [`Outbox::send_slices`]); `None` when the
+    /// outbox is not tied to a socket. Valid only while `revoked` is false, checked under the lock.
+    socket: Option<RawFd>,
     state: Mutex<OutState>,
     room: Condvar,
     notifier: Arc<Notifier>,
@@ -170,10 +185,13 @@ impl std::fmt::Debug for Outbox {
 }
 
 impl Outbox {
-    /// A new outbox for connection `id`; producers wait when more than `high_water` bytes are unsent.
-    pub fn new(id: ConnId, notifier: Arc<Notifier>, high_water: usize) -> Arc<Outbox> {
+    /// A new outbox for connection `id`; producers wait when more than `high_water` bytes are
+    /// unsent. `socket` is the connection's descriptor, which producers may write to directly
+    /// until the loop calls [`Outbox::revoke`] (it must, before it closes the descriptor).
+    pub fn new(id: ConnId, notifier: Arc<Notifier>, high_water: usize, socket: Option<RawFd>) -> Arc<Outbox> {
         Arc::new(Outbox {
             id,
+            socket,
             state: Mutex::new(OutState::default()),
             room: Condvar::new(),
             notifier,
@@ -197,22 +215,112 @@ impl Outbox {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Queues bytes for the client, and (optionally) the end of the response with them,
-    /// in one hand-off. Never blocks on the client; see [`Outbox::wait_for_room`].
-    pub fn send(&self, data: Vec<u8>, end: Option<End>) -> Result<(), ClientGone> {
-        self.send_chunk(Chunk::Bytes(data), end)
-    }
-
-    /// Queues any kind of chunk (see [`Chunk`]), and optionally the end of the response.
-    /// After the end, nobody reads this outbox any more: more is refused like a client gone
-    /// (an app calling a kept `write()` later would otherwise wait for room forever).
-    pub fn send_chunk(&self, chunk: Chunk, end: Option<End>) -> Result<(), ClientGone> {
+    /// Sends bytes to the client, and (optionally) the end of the response with them, in one
+    /// hand-off: written straight to the socket when possible (see [`Outbox::send_slices`]),
+    /// the rest queued for the loop without copying. Never blocks on the client; see
+    /// [`Outbox::wait_for_room`].
+    pub fn send(&self, mut data: Vec<u8>, end: Option<End>) -> Result<(), ClientGone> {
         let mut state = self.lock();
-        if state.client_gone || state.end.is_some() {
+        if state.client_gone || state.revoked || state.end.is_some() {
             return Err(ClientGone);
         }
+        let written = self.write_direct(&mut state, &[&data])?;
+        if written > 0 {
+            data.drain(..written);
+        }
+        self.queue(state, written, Chunk::Bytes(data), end);
+        Ok(())
+    }
+
+    /// Sends the concatenation of `slices` (e.g. a response head and a body borrowed from the
+    /// app), and optionally the end of the response. When the loop has nothing queued for this
+    /// connection, they are written straight to the socket with one non-blocking `sendmsg`;
+    /// only the part the socket does not take at once is copied and queued for the loop, which
+    /// is woken only when it has something to do (bytes queued, or the end to act on).
+    ///
+    /// Holds the outbox lock during the system call, which is what keeps the loop from
+    /// closing the socket meanwhile.
+    pub fn send_slices(&self, slices: &[&[u8]], end: Option<End>) -> Result<(), ClientGone> {
+        let mut state = self.lock();
+        if state.client_gone || state.revoked || state.end.is_some() {
+            return Err(ClientGone);
+        }
+        let mut skip = self.write_direct(&mut state, slices)?;
+        let total: usize = slices.iter().map(|s| s.len()).sum();
+        let mut rest = Vec::with_capacity(total.saturating_sub(skip));
+        for slice in slices {
+            let from = skip.min(slice.len());
+            skip -= from;
+            rest.extend_from_slice(&slice[from..]);
+        }
+        self.queue(state, total - rest.len(), Chunk::Bytes(rest), end);
+        Ok(())
+    }
+
+    /// Writes what the socket takes at once, when the loop has nothing queued (so the bytes
+    /// cannot overtake any) and the socket is still ours. Returns how many bytes went out,
+    /// accounted as the loop's writes are. A failed write means the client is gone.
+    fn write_direct(&self, state: &mut MutexGuard<'_, OutState>, slices: &[&[u8]]) -> Result<usize, ClientGone> {
+        let Some(fd) = self.socket else { return Ok(0) };
+        if state.loop_busy || !state.chunks.is_empty() || state.revoked || state.client_gone {
+            return Ok(0);
+        }
+        let mut iov: [libc::iovec; 8] = [libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        }; 8];
+        let mut count = 0;
+        for slice in slices.iter().filter(|s| !s.is_empty()).take(iov.len()) {
+            iov[count] = libc::iovec {
+                iov_base: slice.as_ptr() as *mut libc::c_void,
+                iov_len: slice.len(),
+            };
+            count += 1;
+        }
+        if count == 0 {
+            return Ok(0);
+        }
+        let written = loop {
+            // SAFETY: a zeroed msghdr is valid; iov points at `count` slices that outlive the call.
+            let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+            msg.msg_iov = iov.as_mut_ptr();
+            msg.msg_iovlen = count as _;
+            // SAFETY: the descriptor is open: the loop revokes it under this lock (held by the
+            // caller) before closing it, and `revoked` was checked above. MSG_NOSIGNAL: a
+            // vanished client is an error to report, not a SIGPIPE.
+            let n = unsafe { libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) };
+            if n >= 0 {
+                break n as usize;
+            }
+            let e = io::Error::last_os_error();
+            match e.kind() {
+                io::ErrorKind::Interrupted => continue,
+                io::ErrorKind::WouldBlock => return Ok(0),
+                _ => {
+                    crate::debug!("server", "client went away while receiving the response: {e}");
+                    state.client_gone = true;
+                    state.chunks.clear();
+                    state.unsent = 0;
+                    self.room.notify_all();
+                    // The loop hears it on its next write or read; the observer hears it now.
+                    if let Some(observer) = self.observer.get() {
+                        observer(OutboxEvent::ClientGone);
+                    }
+                    return Err(ClientGone);
+                }
+            }
+        };
+        if written > 0 {
+            state.written_total += written as u64;
+            state.sent_any = true;
+        }
+        Ok(written)
+    }
+
+    /// Queues what was not written directly (`written` bytes were) and the end, and wakes the
+    /// loop when it has something to do.
+    fn queue(&self, mut state: MutexGuard<'_, OutState>, written: usize, chunk: Chunk, end: Option<End>) {
         if !chunk.is_empty() {
-            // A file chunk counts at its length: it holds no memory, but it is output to wait for.
             state.unsent = state
                 .unsent
                 .saturating_add(usize::try_from(chunk.len()).unwrap_or(usize::MAX));
@@ -222,12 +330,39 @@ impl Outbox {
         if end.is_some() && state.end.is_none() {
             state.end = end;
         }
-        let wake = !state.notified;
-        state.notified = true;
+        let work = !state.chunks.is_empty() || end.is_some();
+        let wake = work && !state.notified;
+        if wake {
+            state.notified = true;
+        }
+        let total = state.written_total;
         drop(state);
+        if written > 0 {
+            if let Some(observer) = self.observer.get() {
+                observer(OutboxEvent::Written(total));
+            }
+        }
         if wake {
             self.notifier.notify(self.id);
         }
+    }
+
+    /// Queues any kind of chunk (see [`Chunk`]), and optionally the end of the response.
+    /// After the end, nobody reads this outbox any more: more is refused like a client gone
+    /// (an app calling a kept `write()` later would otherwise wait for room forever).
+    /// In-memory bytes go through [`Outbox::send`] (a direct write when possible); a file
+    /// chunk always goes to the loop, which sends it with `sendfile`.
+    pub fn send_chunk(&self, chunk: Chunk, end: Option<End>) -> Result<(), ClientGone> {
+        let chunk = match chunk {
+            Chunk::Bytes(data) => return self.send(data, end),
+            file => file,
+        };
+        let state = self.lock();
+        if state.client_gone || state.revoked || state.end.is_some() {
+            return Err(ClientGone);
+        }
+        // A file chunk counts at its length: it holds no memory, but it is output to wait for.
+        self.queue(state, 0, chunk, end);
         Ok(())
     }
 
@@ -239,17 +374,17 @@ impl Outbox {
     /// Whether a producer should wait before queueing more.
     pub fn is_full(&self) -> bool {
         let state = self.lock();
-        state.unsent > self.high_water && !state.client_gone
+        state.unsent > self.high_water && !state.client_gone && !state.revoked
     }
 
     /// Blocks until at most half the high-water mark is unsent, or the client is gone.
     /// Call it without holding the GIL.
     pub fn wait_for_room(&self) -> Result<(), ClientGone> {
         let mut state = self.lock();
-        while state.unsent > self.high_water / 2 && !state.client_gone {
+        while state.unsent > self.high_water / 2 && !state.client_gone && !state.revoked {
             state = self.room.wait(state).unwrap_or_else(|e| e.into_inner());
         }
-        if state.client_gone {
+        if state.client_gone || state.revoked {
             Err(ClientGone)
         } else {
             Ok(())
@@ -261,7 +396,7 @@ impl Outbox {
     /// already so: the caller can go on producing at once.
     pub fn call_when_room(&self, hook: RoomHook) -> bool {
         let mut state = self.lock();
-        if state.client_gone || state.unsent <= self.high_water / 2 {
+        if state.client_gone || state.revoked || state.unsent <= self.high_water / 2 {
             return false;
         }
         state.room_waiter = RoomWaiter(Some(hook));
@@ -273,7 +408,7 @@ impl Outbox {
     /// app's further output is refused as if the client had gone.
     pub fn time_out(&self, response: &[u8]) -> bool {
         let mut state = self.lock();
-        if state.end.is_some() || state.client_gone {
+        if state.end.is_some() || state.client_gone || state.revoked {
             return false;
         }
         let answered = !state.sent_any;
@@ -300,22 +435,43 @@ impl Outbox {
         answered
     }
 
-    /// Whether the loop has seen the client go away.
+    /// Whether the client went away (seen by the loop or by a direct write), or the loop let
+    /// go of the connection.
     pub fn client_gone(&self) -> bool {
-        self.lock().client_gone
+        let state = self.lock();
+        state.client_gone || state.revoked
     }
 
     /// Loop side: moves queued chunks into `into` and reports whether the response has ended.
+    /// While the loop holds chunks, producers queue behind them instead of writing directly.
     pub(crate) fn take(&self, into: &mut VecDeque<Chunk>) -> Option<End> {
         let mut state = self.lock();
         state.notified = false;
-        into.append(&mut state.chunks);
+        if !state.chunks.is_empty() {
+            state.loop_busy = true;
+            into.append(&mut state.chunks);
+        }
         state.end
     }
 
-    /// Loop side: `n` more bytes reached the socket; wakes a producer waiting for room.
-    pub(crate) fn written(&self, n: usize) {
+    /// Loop side: it lets go of the socket (it is about to close it). No producer writes to
+    /// it afterwards, and their further output is refused as if the client had gone. Every
+    /// path that drops a connection with an outbox calls this first (`Conn`'s `Drop`).
+    pub(crate) fn revoke(&self) {
         let mut state = self.lock();
+        state.revoked = true;
+        state.chunks.clear();
+        state.unsent = 0;
+        self.room.notify_all();
+    }
+
+    /// Loop side: `n` more bytes reached the socket; wakes a producer waiting for room.
+    /// `drained`: the loop's own queue is now empty, so producers may write directly again.
+    pub(crate) fn written(&self, n: usize, drained: bool) {
+        let mut state = self.lock();
+        if drained {
+            state.loop_busy = false;
+        }
         let before = state.unsent;
         state.unsent = state.unsent.saturating_sub(n);
         state.written_total += n as u64;
@@ -425,7 +581,7 @@ mod tests {
         let poll = mio::Poll::new().unwrap();
         let waker = mio::Waker::new(poll.registry(), mio::Token(0)).unwrap();
         let id = ConnId { key: 0, serial: 0 };
-        (poll, Outbox::new(id, Notifier::new(waker), high_water))
+        (poll, Outbox::new(id, Notifier::new(waker), high_water, None))
     }
 
     fn counting_hook(calls: &Arc<AtomicUsize>) -> RoomHook {
@@ -446,11 +602,11 @@ mod tests {
         outbox.send(vec![0; 150], None).unwrap();
         assert!(outbox.is_full());
         assert!(outbox.call_when_room(counting_hook(&calls)));
-        outbox.written(60);
+        outbox.written(60, false);
         assert_eq!(calls.load(Ordering::SeqCst), 0, "90 unsent is above half of 100");
-        outbox.written(40);
+        outbox.written(40, false);
         assert_eq!(calls.load(Ordering::SeqCst), 1);
-        outbox.written(50);
+        outbox.written(50, false);
         assert_eq!(calls.load(Ordering::SeqCst), 1, "a hook fires once");
     }
 
@@ -467,5 +623,159 @@ mod tests {
             !outbox.call_when_room(counting_hook(&calls)),
             "nothing to wait for"
         );
+    }
+
+    /// A connected pair: the server end (non-blocking, small send buffer) and the client end.
+    fn socket_pair() -> (std::os::unix::net::UnixStream, std::os::unix::net::UnixStream) {
+        let (server, client) = std::os::unix::net::UnixStream::pair().unwrap();
+        server.set_nonblocking(true).unwrap();
+        socket2::SockRef::from(&server).set_send_buffer_size(16 * 1024).unwrap();
+        (server, client)
+    }
+
+    fn socket_outbox(fd: std::os::fd::RawFd, high_water: usize) -> (mio::Poll, Arc<Notifier>, Arc<Outbox>) {
+        let poll = mio::Poll::new().unwrap();
+        let waker = mio::Waker::new(poll.registry(), mio::Token(0)).unwrap();
+        let notifier = Notifier::new(waker);
+        let id = ConnId { key: 3, serial: 7 };
+        let outbox = Outbox::new(id, Arc::clone(&notifier), high_water, Some(fd));
+        (poll, notifier, outbox)
+    }
+
+    fn pattern(len: usize, seed: u8) -> Vec<u8> {
+        (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+    }
+
+    #[test]
+    fn an_idle_loop_is_bypassed_the_bytes_go_straight_to_the_socket() {
+        use std::io::Read;
+        use std::os::fd::AsRawFd;
+        let (server, mut client) = socket_pair();
+        let (_poll, notifier, outbox) = socket_outbox(server.as_raw_fd(), 1 << 20);
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&seen);
+        outbox.observe(Box::new(move |event| sink.lock().unwrap().push(event)));
+        outbox.send_slices(&[b"Status: 200 OK\r\n\r\n", b"hello"], None).unwrap();
+        let mut got = [0u8; 64];
+        let n = client.read(&mut got).unwrap();
+        assert_eq!(&got[..n], b"Status: 200 OK\r\n\r\nhello");
+        let mut ready = Vec::new();
+        notifier.drain(&mut ready);
+        assert!(ready.is_empty(), "the loop was woken for nothing: {ready:?}");
+        let mut taken = VecDeque::new();
+        assert_eq!(outbox.take(&mut taken), None);
+        assert!(taken.is_empty(), "a chunk was queued for the loop");
+        assert!(!outbox.is_full());
+        assert_eq!(*seen.lock().unwrap(), vec![OutboxEvent::Written(23)]);
+        // The end still goes to the loop, which closes the connection.
+        outbox.send(b"!".to_vec(), Some(End::Complete)).unwrap();
+        notifier.drain(&mut ready);
+        assert_eq!(ready, vec![ConnId { key: 3, serial: 7 }]);
+        assert_eq!(outbox.take(&mut taken), Some(End::Complete));
+        assert!(taken.is_empty());
+        let n = client.read(&mut got).unwrap();
+        assert_eq!(&got[..n], b"!");
+    }
+
+    #[test]
+    fn what_the_socket_does_not_take_is_queued_and_order_is_kept() {
+        use std::io::{Read, Write};
+        use std::os::fd::AsRawFd;
+        let (mut server, mut client) = socket_pair();
+        let (_poll, notifier, outbox) = socket_outbox(server.as_raw_fd(), 1 << 20);
+        let first = pattern(1 << 20, 1);
+        let second = pattern(50_000, 2);
+        let third = pattern(70_000, 3);
+        // Nobody reads yet: the socket takes a part of the first send, the rest is queued.
+        outbox.send_slices(&[b"HEAD", &first], None).unwrap();
+        let mut taken = VecDeque::new();
+        outbox.take(&mut taken);
+        let queued: u64 = taken.iter().map(Chunk::len).sum();
+        assert!(queued > 0 && queued < first.len() as u64 + 4, "queued {queued}");
+        // The loop now holds bytes: the next send must queue behind them, not overtake them.
+        outbox.send(second.clone(), None).unwrap();
+        outbox.take(&mut taken);
+        assert_eq!(taken.iter().map(Chunk::len).sum::<u64>(), queued + second.len() as u64);
+        let expected_len = 4 + first.len() + second.len() + third.len();
+        let reader = std::thread::spawn(move || {
+            let mut all = Vec::new();
+            let mut buf = vec![0u8; 65536];
+            while all.len() < expected_len {
+                let n = client.read(&mut buf).unwrap();
+                assert!(n > 0, "early end of stream");
+                all.extend_from_slice(&buf[..n]);
+            }
+            all
+        });
+        // The loop's part: write what it took, reporting when its queue drains.
+        while let Some(Chunk::Bytes(bytes)) = taken.pop_front() {
+            let mut pos = 0;
+            while pos < bytes.len() {
+                match server.write(&bytes[pos..]) {
+                    Ok(n) => {
+                        pos += n;
+                        let drained = pos == bytes.len() && taken.is_empty();
+                        outbox.written(n, drained);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::yield_now(),
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        }
+        let mut ready = Vec::new();
+        notifier.drain(&mut ready);
+        // Drained: a send goes straight out again.
+        outbox.send(third.clone(), None).unwrap();
+        let mut rest = VecDeque::new();
+        outbox.take(&mut rest);
+        let mut in_loop = rest.iter().map(Chunk::len).sum::<u64>();
+        while let Some(Chunk::Bytes(bytes)) = rest.pop_front() {
+            let mut pos = 0;
+            while pos < bytes.len() {
+                match server.write(&bytes[pos..]) {
+                    Ok(n) => pos += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::yield_now(),
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            in_loop -= bytes.len() as u64;
+        }
+        assert_eq!(in_loop, 0);
+        let all = reader.join().unwrap();
+        let mut expected = b"HEAD".to_vec();
+        expected.extend_from_slice(&first);
+        expected.extend_from_slice(&second);
+        expected.extend_from_slice(&third);
+        assert!(all == expected, "the bytes arrived out of order or altered");
+    }
+
+    #[test]
+    fn after_revocation_nothing_is_written_and_the_producer_is_told() {
+        use std::io::Read;
+        use std::os::fd::AsRawFd;
+        let (server, mut client) = socket_pair();
+        let (_poll, _notifier, outbox) = socket_outbox(server.as_raw_fd(), 1 << 20);
+        outbox.send(b"before".to_vec(), None).unwrap();
+        let mut got = [0u8; 64];
+        assert_eq!(client.read(&mut got).unwrap(), 6);
+        outbox.revoke();
+        assert_eq!(outbox.send(b"after".to_vec(), None), Err(ClientGone));
+        assert_eq!(outbox.send_slices(&[b"head", b"after"], Some(End::Complete)), Err(ClientGone));
+        assert_eq!(outbox.wait_for_room(), Err(ClientGone));
+        assert!(outbox.client_gone());
+        // The socket is still open here, so any write would have arrived.
+        client.set_nonblocking(true).unwrap();
+        let err = client.read(&mut got).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock, "a revoked socket was written to");
+    }
+
+    #[test]
+    fn a_failed_direct_write_means_the_client_is_gone() {
+        use std::os::fd::AsRawFd;
+        let (server, client) = socket_pair();
+        let (_poll, _notifier, outbox) = socket_outbox(server.as_raw_fd(), 1 << 20);
+        drop(client);
+        assert_eq!(outbox.send(b"nobody".to_vec(), None), Err(ClientGone));
+        assert!(outbox.client_gone());
     }
 }

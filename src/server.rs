@@ -4,7 +4,7 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::io::{self, Read};
-use std::os::fd::IntoRawFd;
+use std::os::fd::{AsRawFd, IntoRawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -424,6 +424,7 @@ impl<D: Dispatcher> Server<D> {
             },
             Arc::clone(&self.notifier),
             self.limits.write_buffer,
+            Some(conn.stream.as_raw_fd()),
         );
         conn.outbox = Some(Arc::clone(&outbox));
         let request = Request {
@@ -488,7 +489,9 @@ impl<D: Dispatcher> Server<D> {
                 refusal.cause
             ),
         );
-        conn.outbox = None;
+        if let Some(outbox) = conn.outbox.take() {
+            outbox.revoke();
+        }
         conn.refuse(refusal);
         let deadline = conn.deadline(&self.limits);
         let serial = conn.serial;

@@ -220,6 +220,50 @@ fn ten_mib_generator_is_streamed_not_buffered() {
     assert_log(&server, "pep3333: big-stream generator closed");
 }
 
+/// Reads a whole response in small pieces, pausing now and then: a slow reader.
+fn read_slowly(client: &mut Stream) -> Vec<u8> {
+    client.set_read_timeout(Some(REQUEST_TIMEOUT)).unwrap();
+    let mut all = Vec::new();
+    let mut buf = [0u8; 8192];
+    let mut reads = 0u32;
+    loop {
+        let n = client.read(&mut buf).expect("read the response");
+        if n == 0 {
+            return all;
+        }
+        all.extend_from_slice(&buf[..n]);
+        reads += 1;
+        if reads % 64 == 0 {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+}
+
+#[test]
+fn chunks_larger_than_the_socket_buffer_reach_a_slow_reader_byte_exact() {
+    // What the app's /mixed-sizes sends in all (see the app).
+    const TOTAL: usize = 100 + (3 << 20) + 1 + 1000 + 70000 + 5 + 65536 + (2 << 20) + 7;
+    let expected = pattern(TOTAL);
+    for model in ["free", "rplex"] {
+        for server in [
+            Server::start(&["-p", &apps_dir_str(), "-t", model, "-A", "pep3333_app"]),
+            Server::start_unix(&["-p", &apps_dir_str(), "-t", model, "-A", "pep3333_app"]),
+        ] {
+            // write() is not offered under rplex.
+            let query = if model == "free" { "?write=1" } else { "" };
+            let mut client = server.connect();
+            let req = ScgiRequest::get(&format!("/mixed-sizes{query}"));
+            assert!(client.send_all(&req.encode(), REQUEST_TIMEOUT).unwrap());
+            // Not reading at first: the socket fills and the rest must wait in order.
+            std::thread::sleep(Duration::from_millis(200));
+            let r = Response::parse(read_slowly(&mut client));
+            assert_eq!(r.status, 200, "{model}: {}", server.stderr_text());
+            assert_eq!(r.body.len(), TOTAL, "{model}");
+            assert!(r.body == expected, "{model}: the body differs from what the app produced");
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------
 // close()
 // ---------------------------------------------------------------------------

@@ -21,6 +21,10 @@ use crate::dispatch::{Chunk, ClientGone, End, Outbox, Request};
 pub const INTERNAL_ERROR: &[u8] = b"Status: 500 Internal Server Error\r\n\
 Content-Type: text/plain; charset=utf-8\r\nContent-Length: 26\r\n\r\n500 Internal Server Error\n";
 
+/// From this size on, a response chunk is written to the socket without the GIL, so other
+/// Python threads run meanwhile; below it, releasing and taking the GIL back costs more.
+const DETACH_AT: usize = 64 * 1024;
+
 /// Response headers a WSGI app must not set (PEP 3333: hop-by-hop headers belong to the server).
 const HOP_BY_HOP: [&str; 8] = [
     "connection",
@@ -73,19 +77,25 @@ impl ResponseState {
                 data = &data[..allowed as usize];
             }
         }
-        let chunk = if self.head_sent {
-            data.to_vec()
+        let head = if self.head_sent {
+            Vec::new()
         } else {
             let head = self.pending.take().ok_or_else(|| {
                 PyRuntimeError::new_err("the app produced body data before calling start_response()")
             })?;
             self.head_sent = true;
-            let mut chunk = head.bytes;
-            chunk.extend_from_slice(data);
-            chunk
+            head.bytes
         };
         self.body_sent += data.len() as u64;
-        self.outbox.send(chunk, end).map_err(client_gone)?;
+        // The body is borrowed from the app's bytes (which the caller holds): written to the
+        // socket from there when it takes them, copied only when it does not.
+        let slices = [head.as_slice(), data];
+        if head.len() + data.len() >= DETACH_AT {
+            let outbox = &self.outbox;
+            py.detach(|| outbox.send_slices(&slices, end)).map_err(client_gone)?;
+        } else {
+            self.outbox.send_slices(&slices, end).map_err(client_gone)?;
+        }
         if self.outbox.is_full() && !self.multiplexed {
             let outbox = Arc::clone(&self.outbox);
             py.detach(move || outbox.wait_for_room()).map_err(client_gone)?;

@@ -195,6 +195,23 @@ def application(environ, start_response):
 
         return gen()
 
+    if path == "/mixed-sizes":
+        # Chunks of very different sizes (some larger than a socket buffer), and with
+        # write=1 a few through write(): their concatenation is pattern(MIXED_TOTAL).
+        sizes = [100, 3 << 20, 1, 1000, 70000, 5, 65536, 2 << 20, 7]
+        data = pattern(sum(sizes))
+        pieces = []
+        at = 0
+        for size in sizes:
+            pieces.append(data[at : at + size])
+            at += size
+        write = start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        if q.get("write") == "1":
+            for piece in pieces[:3]:
+                write(piece)
+            pieces = pieces[3:]
+        return iter(pieces)
+
     if path == "/close-normal":
         start_response("200 OK", TEXT)
         return Tracked("normal", [b"first ", b"second"])
