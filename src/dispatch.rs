@@ -260,7 +260,11 @@ impl Outbox {
     /// Writes what the socket takes at once, when the loop has nothing queued (so the bytes
     /// cannot overtake any) and the socket is still ours. Returns how many bytes went out,
     /// accounted as the loop's writes are. A failed write means the client is gone.
-    fn write_direct(&self, state: &mut MutexGuard<'_, OutState>, slices: &[&[u8]]) -> Result<usize, ClientGone> {
+    fn write_direct(
+        &self,
+        state: &mut MutexGuard<'_, OutState>,
+        slices: &[&[u8]],
+    ) -> Result<usize, ClientGone> {
         let Some(fd) = self.socket else { return Ok(0) };
         if state.loop_busy || !state.chunks.is_empty() || state.revoked || state.client_gone {
             return Ok(0);
@@ -629,7 +633,9 @@ mod tests {
     fn socket_pair() -> (std::os::unix::net::UnixStream, std::os::unix::net::UnixStream) {
         let (server, client) = std::os::unix::net::UnixStream::pair().unwrap();
         server.set_nonblocking(true).unwrap();
-        socket2::SockRef::from(&server).set_send_buffer_size(16 * 1024).unwrap();
+        socket2::SockRef::from(&server)
+            .set_send_buffer_size(16 * 1024)
+            .unwrap();
         (server, client)
     }
 
@@ -643,7 +649,9 @@ mod tests {
     }
 
     fn pattern(len: usize, seed: u8) -> Vec<u8> {
-        (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect()
     }
 
     #[test]
@@ -655,7 +663,9 @@ mod tests {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let sink = Arc::clone(&seen);
         outbox.observe(Box::new(move |event| sink.lock().unwrap().push(event)));
-        outbox.send_slices(&[b"Status: 200 OK\r\n\r\n", b"hello"], None).unwrap();
+        outbox
+            .send_slices(&[b"Status: 200 OK\r\n\r\n", b"hello"], None)
+            .unwrap();
         let mut got = [0u8; 64];
         let n = client.read(&mut got).unwrap();
         assert_eq!(&got[..n], b"Status: 200 OK\r\n\r\nhello");
@@ -692,14 +702,29 @@ mod tests {
         outbox.take(&mut taken);
         let queued: u64 = taken.iter().map(Chunk::len).sum();
         assert!(queued > 0 && queued < first.len() as u64 + 4, "queued {queued}");
-        // The loop now holds bytes: the next send must queue behind them, not overtake them.
+        // The client reads what reached it, so the socket has room again; but the loop now
+        // holds bytes: the next send must queue behind them, not overtake them.
+        let mut early = Vec::new();
+        let mut buf = vec![0u8; 65536];
+        client.set_nonblocking(true).unwrap();
+        loop {
+            match client.read(&mut buf) {
+                Ok(n) => early.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        client.set_nonblocking(false).unwrap();
+        assert_eq!(early.len() as u64, first.len() as u64 + 4 - queued);
         outbox.send(second.clone(), None).unwrap();
         outbox.take(&mut taken);
-        assert_eq!(taken.iter().map(Chunk::len).sum::<u64>(), queued + second.len() as u64);
+        assert_eq!(
+            taken.iter().map(Chunk::len).sum::<u64>(),
+            queued + second.len() as u64
+        );
         let expected_len = 4 + first.len() + second.len() + third.len();
         let reader = std::thread::spawn(move || {
-            let mut all = Vec::new();
-            let mut buf = vec![0u8; 65536];
+            let mut all = early;
             while all.len() < expected_len {
                 let n = client.read(&mut buf).unwrap();
                 assert!(n > 0, "early end of stream");
@@ -760,13 +785,20 @@ mod tests {
         assert_eq!(client.read(&mut got).unwrap(), 6);
         outbox.revoke();
         assert_eq!(outbox.send(b"after".to_vec(), None), Err(ClientGone));
-        assert_eq!(outbox.send_slices(&[b"head", b"after"], Some(End::Complete)), Err(ClientGone));
+        assert_eq!(
+            outbox.send_slices(&[b"head", b"after"], Some(End::Complete)),
+            Err(ClientGone)
+        );
         assert_eq!(outbox.wait_for_room(), Err(ClientGone));
         assert!(outbox.client_gone());
         // The socket is still open here, so any write would have arrived.
         client.set_nonblocking(true).unwrap();
         let err = client.read(&mut got).unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::WouldBlock, "a revoked socket was written to");
+        assert_eq!(
+            err.kind(),
+            io::ErrorKind::WouldBlock,
+            "a revoked socket was written to"
+        );
     }
 
     #[test]

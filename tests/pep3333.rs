@@ -259,7 +259,10 @@ fn chunks_larger_than_the_socket_buffer_reach_a_slow_reader_byte_exact() {
             let r = Response::parse(read_slowly(&mut client));
             assert_eq!(r.status, 200, "{model}: {}", server.stderr_text());
             assert_eq!(r.body.len(), TOTAL, "{model}");
-            assert!(r.body == expected, "{model}: the body differs from what the app produced");
+            assert!(
+                r.body == expected,
+                "{model}: the body differs from what the app produced"
+            );
         }
     }
 }

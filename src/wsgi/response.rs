@@ -92,7 +92,8 @@ impl ResponseState {
         let slices = [head.as_slice(), data];
         if head.len() + data.len() >= DETACH_AT {
             let outbox = &self.outbox;
-            py.detach(|| outbox.send_slices(&slices, end)).map_err(client_gone)?;
+            py.detach(|| outbox.send_slices(&slices, end))
+                .map_err(client_gone)?;
         } else {
             self.outbox.send_slices(&slices, end).map_err(client_gone)?;
         }
