@@ -305,10 +305,16 @@ impl Outbox {
                     state.client_gone = true;
                     state.chunks.clear();
                     state.unsent = 0;
+                    // The loop closes the connection as it does after its own failed write
+                    // (nothing more will come to tell it to).
+                    state.end.get_or_insert(End::Abort);
+                    let wake = !std::mem::replace(&mut state.notified, true);
                     self.room.notify_all();
-                    // The loop hears it on its next write or read; the observer hears it now.
                     if let Some(observer) = self.observer.get() {
                         observer(OutboxEvent::ClientGone);
+                    }
+                    if wake {
+                        self.notifier.notify(self.id);
                     }
                     return Err(ClientGone);
                 }
@@ -805,9 +811,14 @@ mod tests {
     fn a_failed_direct_write_means_the_client_is_gone() {
         use std::os::fd::AsRawFd;
         let (server, client) = socket_pair();
-        let (_poll, _notifier, outbox) = socket_outbox(server.as_raw_fd(), 1 << 20);
+        let (_poll, notifier, outbox) = socket_outbox(server.as_raw_fd(), 1 << 20);
         drop(client);
         assert_eq!(outbox.send(b"nobody".to_vec(), None), Err(ClientGone));
         assert!(outbox.client_gone());
+        // The loop is told, and closes the connection as cut short.
+        let mut ready = Vec::new();
+        notifier.drain(&mut ready);
+        assert_eq!(ready.len(), 1);
+        assert_eq!(outbox.take(&mut VecDeque::new()), Some(End::Abort));
     }
 }
