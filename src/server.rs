@@ -1,5 +1,6 @@
 //! The event loop: owns the Poll, the listener, every connection, the timers and the waker.
-//! It is the only code that touches sockets, and it never takes the GIL.
+//! It owns every socket (it alone accepts, reads and closes them; workers may only write a
+//! response to one until the loop revokes it, see `dispatch`), and it never takes the GIL.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
