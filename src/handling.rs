@@ -6,6 +6,9 @@
 //! iterates the response: see the README's "Handling models" section.
 
 use std::collections::VecDeque;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -142,9 +145,28 @@ struct Queue {
     pending: VecDeque<(Request, Instant)>,
     threads: usize,
     idle: usize,
+    /// Threads running a request now.
+    running: usize,
+    /// How many requests may run at once now (see [`Shared::adjust`]): between 1 and the
+    /// model's maximum.
+    allowed: usize,
+    /// Requests finished so far (the monitor watches it move).
+    completed: u64,
+    /// Times the queue was found with room to run what waits (a backlog that breaks is not one
+    /// that calls for more threads).
+    emptied: u64,
+    /// The monitor sleeps until a backlog or concurrent requests call for it.
+    monitor_parked: bool,
     stopping: bool,
     /// Since when the loop has held a request the full queue refused (pool's `abort=`).
     refused_since: Option<Instant>,
+}
+
+impl Queue {
+    /// Requests wait while every request allowed to run is running.
+    fn backlogged(&self) -> bool {
+        !self.pending.is_empty() && self.running >= self.allowed
+    }
 }
 
 /// When the process decides the app is wedged and aborts, as the original does.
@@ -159,15 +181,25 @@ pub enum Wedge {
 struct Shared {
     queue: Mutex<Queue>,
     work: Condvar,
+    /// Wakes the monitor out of its park.
+    monitor: Condvar,
     max_threads: usize,
     queue_limit: usize,
     idle_retire: Duration,
     handler: Arc<dyn RequestHandler>,
     /// Wakes the event loop when a full queue gets room again.
     loop_waker: Mutex<Option<Arc<Notifier>>>,
+    /// Every live worker thread, for the monitor's census.
+    slots: Mutex<Vec<Arc<WorkerSlot>>>,
 }
 
 /// A pool of Python worker threads that takes requests from the event loop.
+///
+/// Requests run on up to the model's `max` threads, but only as many run at once as keep the
+/// GIL busy: the threads share one GIL, so a second request running beside a first that
+/// computes only adds GIL hand-offs. A monitor thread watches while requests wait: when every
+/// running request is blocked outside Python (a sleep, a socket, the disk) it lets more run,
+/// doubling each time; when several running requests want the GIL at once it lets fewer run.
 pub struct WorkerPool {
     shared: Arc<Shared>,
 }
@@ -188,21 +220,42 @@ impl WorkerPool {
                 pending: VecDeque::new(),
                 threads: 0,
                 idle: 0,
+                running: 0,
+                allowed: 1,
+                completed: 0,
+                emptied: 0,
+                monitor_parked: false,
                 stopping: false,
                 refused_since: None,
             }),
             work: Condvar::new(),
+            monitor: Condvar::new(),
             max_threads,
             queue_limit,
             idle_retire: Duration::from_secs(60),
             handler,
             loop_waker: Mutex::new(None),
+            slots: Mutex::new(Vec::new()),
         });
+        if max_threads > 1 {
+            let monitored = Arc::clone(&shared);
+            let spawned = thread::Builder::new()
+                .name("wsgi-monitor".into())
+                .spawn(move || monitor_main(&monitored));
+            if let Err(e) = spawned {
+                // Without the monitor every request may run at once, as the model allows.
+                crate::warning!("server", "cannot start the worker monitor thread: {e}");
+                shared.lock().allowed = max_threads;
+            }
+        }
         if let Some(wedge) = wedge {
             let watched = Arc::clone(&shared);
             spawn_wedge_watch(wedge, move |wedge| {
                 let queue = watched.lock();
                 match wedge {
+                    // Waiting counts once every thread the model allows is busy: below that
+                    // the monitor lets more requests run as soon as the running ones block.
+                    Wedge::ThreadWait(_) if queue.running < watched.max_threads => None,
                     Wedge::ThreadWait(_) => queue.pending.front().map(|(_, since)| since.elapsed()),
                     Wedge::QueueFull(_) => queue.refused_since.map(|since| since.elapsed()),
                 }
@@ -215,6 +268,11 @@ impl WorkerPool {
     pub fn threads(&self) -> usize {
         self.shared.lock().threads
     }
+
+    /// How many requests may run at once now.
+    pub fn allowed(&self) -> usize {
+        self.shared.lock().allowed
+    }
 }
 
 impl Shared {
@@ -222,26 +280,48 @@ impl Shared {
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Waits (the caller has released the GIL) for the next request; `None` tells the thread to end.
-    fn next_request(&self) -> Option<Request> {
+    /// Waits (the caller has released the GIL) for the next request; `None` tells the thread
+    /// to end. `finished` says the thread has just finished one.
+    fn next_request(&self, slot: &WorkerSlot, finished: bool) -> Option<Request> {
         let mut queue = self.lock();
+        if finished {
+            queue.running -= 1;
+            queue.completed += 1;
+            slot.set(IDLE);
+        }
         loop {
             let was_full = queue.pending.len() >= self.queue_limit;
-            if let Some((request, _)) = queue.pending.pop_front() {
-                if was_full {
-                    // The loop stopped taking requests at the limit: tell it there is room.
-                    queue.refused_since = None;
-                    drop(queue);
-                    let waker = self.loop_waker.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                    if let Some(waker) = waker {
-                        waker.wake();
+            if queue.running < queue.allowed {
+                if let Some((request, _)) = queue.pending.pop_front() {
+                    queue.running += 1;
+                    slot.set(RUNNING);
+                    let wake_monitor = queue.running > 1 && queue.monitor_parked;
+                    if wake_monitor {
+                        queue.monitor_parked = false;
                     }
+                    if was_full {
+                        // The loop stopped taking requests at the limit: tell it there is room.
+                        queue.refused_since = None;
+                    }
+                    drop(queue);
+                    if wake_monitor {
+                        self.monitor.notify_one();
+                    }
+                    if was_full {
+                        let waker = self.loop_waker.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                        if let Some(waker) = waker {
+                            waker.wake();
+                        }
+                    }
+                    return Some(request);
                 }
-                return Some(request);
             }
-            if queue.stopping {
-                queue.threads -= 1;
-                return None;
+            if queue.pending.is_empty() {
+                queue.emptied += 1;
+                if queue.stopping {
+                    queue.threads -= 1;
+                    return None;
+                }
             }
             queue.idle += 1;
             let (guard, waited) = self
@@ -256,14 +336,285 @@ impl Shared {
             }
         }
     }
+
+    /// Starts one more worker thread (the caller holds the queue lock and has checked the maximum).
+    fn spawn_worker(self: &Arc<Self>, queue: &mut Queue) {
+        queue.threads += 1;
+        let shared = Arc::clone(self);
+        // Python code may recurse deeply; give it the stack a Python thread would get.
+        let spawned = thread::Builder::new()
+            .name("wsgi-worker".into())
+            .stack_size(8 << 20)
+            .spawn(move || worker_main(shared));
+        if let Err(e) = spawned {
+            queue.threads -= 1;
+            crate::error!("server", "cannot start a worker thread: {e}");
+        }
+    }
+
+    /// Gets waiting requests going up to the allowed number: wakes idle threads, starts new ones.
+    fn fill(self: &Arc<Self>, queue: &mut Queue) {
+        let want = queue
+            .pending
+            .len()
+            .min(queue.allowed.saturating_sub(queue.running));
+        for _ in queue.idle..want {
+            if queue.threads >= self.max_threads {
+                break;
+            }
+            self.spawn_worker(queue);
+        }
+        for _ in 0..want.min(queue.idle) {
+            self.work.notify_one();
+        }
+    }
+
+    /// One look at the running requests (see [`Census`]) and the change of the allowed number
+    /// it calls for. `backlog` says requests have waited for the whole last tick; `stalled`
+    /// that none finished for [`STALL`] meanwhile; `contended` that the last two looks found
+    /// several running requests wanting the GIL.
+    fn adjust(self: &Arc<Self>, backlog: bool, stalled: bool, contended: bool, census: Census) {
+        let mut queue = self.lock();
+        let before = queue.allowed;
+        let why = if backlog && census.wanting_gil() == 0 {
+            // Every running request waits outside Python: the GIL is idle while work waits.
+            queue.allowed = (queue.allowed * 2).min(self.max_threads);
+            "every running request is blocked outside Python"
+        } else if backlog && stalled && census.computing == 0 {
+            // Running requests wait on locks (the GIL's or the app's, they look alike from
+            // here) and none finishes: one more, in case they wait for a request still queued.
+            queue.allowed = (queue.allowed + 1).min(self.max_threads);
+            "the running requests wait on locks and none has finished for a while"
+        } else if contended && census.computing > 0 {
+            // One computes and others queue for the GIL (app locks show no one computing):
+            // let as many run as are blocked, plus one.
+            queue.allowed = (census.blocked + 1).clamp(1, queue.allowed);
+            "running requests queue for the GIL"
+        } else {
+            return;
+        };
+        if queue.allowed != before {
+            crate::debug!(
+                "server",
+                "{why} ({} computing, {} on a lock, {} blocked): up to {} requests may run at once",
+                census.computing,
+                census.locked,
+                census.blocked,
+                queue.allowed
+            );
+        }
+        if queue.allowed > before {
+            self.fill(&mut queue);
+        }
+    }
+
+    /// What the running workers are doing now.
+    fn census(&self) -> Census {
+        let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let mut census = Census::default();
+        for slot in slots.iter() {
+            match slot.state.load(Ordering::Relaxed) {
+                RUNNING => match slot.activity() {
+                    Activity::Computing => census.computing += 1,
+                    Activity::Lock => census.locked += 1,
+                    Activity::Blocked => census.blocked += 1,
+                },
+                WAITING => census.blocked += 1,
+                _ => {}
+            }
+        }
+        census
+    }
+}
+
+/// How often the monitor looks while requests wait for a thread.
+const TICK: Duration = Duration::from_millis(5);
+/// Quiet ticks (no backlog, at most one request running) before the monitor parks.
+const QUIET_TICKS: u32 = 20;
+/// Ticks between two looks for GIL contention while several requests run.
+const CONTENTION_EVERY: u32 = 2;
+/// A backlog during which no request finished for this long may get one more thread even
+/// when the running requests seem to wait for the GIL (they may wait on an app lock).
+const STALL: Duration = Duration::from_millis(50);
+
+fn monitor_main(shared: &Arc<Shared>) {
+    let mut quiet = 0u32;
+    let mut tick = 0u32;
+    let mut last_completion = Instant::now();
+    // GIL contention seen at the last look: only contention seen twice in a row shrinks.
+    let mut contended = false;
+    loop {
+        let (emptied, completed) = {
+            let mut queue = shared.lock();
+            loop {
+                if queue.stopping {
+                    return;
+                }
+                if quiet < QUIET_TICKS || queue.backlogged() || queue.running > 1 {
+                    break;
+                }
+                queue.monitor_parked = true;
+                queue = shared.monitor.wait(queue).unwrap_or_else(|e| e.into_inner());
+                quiet = 0;
+            }
+            (queue.emptied, queue.completed)
+        };
+        thread::sleep(TICK);
+        tick = tick.wrapping_add(1);
+        let (backlog, contention_check) = {
+            let mut queue = shared.lock();
+            if queue.completed != completed {
+                last_completion = Instant::now();
+            }
+            let backlog = queue.backlogged() && queue.emptied == emptied;
+            if queue.running == 0 && queue.pending.is_empty() {
+                // A lull: whatever blocked before may not come back; start again from one.
+                queue.allowed = 1;
+            }
+            if queue.backlogged() || queue.running > 1 {
+                quiet = 0;
+            } else {
+                quiet += 1;
+            }
+            (backlog, queue.running > 1 && tick % CONTENTION_EVERY == 0)
+        };
+        if backlog || contention_check {
+            let stalled = last_completion.elapsed() >= STALL;
+            let census = shared.census();
+            let seen_twice = contended && census.wanting_gil() >= 2;
+            if contention_check {
+                contended = census.wanting_gil() >= 2;
+            }
+            shared.adjust(backlog, stalled, seen_twice, census);
+            if stalled {
+                last_completion = Instant::now();
+            }
+        }
+    }
+}
+
+/// What a worker thread is doing, as the monitor sees it.
+const IDLE: u8 = 0;
+const RUNNING: u8 = 1;
+/// Running a request, but waiting for its client to take output (without the GIL).
+const WAITING: u8 = 2;
+
+/// A worker thread as the monitor sees it.
+struct WorkerSlot {
+    state: AtomicU8,
+    /// The thread's id, as the kernel knows it.
+    tid: libc::pid_t,
+    /// The thread's `/proc/self/task/TID/syscall` (what it is blocked in, if anything), opened
+    /// at the monitor's first look. None where there is no such file: the thread then always
+    /// counts as computing, and requests run one at a time unless they block in our waits.
+    syscall: std::sync::OnceLock<Option<File>>,
+}
+
+/// Where a running worker is, from its system call.
+enum Activity {
+    /// On a CPU or ready for one.
+    Computing,
+    /// Waiting on a lock: the GIL, most likely.
+    Lock,
+    /// In any other blocking call: sleep, socket, pipe, disk.
+    Blocked,
+}
+
+#[derive(Default, Debug, Clone, Copy)]
+struct Census {
+    computing: usize,
+    locked: usize,
+    blocked: usize,
+}
+
+impl Census {
+    fn wanting_gil(&self) -> usize {
+        self.computing + self.locked
+    }
+}
+
+impl WorkerSlot {
+    fn for_current_thread() -> WorkerSlot {
+        WorkerSlot {
+            state: AtomicU8::new(IDLE),
+            // SAFETY: gettid has no preconditions.
+            tid: unsafe { libc::gettid() },
+            syscall: std::sync::OnceLock::new(),
+        }
+    }
+
+    fn set(&self, state: u8) {
+        self.state.store(state, Ordering::Relaxed);
+    }
+
+    fn activity(&self) -> Activity {
+        let file = self
+            .syscall
+            .get_or_init(|| File::open(format!("/proc/self/task/{}/syscall", self.tid)).ok());
+        let Some(file) = file else {
+            return Activity::Computing;
+        };
+        let mut text = [0u8; 32];
+        let n = match file.read_at(&mut text, 0) {
+            Ok(n) => n,
+            Err(_) => return Activity::Computing,
+        };
+        classify_syscall(&text[..n])
+    }
+}
+
+/// Reads the first field of a `/proc/.../syscall` line: "running", "-1" (not in a system
+/// call) or the number of the call the thread is blocked in.
+fn classify_syscall(line: &[u8]) -> Activity {
+    let first = line.split(|b| b.is_ascii_whitespace()).next().unwrap_or(b"");
+    match std::str::from_utf8(first)
+        .ok()
+        .and_then(|f| f.parse::<libc::c_long>().ok())
+    {
+        Some(libc::SYS_futex) => Activity::Lock,
+        Some(n) if n >= 0 => Activity::Blocked,
+        _ => Activity::Computing,
+    }
+}
+
+thread_local! {
+    static CURRENT_SLOT: std::cell::RefCell<Option<Arc<WorkerSlot>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `wait`, a wait for the client made without the GIL, with the calling worker counted
+/// as blocked, so the pool may let another request run meanwhile.
+pub fn waiting_on_client<R>(wait: impl FnOnce() -> R) -> R {
+    let slot = CURRENT_SLOT.with(|slot| slot.borrow().clone());
+    if let Some(slot) = &slot {
+        slot.set(WAITING);
+    }
+    let result = wait();
+    if let Some(slot) = &slot {
+        slot.set(RUNNING);
+    }
+    result
 }
 
 fn worker_main(shared: Arc<Shared>) {
+    let slot = Arc::new(WorkerSlot::for_current_thread());
+    shared
+        .slots
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(Arc::clone(&slot));
+    CURRENT_SLOT.with(|current| *current.borrow_mut() = Some(Arc::clone(&slot)));
     Python::attach(|py| {
-        while let Some(request) = py.detach(|| shared.next_request()) {
+        let mut finished = false;
+        while let Some(request) = py.detach(|| shared.next_request(&slot, finished)) {
             shared.handler.handle(py, request);
+            finished = true;
         }
     });
+    shared
+        .slots
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|s| !Arc::ptr_eq(s, &slot));
 }
 
 /// Aborts the process (so a supervisor restarts it) when requests stop getting through.
@@ -323,21 +674,20 @@ impl Dispatcher for WorkerPool {
             return Err(request);
         }
         queue.pending.push_back((request, Instant::now()));
-        if queue.pending.len() > queue.idle && queue.threads < self.shared.max_threads {
-            queue.threads += 1;
-            let shared = Arc::clone(&self.shared);
-            // Python code may recurse deeply; give it the stack a Python thread would get.
-            let spawned = thread::Builder::new()
-                .name("wsgi-worker".into())
-                .stack_size(8 << 20)
-                .spawn(move || worker_main(shared));
-            if let Err(e) = spawned {
-                queue.threads -= 1;
-                crate::error!("server", "cannot start a worker thread: {e}");
+        if queue.pending.len() <= queue.allowed.saturating_sub(queue.running) {
+            // It can run now: no backlog. A busy worker would take it only after its request.
+            queue.emptied += 1;
+            if queue.idle >= queue.pending.len() || queue.threads >= self.shared.max_threads {
+                drop(queue);
+                self.shared.work.notify_one();
+            } else {
+                self.shared.spawn_worker(&mut queue);
             }
+        } else if queue.monitor_parked {
+            queue.monitor_parked = false;
+            drop(queue);
+            self.shared.monitor.notify_one();
         }
-        drop(queue);
-        self.shared.work.notify_one();
         Ok(())
     }
 
@@ -364,6 +714,7 @@ impl Drop for WorkerPool {
     fn drop(&mut self) {
         self.shared.lock().stopping = true;
         self.shared.work.notify_all();
+        self.shared.monitor.notify_all();
     }
 }
 
@@ -412,6 +763,28 @@ mod tests {
         );
         assert_eq!(Model::parse("rplex:max=9").unwrap(), Model::Rplex { max: 9 });
         assert_eq!(Model::parse("single").unwrap(), Model::Single);
+    }
+
+    #[test]
+    fn system_calls_tell_computing_from_locked_from_blocked() {
+        let futex = format!("{} 0x7f 0x89 0x0\n", libc::SYS_futex);
+        let sleep = format!("{} 0x1 0x1 0x7ff\n", libc::SYS_clock_nanosleep);
+        let cases: [(&[u8], &str); 6] = [
+            (b"running\n", "computing"),
+            (b"-1 0x7ffd 0x7f12\n", "computing"),
+            (futex.as_bytes(), "lock"),
+            (sleep.as_bytes(), "blocked"),
+            (b"0 0x5 0x7ff 0x10000\n", "blocked"),
+            (b"", "computing"),
+        ];
+        for (line, want) in cases {
+            let got = match classify_syscall(line) {
+                Activity::Computing => "computing",
+                Activity::Lock => "lock",
+                Activity::Blocked => "blocked",
+            };
+            assert_eq!(got, want, "{:?}", String::from_utf8_lossy(line));
+        }
     }
 
     #[test]

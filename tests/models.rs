@@ -53,6 +53,40 @@ fn free_runs_fifty_sleeping_requests_at_once() {
     assert!(peak(&server) >= 20, "too little concurrency under free");
 }
 
+/// Requests that compute share one GIL: running them side by side only adds hand-offs, so
+/// `free` settles to about one at a time, and goes back to many at once when requests block.
+#[test]
+fn free_runs_computing_requests_one_at_a_time_and_blocking_ones_together() {
+    let server = start("free", &[]);
+    for round in 0..2 {
+        if round > 0 {
+            // Right after the sleeping ones many may run; within a few ticks it settles.
+            concurrent(&server, 16, "/spin?s=0.02");
+        }
+        peak(&server);
+        concurrent(&server, 16, "/spin?s=0.02");
+        let computing = peak(&server);
+        assert!(
+            computing <= 4,
+            "round {round}: {computing} computing requests ran at once (16 sent)"
+        );
+        let threads = proc_threads(server.pid());
+        if round == 0 {
+            // The loop, the monitor, a worker or two: not a thread per request.
+            assert!(threads <= 8, "{threads} threads after 16 computing requests");
+        }
+        let took = concurrent(&server, 40, "/sleep?s=0.2");
+        assert!(
+            took < Duration::from_secs(3),
+            "round {round}: 40 x 0.2 s of sleep took {took:?}"
+        );
+        assert!(
+            peak(&server) >= 16,
+            "round {round}: sleeping requests did not overlap"
+        );
+    }
+}
+
 #[test]
 fn pool_max_50_runs_fifty_sleeping_requests_at_once() {
     let server = start("pool:max=50", &[]);

@@ -1,6 +1,7 @@
 """Test app for the handling models, flow control and limits (tests/models.rs, tests/limits.rs).
 
 /sleep?s=0.2       sleeps, counting how many requests run at once
+/spin?s=0.02       computes (holds the GIL) that long, counted like /sleep
 /stats             the most that ran at once since the last /stats?reset=1
 /big?mib=50        a generator of 64 KiB chunks; its close() logs how far it got
 /write             answers through the write() callable
@@ -62,6 +63,19 @@ def application(environ, start_response):
                 _running -= 1
         start_response("200 OK", [("Content-Type", "text/plain")])
         return [b"slept\n"]
+    if path == "/spin":
+        with _lock:
+            _running += 1
+            _peak = max(_peak, _running)
+        try:
+            until = time.perf_counter() + _param(environ, "s", 0.02)
+            while time.perf_counter() < until:
+                pass
+        finally:
+            with _lock:
+                _running -= 1
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"spun\n"]
     if path == "/stats":
         with _lock:
             peak = _peak
