@@ -7,7 +7,7 @@
 
 use std::collections::VecDeque;
 use std::fs::File;
-use std::os::unix::fs::FileExt;
+use std::io::Read;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
@@ -476,7 +476,9 @@ fn monitor_main(shared: &Arc<Shared>) {
             } else {
                 quiet += 1;
             }
-            (backlog, queue.running > 1 && tick % CONTENTION_EVERY == 0)
+            // Each look reads a file per running request: look less often when many run.
+            let every = CONTENTION_EVERY * (queue.running as u32 / 8).max(1);
+            (backlog, queue.running > 1 && tick % every == 0)
         };
         if backlog || contention_check {
             let stalled = last_completion.elapsed() >= STALL;
@@ -504,10 +506,6 @@ struct WorkerSlot {
     state: AtomicU8,
     /// The thread's id, as the kernel knows it.
     tid: libc::pid_t,
-    /// The thread's `/proc/self/task/TID/syscall` (what it is blocked in, if anything), opened
-    /// at the monitor's first look. None where there is no such file: the thread then always
-    /// counts as computing, and requests run one at a time unless they block in our waits.
-    syscall: std::sync::OnceLock<Option<File>>,
 }
 
 /// Where a running worker is, from its system call.
@@ -539,7 +537,6 @@ impl WorkerSlot {
             state: AtomicU8::new(IDLE),
             // SAFETY: gettid has no preconditions.
             tid: unsafe { libc::gettid() },
-            syscall: std::sync::OnceLock::new(),
         }
     }
 
@@ -548,18 +545,17 @@ impl WorkerSlot {
     }
 
     fn activity(&self) -> Activity {
-        let file = self
-            .syscall
-            .get_or_init(|| File::open(format!("/proc/self/task/{}/syscall", self.tid)).ok());
-        let Some(file) = file else {
+        // Opened for each look rather than kept: the server's descriptors stay its sockets and
+        // files. Where there is no such file, the thread counts as computing, so requests run
+        // one at a time unless they wait in our own waits (see `waiting_on_client`).
+        let Ok(mut file) = File::open(format!("/proc/self/task/{}/syscall", self.tid)) else {
             return Activity::Computing;
         };
         let mut text = [0u8; 32];
-        let n = match file.read_at(&mut text, 0) {
-            Ok(n) => n,
-            Err(_) => return Activity::Computing,
-        };
-        classify_syscall(&text[..n])
+        match file.read(&mut text) {
+            Ok(n) => classify_syscall(&text[..n]),
+            Err(_) => Activity::Computing,
+        }
     }
 }
 

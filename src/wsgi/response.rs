@@ -99,7 +99,9 @@ impl ResponseState {
         }
         if self.outbox.is_full() && !self.multiplexed {
             let outbox = Arc::clone(&self.outbox);
-            py.detach(move || outbox.wait_for_room()).map_err(client_gone)?;
+            // Counted as blocked, so the pool may run another request meanwhile.
+            py.detach(move || crate::handling::waiting_on_client(|| outbox.wait_for_room()))
+                .map_err(client_gone)?;
         }
         Ok(())
     }
