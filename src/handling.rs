@@ -371,12 +371,21 @@ impl Shared {
 
     /// One look at the running requests (see [`Census`]) and the change of the allowed number
     /// it calls for. `backlog` says requests have waited for the whole last tick; `stalled`
-    /// that none finished for [`STALL`] meanwhile; `contended` that the last two looks found
-    /// several running requests wanting the GIL.
-    fn adjust(self: &Arc<Self>, backlog: bool, stalled: bool, contended: bool, census: Census) {
+    /// that none finished for [`STALL`] meanwhile; `gil_idle` that this look and the one
+    /// before (both in a backlog) found no running request wanting the GIL; `contended` that
+    /// the last two looks found several wanting it. Two looks, not one: a request that
+    /// computes is now and then caught inside a quick system call (its response's send).
+    fn adjust(
+        self: &Arc<Self>,
+        backlog: bool,
+        stalled: bool,
+        gil_idle: bool,
+        contended: bool,
+        census: Census,
+    ) {
         let mut queue = self.lock();
         let before = queue.allowed;
-        let why = if backlog && census.wanting_gil() == 0 {
+        let why = if gil_idle {
             // Every running request waits outside Python: the GIL is idle while work waits.
             queue.allowed = (queue.allowed * 2).min(self.max_threads);
             "every running request is blocked outside Python"
@@ -441,8 +450,9 @@ fn monitor_main(shared: &Arc<Shared>) {
     let mut quiet = 0u32;
     let mut tick = 0u32;
     let mut last_completion = Instant::now();
-    // GIL contention seen at the last look: only contention seen twice in a row shrinks.
+    // What the last look found: only what two looks in a row find changes anything.
     let mut contended = false;
+    let mut gil_idle = false;
     loop {
         let (emptied, completed) = {
             let mut queue = shared.lock();
@@ -487,10 +497,15 @@ fn monitor_main(shared: &Arc<Shared>) {
             if contention_check {
                 contended = census.wanting_gil() >= 2;
             }
-            shared.adjust(backlog, stalled, seen_twice, census);
+            let idle_now = backlog && census.wanting_gil() == 0;
+            let idle_twice = gil_idle && idle_now;
+            gil_idle = idle_now;
+            shared.adjust(backlog, stalled, idle_twice, seen_twice, census);
             if stalled {
                 last_completion = Instant::now();
             }
+        } else {
+            gil_idle = false;
         }
     }
 }
