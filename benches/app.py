@@ -1,6 +1,7 @@
 """The benchmark app, served alike by every Python server in the run (see benches/run).
 
-Routes: /hello (14 bytes), /big (100 KiB), /echo (the request body back), /sleep (10 ms, then hello).
+Routes: /hello (14 bytes), /big (100 KiB), /echo (the request body back), /sleep (10 ms, then
+hello), /cpu (1 ms of computing, then hello).
 """
 
 import time
@@ -18,6 +19,11 @@ def application(environ, start_response):
     elif path == "/echo":
         length = int(environ.get("CONTENT_LENGTH") or 0)
         body = environ["wsgi.input"].read(length)
+    elif path == "/cpu":
+        until = time.perf_counter() + 0.001
+        while time.perf_counter() < until:
+            pass
+        body = HELLO
     elif path == "/sleep":
         time.sleep(0.01)
         body = HELLO

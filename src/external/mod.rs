@@ -822,7 +822,14 @@ impl Dispatcher for ExternalDispatcher {
     }
 
     fn has_room(&self) -> bool {
-        self.shared.lock().queue.len() < self.shared.queue_limit
+        let mut state = self.shared.lock();
+        let room = state.queue.len() < self.shared.queue_limit;
+        if !room {
+            // The loop asks when it has a connection to take: that one is now kept waiting
+            // (pool's abort= counts from here, as in the embedded mode).
+            state.refused_since.get_or_insert_with(Instant::now);
+        }
+        room
     }
 
     fn queue_limit(&self) -> usize {
