@@ -157,6 +157,9 @@ struct Queue {
     emptied: u64,
     /// The monitor sleeps until a backlog or concurrent requests call for it.
     monitor_parked: bool,
+    /// The loop left a connection to sibling processes because every worker was busy: wake
+    /// it when one takes the next request.
+    declined: bool,
     stopping: bool,
     /// Since when the loop has held a request the full queue refused (pool's `abort=`).
     refused_since: Option<Instant>,
@@ -189,6 +192,8 @@ struct Shared {
     handler: Arc<dyn RequestHandler>,
     /// Wakes the event loop when a full queue gets room again.
     loop_waker: Mutex<Option<Arc<Notifier>>>,
+    /// Other processes accept from the same listening socket.
+    shared_listener: bool,
     /// Every live worker thread, for the monitor's census.
     slots: Mutex<Vec<Arc<WorkerSlot>>>,
 }
@@ -206,8 +211,15 @@ pub struct WorkerPool {
 
 impl WorkerPool {
     /// A pool shaped by `model`, running `handler`; at most `max_queue` requests wait for a
-    /// thread (pool uses its own `queue=` instead). Threads start on demand.
-    pub fn new(model: &Model, handler: Arc<dyn RequestHandler>, max_queue: usize) -> WorkerPool {
+    /// thread (pool uses its own `queue=` instead). Threads start on demand. With
+    /// `shared_listener` (other processes accept from the same socket) the loop takes a new
+    /// connection only while fewer than one request waits for the running ones.
+    pub fn new(
+        model: &Model,
+        handler: Arc<dyn RequestHandler>,
+        max_queue: usize,
+        shared_listener: bool,
+    ) -> WorkerPool {
         let (max_threads, queue_limit) = match *model {
             Model::Free { max, .. } => (max, max_queue),
             Model::Pool { max, queue, .. } => (max, queue),
@@ -225,6 +237,7 @@ impl WorkerPool {
                 completed: 0,
                 emptied: 0,
                 monitor_parked: false,
+                declined: false,
                 stopping: false,
                 refused_since: None,
             }),
@@ -235,6 +248,7 @@ impl WorkerPool {
             idle_retire: Duration::from_secs(60),
             handler,
             loop_waker: Mutex::new(None),
+            shared_listener,
             slots: Mutex::new(Vec::new()),
         });
         if max_threads > 1 {
@@ -303,21 +317,24 @@ impl Shared {
                         // The loop stopped taking requests at the limit: tell it there is room.
                         queue.refused_since = None;
                     }
+                    let wake_loop = was_full || std::mem::take(&mut queue.declined);
                     drop(queue);
                     if wake_monitor {
                         self.monitor.notify_one();
                     }
-                    if was_full {
-                        let waker = self.loop_waker.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                        if let Some(waker) = waker {
-                            waker.wake();
-                        }
+                    if wake_loop {
+                        self.wake_loop();
                     }
                     return Some(request);
                 }
             }
             if queue.pending.is_empty() {
                 queue.emptied += 1;
+                if std::mem::take(&mut queue.declined) {
+                    // The loop left connections to sibling processes while this one was busy:
+                    // it is free now.
+                    self.wake_loop();
+                }
                 if queue.stopping {
                     queue.threads -= 1;
                     return None;
@@ -334,6 +351,14 @@ impl Shared {
                 queue.threads -= 1;
                 return None;
             }
+        }
+    }
+
+    /// Wakes the event loop so that it takes connections again.
+    fn wake_loop(&self) {
+        let waker = self.loop_waker.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(waker) = waker {
+            waker.wake();
         }
     }
 
@@ -710,6 +735,21 @@ impl Dispatcher for WorkerPool {
             queue.refused_since.get_or_insert_with(Instant::now);
         }
         room
+    }
+
+    fn wants_more(&self, incoming: usize) -> bool {
+        if !self.shared.shared_listener {
+            return true;
+        }
+        let mut queue = self.shared.lock();
+        // Enough to keep the workers going, and one ready for the next free one; a sibling
+        // takes the rest.
+        let free = queue.allowed.saturating_sub(queue.running);
+        let wants = queue.pending.len() + incoming <= free;
+        if !wants {
+            queue.declined = true;
+        }
+        wants
     }
 
     fn queue_limit(&self) -> usize {

@@ -182,7 +182,12 @@ fn run_server(config: Config, listener: Listener, signals: Option<SignalPipe>) -
         Some(watch) => Arc::new(watchdog::Watchdog::new(Arc::new(handler), watch)),
         None => Arc::new(handler),
     };
-    let pool = WorkerPool::new(&config.model, handler, config.limits.max_queue);
+    let pool = WorkerPool::new(
+        &config.model,
+        handler,
+        config.limits.max_queue,
+        config.process.processes > 1,
+    );
     let exit = serve(config, listener, signals, pool);
     // Let the app's atexit handlers run and its output reach the streams.
     Python::attach(|py| {

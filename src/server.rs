@@ -272,6 +272,7 @@ impl<D: Dispatcher> Server<D> {
     fn accept_all(&mut self) {
         self.accept_pending = false;
         let Some(listener) = &self.listener else { return };
+        let mut accepted = 0;
         loop {
             if self.conns.len() >= self.limits.max_connections {
                 // Leave the rest in the kernel's backlog until a slot frees up.
@@ -289,6 +290,11 @@ impl<D: Dispatcher> Server<D> {
                 // Requests already wait for a worker: let new ones wait in the backlog.
                 self.accept_pending = true;
                 self.log_queue_full();
+                return;
+            }
+            if !self.dispatcher.wants_more(accepted) {
+                // Busy, and other processes share the listener: leave it to one of them.
+                self.accept_pending = true;
                 return;
             }
             match listener.accept() {
@@ -311,6 +317,7 @@ impl<D: Dispatcher> Server<D> {
                     }
                     self.timers
                         .push(Reverse((now + self.limits.head_timeout, key, serial)));
+                    accepted += 1;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     if let Some(starved) = self.accept_starved.take().filter(|s| s.warned) {

@@ -177,6 +177,32 @@ fn workers_share_the_socket_and_say_multiprocess() {
     assert!(workers(&single).is_empty());
 }
 
+/// A process whose workers are busy leaves new connections to its siblings: requests that
+/// compute are spread over both processes, not queued behind one of them.
+#[test]
+fn busy_workers_leave_new_connections_to_their_siblings() {
+    if external_interpreter().is_some() {
+        // The external mode's worker takes up to `max` requests at once in each process.
+        return;
+    }
+    let apps = apps_dir_str();
+    let server = Server::start(&["--processes", "2", "-p", &apps, "-A", "procapp"]);
+    let pids = wait_for_workers(&server, 2, &[]);
+    let served: Vec<u32> = thread::scope(|s| {
+        let handles: Vec<_> = (0..24)
+            .map(|_| s.spawn(|| pid_of(&server.get("/spin?0.02"))))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for pid in &pids {
+        let count = served.iter().filter(|p| *p == pid).count();
+        assert!(
+            count >= 6,
+            "worker {pid} served {count} of 24 computing requests: {served:?}"
+        );
+    }
+}
+
 #[test]
 fn every_listener_kind_is_shared() {
     let apps = apps_dir_str();

@@ -1,4 +1,4 @@
-"""Test app for worker processes: reports its pid and identity, sleeps, hangs."""
+"""Test app for worker processes: reports its pid and identity, sleeps, computes, hangs."""
 
 import os
 import sys
@@ -22,6 +22,11 @@ def application(environ, start_response):
         print("sleeping in", os.getpid(), file=sys.stderr, flush=True)
         time.sleep(float(query or "0.5"))
         body = b"slept " + str(os.getpid()).encode()
+    elif path == "/spin":
+        until = time.perf_counter() + float(query or "0.02")
+        while time.perf_counter() < until:
+            pass
+        body = str(os.getpid()).encode()
     elif path == "/hang":
         print("hanging in", os.getpid(), file=sys.stderr, flush=True)
         time.sleep(60)
