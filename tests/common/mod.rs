@@ -845,7 +845,14 @@ impl Server {
                 }
                 let (_, end) = probe.read_until_eof(left.min(Duration::from_millis(100)));
                 match end {
-                    ReadEnd::Eof | ReadEnd::Reset => return Ok(()),
+                    ReadEnd::Eof => return Ok(()),
+                    // A reset also comes from a server that died with the probe in its backlog.
+                    ReadEnd::Reset => {
+                        return match self.child.try_wait().expect("try_wait") {
+                            Some(status) => Err(NotReady::Exited(status)),
+                            None => Ok(()),
+                        }
+                    }
                     ReadEnd::TimedOut => {
                         if let Some(status) = self.child.try_wait().expect("try_wait") {
                             return Err(NotReady::Exited(status));
