@@ -282,11 +282,6 @@ impl WorkerPool {
     pub fn threads(&self) -> usize {
         self.shared.lock().threads
     }
-
-    /// How many requests may run at once now.
-    pub fn allowed(&self) -> usize {
-        self.shared.lock().allowed
-    }
 }
 
 impl Shared {
