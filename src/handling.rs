@@ -410,9 +410,9 @@ impl Shared {
             queue.allowed = (queue.allowed * 2).min(self.max_threads);
             "every running request is blocked outside Python"
         } else if backlog && stalled && census.computing == 0 {
-            // Running requests wait on locks (the GIL's or the app's, they look alike from
-            // here) and none finishes: one more, in case they wait for a request still queued.
-            queue.allowed = (queue.allowed + 1).min(self.max_threads);
+            // Running requests wait on locks and none computes, so nobody holds the GIL: they
+            // wait on the app's locks (long polls, pools), maybe for a request still queued.
+            queue.allowed = (queue.allowed * 2).min(self.max_threads);
             "the running requests wait on locks and none has finished for a while"
         } else if contended && census.computing > 0 {
             // One computes and others queue for the GIL (app locks show no one computing):
@@ -462,8 +462,9 @@ const TICK: Duration = Duration::from_millis(5);
 const QUIET_TICKS: u32 = 20;
 /// Ticks between two looks for GIL contention while several requests run.
 const CONTENTION_EVERY: u32 = 2;
-/// A backlog during which no request finished for this long may get one more thread even
-/// when the running requests seem to wait for the GIL (they may wait on an app lock).
+/// A backlog during which no request finished for this long, with no running request
+/// computing, gets more threads although the running ones seem to wait for the GIL (they
+/// wait on an app's lock: a GIL holder would be computing).
 const STALL: Duration = Duration::from_millis(50);
 
 fn monitor_main(shared: &Arc<Shared>) {

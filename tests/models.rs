@@ -102,6 +102,27 @@ fn free_runs_computing_requests_one_at_a_time_and_blocking_ones_together() {
     }
 }
 
+/// Requests that wait on the app's own locks (a long poll) look like requests waiting for the
+/// GIL from outside, but nobody computes: more run until the one that releases them does.
+#[test]
+fn free_runs_long_polls_until_the_request_that_ends_them() {
+    let server = start("free", &[]);
+    let started = Instant::now();
+    thread::scope(|scope| {
+        let polls: Vec<_> = (0..40).map(|_| scope.spawn(|| server.get("/poll"))).collect();
+        // Queued behind the 40 polls: it runs only once they all have a thread.
+        assert_eq!(server.get("/release").text(), "set\n");
+        for poll in polls {
+            assert_eq!(poll.join().expect("poll thread").text(), "released\n");
+        }
+    });
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "40 long polls and their release took {took:?}"
+    );
+}
+
 #[test]
 fn pool_max_50_runs_fifty_sleeping_requests_at_once() {
     let server = start("pool:max=50", &[]);

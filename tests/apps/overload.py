@@ -1,6 +1,8 @@
 """Test app for the handling models, flow control and limits (tests/models.rs, tests/limits.rs).
 
 /sleep?s=0.2       sleeps, counting how many requests run at once
+/poll              waits (up to 20 s) on an event that /release sets: a long poll
+/release           sets that event
 /spin?s=0.02       computes (holds the GIL) that long, counted like /sleep
 /stats             the most that ran at once since the last /stats?reset=1
 /big?mib=50        a generator of 64 KiB chunks; its close() logs how far it got
@@ -20,6 +22,7 @@ _lock = threading.Lock()
 _running = 0
 _peak = 0
 CHUNK = 64 * 1024
+_release = threading.Event()
 
 
 def _param(environ, name, default):
@@ -63,6 +66,14 @@ def application(environ, start_response):
                 _running -= 1
         start_response("200 OK", [("Content-Type", "text/plain")])
         return [b"slept\n"]
+    if path == "/poll":
+        woken = _release.wait(20)
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"released\n" if woken else b"timed out\n"]
+    if path == "/release":
+        _release.set()
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"set\n"]
     if path == "/spin":
         with _lock:
             _running += 1
