@@ -414,6 +414,12 @@ impl Shared {
             // wait on the app's locks (long polls, pools), maybe for a request still queued.
             queue.allowed = (queue.allowed * 2).min(self.max_threads);
             "the running requests wait on locks and none has finished for a while"
+        } else if backlog && stalled {
+            // One computes and has for a while: let one more run beside it, sharing the GIL
+            // (Python switches every 5 ms), so a long computation does not hold up short
+            // requests until it ends.
+            queue.allowed = (queue.allowed + 1).min(self.max_threads);
+            "a running request has computed for a while with requests waiting"
         } else if contended && census.computing > 0 {
             // One computes and others queue for the GIL (app locks show no one computing):
             // let as many run as are blocked, plus one.
@@ -462,9 +468,9 @@ const TICK: Duration = Duration::from_millis(5);
 const QUIET_TICKS: u32 = 20;
 /// Ticks between two looks for GIL contention while several requests run.
 const CONTENTION_EVERY: u32 = 2;
-/// A backlog during which no request finished for this long, with no running request
-/// computing, gets more threads although the running ones seem to wait for the GIL (they
-/// wait on an app's lock: a GIL holder would be computing).
+/// A backlog during which no request finished for this long gets more threads: twice as
+/// many when none computes (the running ones wait on an app's locks: a GIL holder would be
+/// computing), one more when one does (so that it shares the GIL with a waiting request).
 const STALL: Duration = Duration::from_millis(50);
 
 fn monitor_main(shared: &Arc<Shared>) {

@@ -123,6 +123,31 @@ fn free_runs_long_polls_until_the_request_that_ends_them() {
     );
 }
 
+/// A request that computes for long does not hold up short ones until it ends: after a
+/// while one more runs beside it, sharing the GIL.
+#[test]
+fn a_long_computation_does_not_hold_up_short_requests() {
+    let server = start("free", &[]);
+    thread::scope(|scope| {
+        let long = scope.spawn(|| server.get("/spin?s=3"));
+        // Until it runs, the short ones could run first anyway.
+        assert!(
+            wait_until(Duration::from_secs(5), || peak(&server) >= 1),
+            "the long request did not start"
+        );
+        for _ in 0..3 {
+            let started = Instant::now();
+            assert_eq!(server.get("/spin?s=0.001").text(), "spun\n");
+            let took = started.elapsed();
+            assert!(
+                took < Duration::from_secs(1),
+                "a 1 ms request took {took:?} beside a 3 s computation"
+            );
+        }
+        assert_eq!(long.join().expect("long request").text(), "spun\n");
+    });
+}
+
 #[test]
 fn pool_max_50_runs_fifty_sleeping_requests_at_once() {
     let server = start("pool:max=50", &[]);
