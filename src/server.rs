@@ -23,6 +23,8 @@ const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX - 2);
 const SIGNALS: Token = Token(usize::MAX - 3);
 
+/// Timer entries allowed beyond twice the live ones before closed connections' are dropped.
+const TIMERS_SLACK: usize = 1024;
 /// How long to stop accepting after the process ran out of file descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -100,6 +102,8 @@ pub struct Server<D: Dispatcher> {
     dispatcher: D,
     limits: Limits,
     timers: BinaryHeap<Reverse<(Instant, usize, u64)>>,
+    /// Size at which the timer heap is cleared of closed connections' entries.
+    timers_compact_at: usize,
     scratch: Vec<u8>,
     next_serial: u64,
     ready: Vec<ConnId>,
@@ -154,6 +158,7 @@ impl<D: Dispatcher> Server<D> {
             dispatcher,
             limits,
             timers: BinaryHeap::new(),
+            timers_compact_at: TIMERS_SLACK,
             scratch: vec![0; 64 * 1024],
             next_serial: 0,
             ready: Vec::with_capacity(64),
@@ -315,8 +320,12 @@ impl<D: Dispatcher> Server<D> {
                         self.conns.remove(key);
                         continue;
                     }
-                    self.timers
-                        .push(Reverse((now + self.limits.head_timeout, key, serial)));
+                    push_timer(
+                        &mut self.timers,
+                        &mut self.timers_compact_at,
+                        (now + self.limits.head_timeout, key, serial),
+                        |k, s| self.conns.get(k).is_some_and(|c| c.serial == s),
+                    );
                     accepted += 1;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -379,7 +388,12 @@ impl<D: Dispatcher> Server<D> {
                     if phase_before == Phase::Head && conn.phase == Phase::Body {
                         let serial = conn.serial;
                         if let Some(deadline) = conn.deadline(&self.limits) {
-                            self.timers.push(Reverse((deadline, key, serial)));
+                            push_timer(
+                                &mut self.timers,
+                                &mut self.timers_compact_at,
+                                (deadline, key, serial),
+                                |k, s| self.conns.get(k).is_some_and(|c| c.serial == s),
+                            );
                         }
                     }
                 }
@@ -504,7 +518,12 @@ impl<D: Dispatcher> Server<D> {
         let deadline = conn.deadline(&self.limits);
         let serial = conn.serial;
         if let Some(t) = deadline {
-            self.timers.push(Reverse((t, key, serial)));
+            push_timer(
+                &mut self.timers,
+                &mut self.timers_compact_at,
+                (t, key, serial),
+                |k, s| self.conns.get(k).is_some_and(|c| c.serial == s),
+            );
         }
         self.pump_output(key);
     }
@@ -546,7 +565,12 @@ impl<D: Dispatcher> Server<D> {
             if !was_blocked || conn.phase == Phase::Closing {
                 let serial = conn.serial;
                 if let Some(t) = conn.deadline(&self.limits) {
-                    self.timers.push(Reverse((t, key, serial)));
+                    push_timer(
+                        &mut self.timers,
+                        &mut self.timers_compact_at,
+                        (t, key, serial),
+                        |k, s| self.conns.get(k).is_some_and(|c| c.serial == s),
+                    );
                 }
             }
             return;
@@ -556,7 +580,12 @@ impl<D: Dispatcher> Server<D> {
                 conn.start_linger();
                 let serial = conn.serial;
                 if let Some(t) = conn.deadline(&self.limits) {
-                    self.timers.push(Reverse((t, key, serial)));
+                    push_timer(
+                        &mut self.timers,
+                        &mut self.timers_compact_at,
+                        (t, key, serial),
+                        |k, s| self.conns.get(k).is_some_and(|c| c.serial == s),
+                    );
                 }
             }
             Some(End::Complete) => self.close(key),
@@ -582,7 +611,12 @@ impl<D: Dispatcher> Server<D> {
             match conn.deadline(&self.limits) {
                 None => continue,
                 Some(deadline) if deadline > now => {
-                    self.timers.push(Reverse((deadline, key, serial)));
+                    push_timer(
+                        &mut self.timers,
+                        &mut self.timers_compact_at,
+                        (deadline, key, serial),
+                        |k, s| self.conns.get(k).is_some_and(|c| c.serial == s),
+                    );
                     continue;
                 }
                 Some(_) => {}
@@ -653,6 +687,23 @@ impl<D: Dispatcher> Server<D> {
     }
 }
 
+/// Adds a timer (deadline, connection key, serial). Entries stay until their time even when
+/// their connection closed first (a head timer per connection: ten seconds of them at
+/// thousands of requests a second), so when they pile up those whose connection is no longer
+/// `live` are dropped, at a cost that amortises to a constant per entry.
+fn push_timer(
+    timers: &mut BinaryHeap<Reverse<(Instant, usize, u64)>>,
+    compact_at: &mut usize,
+    entry: (Instant, usize, u64),
+    live: impl Fn(usize, u64) -> bool,
+) {
+    timers.push(Reverse(entry));
+    if timers.len() >= *compact_at {
+        timers.retain(|Reverse((_, key, serial))| live(*key, *serial));
+        *compact_at = (2 * timers.len()).max(TIMERS_SLACK);
+    }
+}
+
 /// Whether an overload line may be logged now (at most one per [`OVERLOAD_LOG_INTERVAL`]).
 fn overload_log_due(last: &mut Option<Instant>) -> bool {
     let now = Instant::now();
@@ -661,4 +712,32 @@ fn overload_log_due(last: &mut Option<Instant>) -> bool {
     }
     *last = Some(now);
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timers_of_closed_connections_do_not_pile_up() {
+        let mut timers = BinaryHeap::new();
+        let mut compact_at = TIMERS_SLACK;
+        let later = Instant::now() + Duration::from_secs(10);
+        // 100,000 connections come and go (a head timer each); every 1,000th is still open.
+        let live = |key: usize, _serial: u64| key % 1000 == 0;
+        for key in 0..100_000 {
+            push_timer(&mut timers, &mut compact_at, (later, key, key as u64), live);
+            assert!(
+                timers.len() <= 2 * TIMERS_SLACK,
+                "{} entries after {key}",
+                timers.len()
+            );
+        }
+        // The open connections keep their timers.
+        let kept = timers
+            .iter()
+            .filter(|Reverse((_, key, _))| key % 1000 == 0)
+            .count();
+        assert_eq!(kept, 100);
+    }
 }
