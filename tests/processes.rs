@@ -504,14 +504,19 @@ fn a_request_past_the_timeout_gets_504_and_its_worker_is_replaced() {
     let started = Instant::now();
     let addr = server.addr.clone();
     let client = thread::spawn(move || try_get(&addr, "/hang?x=1"));
-    assert!(server.wait_for_log("hanging in", Duration::from_secs(20)));
-    let text = server.stderr_text();
-    let hung: u32 = text
-        .lines()
-        .find_map(|l| l.strip_prefix("hanging in "))
-        .and_then(|p| p.trim().parse().ok())
-        .map(serving_pid)
-        .expect("the app printed its pid");
+    // The app's print may reach stderr in pieces: read only whole lines.
+    let mut app_pid = None;
+    let printed = wait_until(Duration::from_secs(20), || {
+        let text = server.stderr_text();
+        let whole = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+        app_pid = whole
+            .lines()
+            .find_map(|l| l.strip_prefix("hanging in "))
+            .and_then(|p| p.trim().parse::<u32>().ok());
+        app_pid.is_some()
+    });
+    assert!(printed, "the app printed no pid: {}", server.stderr_text());
+    let hung = serving_pid(app_pid.unwrap());
     // Others are served meanwhile.
     assert_eq!(server.get("/env").status, 200);
     let response = client.join().unwrap().expect("a response to the hung request");
