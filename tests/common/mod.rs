@@ -9,7 +9,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::io::{self, Read, Write};
-use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpStream};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -846,12 +846,15 @@ impl Server {
                 let (_, end) = probe.read_until_eof(left.min(Duration::from_millis(100)));
                 match end {
                     ReadEnd::Eof => return Ok(()),
-                    // A reset also comes from a server that died with the probe in its backlog.
+                    // The server closes a probe gently: a reset came from something else (a
+                    // listener another test held on this port for a moment, or a server that
+                    // died with the probe in its backlog). Not ready; look again.
                     ReadEnd::Reset => {
-                        return match self.child.try_wait().expect("try_wait") {
-                            Some(status) => Err(NotReady::Exited(status)),
-                            None => Ok(()),
+                        if let Some(status) = self.child.try_wait().expect("try_wait") {
+                            return Err(NotReady::Exited(status));
                         }
+                        poll_sleep(deadline);
+                        break;
                     }
                     ReadEnd::TimedOut => {
                         if let Some(status) = self.child.try_wait().expect("try_wait") {
@@ -1186,8 +1189,19 @@ pub fn free_tcp_port() -> u16 {
     static GIVEN: OnceLock<Mutex<HashSet<u16>>> = OnceLock::new();
     let given = GIVEN.get_or_init(Mutex::default);
     loop {
-        let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0");
-        let port = l.local_addr().expect("local_addr").port();
+        // Bound, not listening: a server starting on a port given earlier must not find its
+        // readiness probe answered by this socket.
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("a TCP socket");
+        socket
+            .bind(&SocketAddr::from((Ipv4Addr::LOCALHOST, 0)).into())
+            .expect("bind 127.0.0.1:0");
+        let port = socket
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .expect("local_addr")
+            .port();
         if given.lock().unwrap().insert(port) {
             return port;
         }
