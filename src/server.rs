@@ -101,9 +101,7 @@ pub struct Server<D: Dispatcher> {
     notifier: Arc<Notifier>,
     dispatcher: D,
     limits: Limits,
-    timers: BinaryHeap<Reverse<(Instant, usize, u64)>>,
-    /// Size at which the timer heap is cleared of closed connections' entries.
-    timers_compact_at: usize,
+    timers: Timers,
     scratch: Vec<u8>,
     next_serial: u64,
     ready: Vec<ConnId>,
@@ -157,8 +155,7 @@ impl<D: Dispatcher> Server<D> {
             notifier,
             dispatcher,
             limits,
-            timers: BinaryHeap::new(),
-            timers_compact_at: TIMERS_SLACK,
+            timers: Timers::new(),
             scratch: vec![0; 64 * 1024],
             next_serial: 0,
             ready: Vec::with_capacity(64),
@@ -230,7 +227,7 @@ impl<D: Dispatcher> Server<D> {
 
     fn poll_timeout(&mut self) -> Option<Duration> {
         let now = Instant::now();
-        let mut next = self.timers.peek().map(|Reverse((t, _, _))| *t);
+        let mut next = self.timers.peek().map(|(t, _, _)| t);
         for candidate in [
             self.accept_paused_until,
             self.draining_since.map(|s| s + self.graceful_timeout),
@@ -320,12 +317,8 @@ impl<D: Dispatcher> Server<D> {
                         self.conns.remove(key);
                         continue;
                     }
-                    push_timer(
-                        &mut self.timers,
-                        &mut self.timers_compact_at,
-                        (now + self.limits.head_timeout, key, serial),
-                        |k, s| self.conns.get(k).is_some_and(|c| c.serial == s),
-                    );
+                    self.timers
+                        .push((now + self.limits.head_timeout, key, serial), &self.conns);
                     accepted += 1;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -388,12 +381,7 @@ impl<D: Dispatcher> Server<D> {
                     if phase_before == Phase::Head && conn.phase == Phase::Body {
                         let serial = conn.serial;
                         if let Some(deadline) = conn.deadline(&self.limits) {
-                            push_timer(
-                                &mut self.timers,
-                                &mut self.timers_compact_at,
-                                (deadline, key, serial),
-                                |k, s| self.conns.get(k).is_some_and(|c| c.serial == s),
-                            );
+                            self.timers.push((deadline, key, serial), &self.conns);
                         }
                     }
                 }
@@ -518,12 +506,7 @@ impl<D: Dispatcher> Server<D> {
         let deadline = conn.deadline(&self.limits);
         let serial = conn.serial;
         if let Some(t) = deadline {
-            push_timer(
-                &mut self.timers,
-                &mut self.timers_compact_at,
-                (t, key, serial),
-                |k, s| self.conns.get(k).is_some_and(|c| c.serial == s),
-            );
+            self.timers.push((t, key, serial), &self.conns);
         }
         self.pump_output(key);
     }
@@ -565,12 +548,7 @@ impl<D: Dispatcher> Server<D> {
             if !was_blocked || conn.phase == Phase::Closing {
                 let serial = conn.serial;
                 if let Some(t) = conn.deadline(&self.limits) {
-                    push_timer(
-                        &mut self.timers,
-                        &mut self.timers_compact_at,
-                        (t, key, serial),
-                        |k, s| self.conns.get(k).is_some_and(|c| c.serial == s),
-                    );
+                    self.timers.push((t, key, serial), &self.conns);
                 }
             }
             return;
@@ -580,12 +558,7 @@ impl<D: Dispatcher> Server<D> {
                 conn.start_linger();
                 let serial = conn.serial;
                 if let Some(t) = conn.deadline(&self.limits) {
-                    push_timer(
-                        &mut self.timers,
-                        &mut self.timers_compact_at,
-                        (t, key, serial),
-                        |k, s| self.conns.get(k).is_some_and(|c| c.serial == s),
-                    );
+                    self.timers.push((t, key, serial), &self.conns);
                 }
             }
             Some(End::Complete) => self.close(key),
@@ -600,7 +573,7 @@ impl<D: Dispatcher> Server<D> {
 
     fn expire_timers(&mut self) {
         let now = Instant::now();
-        while let Some(Reverse((when, key, serial))) = self.timers.peek().copied() {
+        while let Some((when, key, serial)) = self.timers.peek() {
             if when > now {
                 break;
             }
@@ -611,12 +584,7 @@ impl<D: Dispatcher> Server<D> {
             match conn.deadline(&self.limits) {
                 None => continue,
                 Some(deadline) if deadline > now => {
-                    push_timer(
-                        &mut self.timers,
-                        &mut self.timers_compact_at,
-                        (deadline, key, serial),
-                        |k, s| self.conns.get(k).is_some_and(|c| c.serial == s),
-                    );
+                    self.timers.push((deadline, key, serial), &self.conns);
                     continue;
                 }
                 Some(_) => {}
@@ -687,20 +655,48 @@ impl<D: Dispatcher> Server<D> {
     }
 }
 
-/// Adds a timer (deadline, connection key, serial). Entries stay until their time even when
-/// their connection closed first (a head timer per connection: ten seconds of them at
-/// thousands of requests a second), so when they pile up those whose connection is no longer
-/// `live` are dropped, at a cost that amortises to a constant per entry.
-fn push_timer(
-    timers: &mut BinaryHeap<Reverse<(Instant, usize, u64)>>,
-    compact_at: &mut usize,
-    entry: (Instant, usize, u64),
-    live: impl Fn(usize, u64) -> bool,
-) {
-    timers.push(Reverse(entry));
-    if timers.len() >= *compact_at {
-        timers.retain(|Reverse((_, key, serial))| live(*key, *serial));
-        *compact_at = (2 * timers.len()).max(TIMERS_SLACK);
+/// The loop's timers: (deadline, connection key, serial), earliest first. An entry stays
+/// until its time even when its connection closed first (a head timer per connection: ten
+/// seconds of them at thousands of requests a second), so when they pile up those whose
+/// connection is gone are dropped, at a cost that amortises to a constant per entry.
+struct Timers {
+    heap: BinaryHeap<Reverse<(Instant, usize, u64)>>,
+    /// Size at which the heap is cleared of closed connections' entries.
+    compact_at: usize,
+}
+
+impl Timers {
+    fn new() -> Timers {
+        Timers {
+            heap: BinaryHeap::new(),
+            compact_at: TIMERS_SLACK,
+        }
+    }
+
+    /// Adds a timer for a connection of `conns`.
+    fn push(&mut self, entry: (Instant, usize, u64), conns: &Slab<Conn>) {
+        self.push_if_live(entry, |key, serial| {
+            conns.get(key).is_some_and(|c| c.serial == serial)
+        });
+    }
+
+    /// Adds a timer; `live` says which entries' connections are still open.
+    fn push_if_live(&mut self, entry: (Instant, usize, u64), live: impl Fn(usize, u64) -> bool) {
+        self.heap.push(Reverse(entry));
+        if self.heap.len() >= self.compact_at {
+            self.heap.retain(|Reverse((_, key, serial))| live(*key, *serial));
+            self.compact_at = (2 * self.heap.len()).max(TIMERS_SLACK);
+        }
+    }
+
+    /// The earliest entry.
+    fn peek(&self) -> Option<(Instant, usize, u64)> {
+        self.heap.peek().map(|Reverse(entry)| *entry)
+    }
+
+    /// Removes the earliest entry.
+    fn pop(&mut self) {
+        self.heap.pop();
     }
 }
 
@@ -720,21 +716,21 @@ mod tests {
 
     #[test]
     fn timers_of_closed_connections_do_not_pile_up() {
-        let mut timers = BinaryHeap::new();
-        let mut compact_at = TIMERS_SLACK;
+        let mut timers = Timers::new();
         let later = Instant::now() + Duration::from_secs(10);
         // 100,000 connections come and go (a head timer each); every 1,000th is still open.
         let live = |key: usize, _serial: u64| key % 1000 == 0;
         for key in 0..100_000 {
-            push_timer(&mut timers, &mut compact_at, (later, key, key as u64), live);
+            timers.push_if_live((later, key, key as u64), live);
             assert!(
-                timers.len() <= 2 * TIMERS_SLACK,
+                timers.heap.len() <= 2 * TIMERS_SLACK,
                 "{} entries after {key}",
-                timers.len()
+                timers.heap.len()
             );
         }
         // The open connections keep their timers.
         let kept = timers
+            .heap
             .iter()
             .filter(|Reverse((_, key, _))| key % 1000 == 0)
             .count();
