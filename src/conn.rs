@@ -16,6 +16,10 @@ use crate::scgi::{self, HeadError, HeadInfo, Status};
 /// How long a closing connection may take to send its end of stream after ours.
 pub const LINGER: Duration = Duration::from_secs(2);
 
+/// Most bytes one read takes while the head is incomplete. The rest of a larger body is read
+/// straight into the request's buffer, or left in the kernel while workers are busy.
+pub const HEAD_READ: usize = 8 * 1024;
+
 /// Where a connection is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
@@ -84,6 +88,9 @@ pub enum ReadOutcome {
     Refuse(Refusal),
     /// The peer closed or reset the connection.
     Closed,
+    /// The head is in; the body is left unread (in the kernel's buffer) for now, because
+    /// enough requests already wait for a worker. [`Conn::resume`] lets it be read.
+    Deferred,
 }
 
 /// One client connection.
@@ -104,6 +111,10 @@ pub struct Conn {
     head: Option<HeadInfo>,
     spill: Option<File>,
     body_received: u64,
+    /// Body reading has begun (beyond what came with the head): it is not deferred again.
+    body_started: bool,
+    /// The body is deferred: the loop does not read it, and it cannot stall.
+    paused: bool,
     out: VecDeque<Chunk>,
     out_pos: usize,
     end: Option<End>,
@@ -125,6 +136,8 @@ impl Conn {
             head: None,
             spill: None,
             body_received: 0,
+            body_started: false,
+            paused: false,
             out: VecDeque::new(),
             out_pos: 0,
             end: None,
@@ -136,6 +149,7 @@ impl Conn {
     pub fn deadline(&self, limits: &Limits) -> Option<Instant> {
         match self.phase {
             Phase::Head => Some(self.accepted + limits.head_timeout),
+            Phase::Body if self.paused => None,
             Phase::Body => Some(self.last_progress + limits.body_timeout),
             Phase::Running if self.out.is_empty() => None,
             Phase::Running | Phase::Closing => Some(self.last_progress + limits.write_timeout),
@@ -154,10 +168,50 @@ impl Conn {
         (self.body_received, declared)
     }
 
+    /// Whether the body is deferred (see [`ReadOutcome::Deferred`]).
+    pub fn is_paused(&self) -> bool {
+        self.paused
+    }
+
+    /// Lets a deferred body be read; its stall timer starts afresh.
+    pub fn resume(&mut self) {
+        self.paused = false;
+        self.last_progress = Instant::now();
+    }
+
     /// Reads what the socket has, until it would block, and advances the state machine.
-    pub fn on_readable(&mut self, scratch: &mut [u8], limits: &Limits) -> ReadOutcome {
+    /// `may_read_body` is asked once, before an in-memory body starts to be read: false leaves
+    /// it unread ([`ReadOutcome::Deferred`]).
+    pub fn on_readable(
+        &mut self,
+        scratch: &mut [u8],
+        limits: &Limits,
+        may_read_body: &mut dyn FnMut() -> bool,
+    ) -> ReadOutcome {
         loop {
-            let n = match self.stream.read(scratch) {
+            if self.phase == Phase::Body && self.spill.is_none() {
+                if !self.body_started {
+                    if !may_read_body() {
+                        self.paused = true;
+                        return ReadOutcome::Deferred;
+                    }
+                    self.body_started = true;
+                }
+                match self.read_body_in_place() {
+                    Ok(None) => continue,
+                    Ok(Some(outcome)) => return outcome,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return ReadOutcome::Pending,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(_) => return ReadOutcome::Closed,
+                }
+            }
+            let head_window = HEAD_READ.min(scratch.len());
+            let window = if self.phase == Phase::Head {
+                &mut scratch[..head_window]
+            } else {
+                &mut *scratch
+            };
+            let n = match self.stream.read(window) {
                 Ok(0) => return ReadOutcome::Closed,
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return ReadOutcome::Pending,
@@ -167,7 +221,7 @@ impl Conn {
             match self.phase {
                 Phase::Head | Phase::Body => {
                     self.last_progress = Instant::now();
-                    match self.absorb(&scratch[..n], limits) {
+                    match self.absorb(&window[..n], limits) {
                         ReadOutcome::Pending => {}
                         done => return done,
                     }
@@ -226,9 +280,9 @@ impl Conn {
                 }
                 self.buf.truncate(head_len);
                 self.spill = Some(file);
-            } else {
-                self.buf.reserve_exact((content_length - wanted) as usize);
             }
+            // An in-memory body gets its room when its reading starts (`read_body_in_place`):
+            // a deferred one holds no more than what came with the head.
             return if wanted == content_length {
                 ReadOutcome::Complete
             } else {
@@ -239,6 +293,42 @@ impl Conn {
             return self.absorb_body(std::mem::take(&mut data));
         }
         ReadOutcome::Pending
+    }
+
+    /// Reads the rest of an in-memory body straight into the request's buffer (no copy through
+    /// the scratch buffer). It asks for one byte more than the body: if that comes, input goes
+    /// on past the request, which the close must allow for. `Ok(None)`: more may be read now.
+    fn read_body_in_place(&mut self) -> io::Result<Option<ReadOutcome>> {
+        let declared = self.head.as_ref().map_or(0, |h| h.content_length);
+        let remaining = (declared - self.body_received) as usize;
+        self.buf.reserve_exact(remaining + 1);
+        let spare = self.buf.spare_capacity_mut();
+        // SAFETY: `spare` is writable memory of at least `remaining + 1` bytes owned by `buf`;
+        // recv writes at most that many and reports how many it wrote.
+        let got = unsafe {
+            libc::recv(
+                self.stream.as_raw_fd(),
+                spare.as_mut_ptr().cast(),
+                remaining + 1,
+                0,
+            )
+        };
+        if got < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if got == 0 {
+            return Ok(Some(ReadOutcome::Closed));
+        }
+        let got = got as usize;
+        let taken = got.min(remaining);
+        if got > remaining {
+            self.extra_input = true;
+        }
+        // SAFETY: recv initialised the first `got` (>= `taken`) spare bytes.
+        unsafe { self.buf.set_len(self.buf.len() + taken) };
+        self.body_received += taken as u64;
+        self.last_progress = Instant::now();
+        Ok((self.body_received == declared).then_some(ReadOutcome::Complete))
     }
 
     fn absorb_body(&mut self, data: &[u8]) -> ReadOutcome {

@@ -565,6 +565,11 @@ impl Notifier {
     }
 }
 
+/// How many complete requests may wait for a worker before the loop stops reading further
+/// request bodies into memory ([`Dispatcher::wants_bodies`]): enough to keep workers fed, few
+/// enough that a crowd of uploads waits in the kernel's socket buffers, not in ours.
+pub const READ_AHEAD: usize = 4;
+
 /// Runs complete requests. The event loop calls it and never waits on it.
 pub trait Dispatcher {
     /// Hands over a request. Returns it back when no more can be queued (the loop answers 503).
@@ -579,6 +584,12 @@ pub trait Dispatcher {
     /// the listening socket and this one's workers are busy, so that a sibling takes it. The
     /// dispatcher wakes the loop (see [`Dispatcher::set_waker`]) when that changes.
     fn wants_more(&self, _incoming: usize) -> bool {
+        true
+    }
+    /// Whether the loop may read another request body into memory now: false while enough
+    /// complete requests already wait for a worker. The loop then leaves bodies in the kernel
+    /// and the dispatcher wakes it (see [`Dispatcher::set_waker`]) when a worker takes one.
+    fn wants_bodies(&self) -> bool {
         true
     }
     /// How many requests may wait for a worker (for log lines).

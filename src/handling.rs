@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use pyo3::Python;
 
-use crate::dispatch::{Dispatcher, Notifier, Request};
+use crate::dispatch::{Dispatcher, Notifier, Request, READ_AHEAD};
 use crate::error::ConfigError;
 
 /// Default thread bound for `free` (the original has none; an unbounded default is not safe).
@@ -157,8 +157,8 @@ struct Queue {
     emptied: u64,
     /// The monitor sleeps until a backlog or concurrent requests call for it.
     monitor_parked: bool,
-    /// The loop left a connection to sibling processes because every worker was busy: wake
-    /// it when one takes the next request.
+    /// The loop held back because every worker was busy (a connection left to sibling
+    /// processes, or request bodies left unread): wake it when one takes the next request.
     declined: bool,
     stopping: bool,
     /// Since when the loop has held a request the full queue refused (pool's `abort=`).
@@ -748,6 +748,15 @@ impl Dispatcher for WorkerPool {
         // takes the rest.
         let free = queue.allowed.saturating_sub(queue.running);
         let wants = queue.pending.len() + incoming <= free;
+        if !wants {
+            queue.declined = true;
+        }
+        wants
+    }
+
+    fn wants_bodies(&self) -> bool {
+        let mut queue = self.shared.lock();
+        let wants = queue.pending.len() < READ_AHEAD;
         if !wants {
             queue.declined = true;
         }

@@ -50,8 +50,38 @@ fn raise_fd_limit() {
     }
 }
 
+/// glibc's malloc returns memory to the kernel once 128 KiB lie free at the top of a heap,
+/// and moves its mmap threshold as it goes. A server that allocates and frees request bodies
+/// and responses of tens of KiB on several threads then takes fresh pages, page faults and
+/// TLB-shootdown interrupts on every request: about a fifth of the CPU time of a 64 KiB echo.
+/// Fixed thresholds keep up to 1 MiB free per heap and map only blocks of 1 MiB or more.
+/// Settings in the environment (`MALLOC_*_`, `GLIBC_TUNABLES`) still win.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn tune_malloc() {
+    const KEEP: libc::c_int = 1024 * 1024;
+    let user_set = [
+        "MALLOC_TRIM_THRESHOLD_",
+        "MALLOC_MMAP_THRESHOLD_",
+        "MALLOC_TOP_PAD_",
+    ]
+    .iter()
+    .any(|name| std::env::var_os(name).is_some())
+        || std::env::var("GLIBC_TUNABLES").is_ok_and(|t| t.contains("glibc.malloc."));
+    if !user_set {
+        // SAFETY: mallopt only changes allocator parameters; called before other threads exist.
+        unsafe {
+            libc::mallopt(libc::M_TRIM_THRESHOLD, KEEP);
+            libc::mallopt(libc::M_MMAP_THRESHOLD, KEEP);
+        }
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn tune_malloc() {}
+
 /// The whole program: parse, listen, load the app, serve until told to stop.
 pub fn main_entry() -> ExitCode {
+    tune_malloc();
     let args = match Args::try_parse() {
         Ok(args) => args,
         Err(e) => {

@@ -121,6 +121,10 @@ pub struct Server<D: Dispatcher> {
     /// Complete requests the full worker queue could not take yet, oldest first. They hold
     /// no thread; they go to the queue as it drains.
     held: VecDeque<Request>,
+    /// Connections whose head is in and whose body the loop leaves in the kernel's buffer
+    /// while enough requests wait for a worker (key, serial), oldest first: the memory held
+    /// for waiting requests stays bounded however many clients upload at once.
+    deferred: VecDeque<(usize, u64)>,
     /// When the last "queue full" and "connection limit" lines were logged.
     queue_full_logged: Option<Instant>,
     conn_limit_logged: Option<Instant>,
@@ -167,6 +171,7 @@ impl<D: Dispatcher> Server<D> {
             accept_starved: None,
             starved_warning: None,
             held: VecDeque::new(),
+            deferred: VecDeque::new(),
             queue_full_logged: None,
             conn_limit_logged: None,
             repeat_stops_at_once: true,
@@ -373,9 +378,17 @@ impl<D: Dispatcher> Server<D> {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
+        if conn.is_paused() {
+            // Its body waits its turn (see `deferred`).
+            return;
+        }
         if readable {
             let phase_before = conn.phase;
-            match conn.on_readable(&mut self.scratch, &self.limits) {
+            // First come, first read: behind bodies already deferred, a new one waits too.
+            let dispatcher = &self.dispatcher;
+            let none_deferred = self.deferred.is_empty();
+            let mut may_read_body = || none_deferred && dispatcher.wants_bodies();
+            match conn.on_readable(&mut self.scratch, &self.limits, &mut may_read_body) {
                 ReadOutcome::Pending => {
                     // The body's stall timer replaces the head timer once the head is in.
                     if phase_before == Phase::Head && conn.phase == Phase::Body {
@@ -391,10 +404,43 @@ impl<D: Dispatcher> Server<D> {
                     self.on_peer_closed(key);
                     return;
                 }
+                ReadOutcome::Deferred => {
+                    self.deferred.push_back((key, conn.serial));
+                    return;
+                }
             }
         }
         if writable || readable {
             self.pump_output(key);
+        }
+    }
+
+    /// Reads deferred bodies, oldest first, while the dispatcher wants more (it wakes the loop
+    /// when a worker takes a request).
+    fn resume_deferred(&mut self) {
+        while let Some(&(key, serial)) = self.deferred.front() {
+            let waiting = self
+                .conns
+                .get(key)
+                .is_some_and(|c| c.serial == serial && c.is_paused());
+            if waiting && !self.dispatcher.wants_bodies() {
+                return;
+            }
+            self.deferred.pop_front();
+            if !waiting {
+                continue; // Closed meanwhile.
+            }
+            self.conns[key].resume();
+            if let Some(deadline) = self.conns[key].deadline(&self.limits) {
+                self.timers.push((deadline, key, serial), &self.conns);
+            }
+            let mut go_ahead = || true;
+            match self.conns[key].on_readable(&mut self.scratch, &self.limits, &mut go_ahead) {
+                ReadOutcome::Pending | ReadOutcome::Deferred => {}
+                ReadOutcome::Complete => self.dispatch(key),
+                ReadOutcome::Refuse(refusal) => self.refuse(key, &refusal),
+                ReadOutcome::Closed => self.on_peer_closed(key),
+            }
         }
     }
 
@@ -524,6 +570,9 @@ impl<D: Dispatcher> Server<D> {
         // A wake-up may also mean the worker queue has room again.
         if !self.held.is_empty() || self.accept_pending {
             self.release_held();
+        }
+        if !self.deferred.is_empty() {
+            self.resume_deferred();
         }
     }
 

@@ -378,6 +378,31 @@ fn app_logging_uses_the_original_format_unless_minus_l() {
     );
 }
 
+/// The set-up happens when the app first imports `logging`, however late; the embedded server
+/// imports neither it nor `scgi_wsgi.wsgidir` for an app that does not (memory: about 0.7 MiB).
+#[test]
+fn logging_set_up_applies_to_a_late_import_and_costs_nothing_before() {
+    let server = start(Listen::Tcp, &["-A", "latelog"]);
+    let response = server.get("/");
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert!(server.wait_for_log(
+        "scgi-wsgi[latelog]: INFO: logged from a late import",
+        Duration::from_secs(5)
+    ));
+    assert!(
+        response.text().ends_with("wsgidir has application\n"),
+        "{}",
+        response.text()
+    );
+    if external_interpreter().is_none() {
+        assert!(
+            response.text().starts_with("loaded at start: none;"),
+            "{}",
+            response.text()
+        );
+    }
+}
+
 #[test]
 fn the_interpreter_is_the_python3_the_binary_was_built_for() {
     let python = std::process::Command::new(app_python())

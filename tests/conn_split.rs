@@ -42,9 +42,37 @@ fn limits(max_head: usize, max_body: u64, body_buffer: u64) -> Limits {
     }
 }
 
+/// One readiness event. With `defer` set, the first request to read a body is declined (as the
+/// loop does while requests wait for workers); the body must then be paused, and reading it
+/// after [`Conn::resume`] must give what reading it at once would have.
+fn read(conn: &mut Conn, scratch: &mut [u8], limits: &Limits, defer: &mut bool) -> ReadOutcome {
+    loop {
+        let mut may_read_body = || !std::mem::take(defer);
+        match conn.on_readable(scratch, limits, &mut may_read_body) {
+            ReadOutcome::Deferred => {
+                assert!(conn.is_paused(), "deferred but not paused");
+                assert_eq!(conn.phase, Phase::Body, "deferred outside the body");
+                assert!(conn.deadline(limits).is_none(), "a paused body can stall");
+                conn.resume();
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Feeds `input` to a fresh connection as the pieces cut at `cuts` (sorted offsets), reading
 /// through a scratch buffer of `scratch_len` bytes, then ends the client's side.
 fn feed(input: &[u8], cuts: &[usize], scratch_len: usize, limits: &Limits) -> Outcome {
+    feed_deferring(input, cuts, scratch_len, limits, false)
+}
+
+fn feed_deferring(
+    input: &[u8],
+    cuts: &[usize],
+    scratch_len: usize,
+    limits: &Limits,
+    mut defer: bool,
+) -> Outcome {
     let (mut client, server) = StdUnixStream::pair().expect("socketpair");
     server.set_nonblocking(true).expect("non-blocking");
     let stream = Stream::Unix(mio::net::UnixStream::from_std(server));
@@ -59,17 +87,18 @@ fn feed(input: &[u8], cuts: &[usize], scratch_len: usize, limits: &Limits) -> Ou
             continue;
         }
         client.write_all(piece).expect("write a piece");
-        match conn.on_readable(&mut scratch, limits) {
+        match read(&mut conn, &mut scratch, limits, &mut defer) {
             ReadOutcome::Pending => {}
             ReadOutcome::Complete => return complete(&mut conn),
             ReadOutcome::Refuse(refusal) => return Outcome::Refused(refusal),
             ReadOutcome::Closed => panic!("closed while the client was still connected"),
+            ReadOutcome::Deferred => unreachable!("read() resumes deferred bodies"),
         }
     }
     client.shutdown(std::net::Shutdown::Write).expect("shutdown");
     let phase = conn.phase;
     let received = conn.bytes_received();
-    match conn.on_readable(&mut scratch, limits) {
+    match read(&mut conn, &mut scratch, limits, &mut defer) {
         ReadOutcome::Closed => Outcome::ClosedWhile(phase, received),
         other => panic!("end of stream gave {other:?}"),
     }
@@ -171,10 +200,11 @@ proptest! {
         max_head in prop::sample::select(vec![8usize, 40, 65536]),
         max_body in prop::sample::select(vec![0u64, 20, 1 << 30]),
         body_buffer in prop::sample::select(vec![0u64, 10, 1 << 20]),
+        defer in any::<bool>(),
     ) {
         let limits = limits(max_head, max_body, body_buffer);
         let whole = feed(&input, &[], 64 * 1024, &limits);
-        let split = feed(&input, &cut_offsets(&cut_at, input.len()), scratch_len, &limits);
+        let split = feed_deferring(&input, &cut_offsets(&cut_at, input.len()), scratch_len, &limits, defer);
         prop_assert_eq!(&split, &whole, "input {}", input.escape_ascii());
         // The outcome also agrees with the parser on its own.
         if let Outcome::Complete { headers, body, spilled } = &whole {

@@ -261,6 +261,117 @@ fn a_slow_reader_of_50_mib_keeps_server_memory_bounded() {
 }
 
 /// Raises this process's soft open-file limit to the hard one (the test opens 1000s of sockets).
+/// Sends one upload per thread, all at once, and returns their answers in order.
+fn uploads(server: &Server, bodies: &[Vec<u8>]) -> Vec<thread::JoinHandle<Response>> {
+    bodies
+        .iter()
+        .map(|body| {
+            let addr = server.addr.clone();
+            let request = ScgiRequest::post("/digest", "application/octet-stream", body).encode();
+            thread::spawn(move || Response::parse(exchange_raw(&addr, &request, Duration::from_secs(60))))
+        })
+        .collect()
+}
+
+fn digest(body: &[u8]) -> String {
+    // CRC-32 (IEEE), as Python's zlib.crc32 computes it.
+    let mut crc = !0u32;
+    for &byte in body {
+        crc ^= byte as u32;
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    format!("{} {}\n", body.len(), !crc)
+}
+
+/// While the worker is busy, 40 uploads of 200 KiB arrive: the server reads a few bodies ahead
+/// and leaves the rest in the kernel's socket buffers, so its memory does not grow by 8 MB;
+/// then every body arrives whole, in the app, as sent.
+#[test]
+fn uploads_waiting_for_a_worker_stay_out_of_server_memory() {
+    let server = start(&["-t", "single", "--body-buffer", "1M"]);
+    let bodies: Vec<Vec<u8>> = (0..40u32)
+        .map(|n| {
+            (0..200 * 1024u32)
+                .map(|i| (i.wrapping_mul(n + 7) >> 3) as u8)
+                .collect()
+        })
+        .collect();
+    // Warm up the paths and the allocator with a few uploads in a row.
+    for body in &bodies[..4] {
+        assert_eq!(
+            server.request(&ScgiRequest::post("/digest", "x/y", body)).text(),
+            digest(body)
+        );
+    }
+    let before = proc_rss_kib(server.pid());
+    let busy = {
+        let addr = server.addr.clone();
+        thread::spawn(move || {
+            exchange_raw(
+                &addr,
+                &ScgiRequest::get("/sleep?s=2").encode(),
+                Duration::from_secs(30),
+            )
+        })
+    };
+    thread::sleep(Duration::from_millis(200));
+    let answers = uploads(&server, &bodies);
+    let mut peak = before;
+    let until = Instant::now() + Duration::from_millis(1500);
+    while Instant::now() < until {
+        peak = peak.max(proc_rss_kib(server.pid()));
+        thread::sleep(Duration::from_millis(20));
+    }
+    for (answer, body) in answers.into_iter().zip(&bodies) {
+        let response = answer.join().unwrap();
+        assert_eq!(response.status, 200, "{}", response.text());
+        assert_eq!(response.text(), digest(body));
+    }
+    assert_eq!(Response::parse(busy.join().unwrap()).text(), "slept\n");
+    let growth_kib = peak.saturating_sub(before);
+    eprintln!("RSS {before} KiB before, {peak} KiB at most with 40 uploads waiting");
+    assert!(
+        growth_kib < 4 * 1024,
+        "RSS grew by {growth_kib} KiB for 8,000 KiB of waiting uploads"
+    );
+}
+
+/// A body the server leaves unread while workers are busy is not a stalled client: it does not
+/// time out (--body-timeout, nor the head's timer that is still set), however long the wait.
+#[test]
+fn a_body_left_unread_while_workers_are_busy_does_not_time_out() {
+    let server = start(&["-t", "single", "--head-timeout", "0.5", "--body-timeout", "0.3"]);
+    let bodies: Vec<Vec<u8>> = (0..8u8).map(|n| vec![n; 100 * 1024]).collect();
+    let busy = {
+        let addr = server.addr.clone();
+        thread::spawn(move || {
+            exchange_raw(
+                &addr,
+                &ScgiRequest::get("/sleep?s=1.5").encode(),
+                Duration::from_secs(30),
+            )
+        })
+    };
+    thread::sleep(Duration::from_millis(200));
+    for (answer, body) in uploads(&server, &bodies).into_iter().zip(&bodies) {
+        let response = answer.join().unwrap();
+        assert_eq!(response.status, 200, "{}", response.text());
+        assert_eq!(response.text(), digest(body));
+    }
+    assert_eq!(Response::parse(busy.join().unwrap()).text(), "slept\n");
+    let log = server.stderr_text();
+    assert!(
+        !log.contains("--body-timeout") && !log.contains("--head-timeout"),
+        "{log}"
+    );
+}
+
 fn raise_nofile() -> u64 {
     let mut limit = libc::rlimit {
         rlim_cur: 0,

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::dispatch::{Body, Chunk, Dispatcher, End, Notifier, Outbox, OutboxEvent, Request};
+use crate::dispatch::{Body, Chunk, Dispatcher, End, Notifier, Outbox, OutboxEvent, Request, READ_AHEAD};
 use crate::handling::{spawn_wedge_watch, Model, Wedge};
 use crate::watchdog::RequestWatch;
 use crate::{error, info, warning};
@@ -179,6 +179,8 @@ struct State {
     calling: usize,
     /// Since when requests have been refused for a full queue (pool's abort=).
     refused_since: Option<Instant>,
+    /// The loop left request bodies unread while requests waited: wake it when one is sent.
+    bodies_declined: bool,
     queue: VecDeque<(Request, Instant)>,
     next_id: u32,
     /// The current worker's frame channel; `None` while it is being replaced.
@@ -437,7 +439,10 @@ impl Shared {
             self.send_request(state, &sender, request);
             if was_full {
                 state.refused_since = None;
-                // The loop stopped taking requests at the limit: tell it there is room.
+            }
+            if was_full || std::mem::take(&mut state.bodies_declined) {
+                // The loop stopped taking requests at the limit, or reading bodies: tell it
+                // there is room.
                 let waker = self.loop_waker.lock().unwrap_or_else(|e| e.into_inner()).clone();
                 if let Some(waker) = waker {
                     waker.wake();
@@ -788,6 +793,7 @@ impl ExternalDispatcher {
                 slots: HashMap::new(),
                 calling: 0,
                 refused_since: None,
+                bodies_declined: false,
                 queue: VecDeque::new(),
                 next_id: 1,
                 to_worker: None,
@@ -830,6 +836,15 @@ impl Dispatcher for ExternalDispatcher {
             state.refused_since.get_or_insert_with(Instant::now);
         }
         room
+    }
+
+    fn wants_bodies(&self) -> bool {
+        let mut state = self.shared.lock();
+        let wants = state.queue.len() < READ_AHEAD;
+        if !wants {
+            state.bodies_declined = true;
+        }
+        wants
     }
 
     fn queue_limit(&self) -> usize {

@@ -105,25 +105,60 @@ pub fn initialize(program: Option<&Path>, argv: &[String]) -> Result<(), AppErro
 
 /// Configures Python's `logging` like the original: stderr (or syslog, facility daemon, when
 /// `ASHD_USESYSLOG` is set) with the `scgi-wsgi[NAME]: LEVEL: message` format, level INFO.
+///
+/// An app that never logs does not pay for importing `logging` (about half a MiB): unless it
+/// is loaded already, the configuration happens the moment something first imports it, before
+/// any code can use it, so apps see the same set-up either way.
 pub fn configure_logging(py: Python<'_>) -> PyResult<()> {
     py.run(
         cr#"
-import logging, os, sys
-_format = "scgi-wsgi[%(name)s]: %(levelname)s: %(message)s"
-_handler = None
-if "ASHD_USESYSLOG" in os.environ:
-    import logging.handlers
-    try:
-        _handler = logging.handlers.SysLogHandler(
-            address="/dev/log", facility=logging.handlers.SysLogHandler.LOG_DAEMON)
-    except OSError:
-        _handler = None
-if _handler is None:
-    _handler = logging.StreamHandler(sys.stderr)
-_handler.setFormatter(logging.Formatter(_format))
-_root = logging.getLogger()
-_root.addHandler(_handler)
-_root.setLevel(logging.INFO)
+import sys
+
+def _scgi_wsgi_configure_logging(logging):
+    import os
+    _format = "scgi-wsgi[%(name)s]: %(levelname)s: %(message)s"
+    handler = None
+    if "ASHD_USESYSLOG" in os.environ:
+        import logging.handlers
+        try:
+            handler = logging.handlers.SysLogHandler(
+                address="/dev/log", facility=logging.handlers.SysLogHandler.LOG_DAEMON)
+        except OSError:
+            handler = None
+    if handler is None:
+        handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(_format))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+
+class _ScgiWsgiLoggingHook:
+    """Configures `logging` as its first import finishes (see configure_logging)."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "logging":
+            return None
+        sys.meta_path.remove(self)
+        for finder in sys.meta_path:
+            find = getattr(finder, "find_spec", None)
+            spec = find(name, path, target) if find else None
+            if spec is not None:
+                break
+        else:
+            return None
+        run = spec.loader.exec_module
+
+        def exec_module(module):
+            run(module)
+            _scgi_wsgi_configure_logging(module)
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+if "logging" in sys.modules:
+    _scgi_wsgi_configure_logging(sys.modules["logging"])
+else:
+    sys.meta_path.insert(0, _ScgiWsgiLoggingHook())
 "#,
         None,
         None,

@@ -8,6 +8,7 @@
 /big?mib=50        a generator of 64 KiB chunks; its close() logs how far it got
 /write             answers through the write() callable
 /echo              the request body's length
+/digest            the request body's length and CRC-32
 /file              this file, through wsgi.file_wrapper (a real file: sendfile)
 /filelike?mib=1    bytes through wsgi.file_wrapper over a BytesIO (iterated)
 """
@@ -16,6 +17,7 @@ import io
 import sys
 import threading
 import time
+import zlib
 from urllib.parse import parse_qs
 
 _lock = threading.Lock()
@@ -109,6 +111,10 @@ def application(environ, start_response):
         body = environ["wsgi.input"].read()
         start_response("200 OK", [("Content-Type", "text/plain")])
         return [f"{len(body)}\n".encode()]
+    if path == "/digest":
+        body = environ["wsgi.input"].read()
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [f"{len(body)} {zlib.crc32(body)}\n".encode()]
     if path == "/file":
         start_response("200 OK", [("Content-Type", "text/x-python")])
         return environ["wsgi.file_wrapper"](open(__file__, "rb"), 8192)
