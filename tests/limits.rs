@@ -273,6 +273,15 @@ fn uploads(server: &Server, bodies: &[Vec<u8>]) -> Vec<thread::JoinHandle<Respon
         .collect()
 }
 
+/// Keeps the single worker busy for `secs` seconds (from a moment after the call returns).
+fn occupy_the_worker(server: &Server, secs: &str) -> thread::JoinHandle<Response> {
+    let addr = server.addr.clone();
+    let request = ScgiRequest::get(&format!("/sleep?s={secs}")).encode();
+    let busy = thread::spawn(move || Response::parse(exchange_raw(&addr, &request, Duration::from_secs(30))));
+    thread::sleep(Duration::from_millis(200));
+    busy
+}
+
 fn digest(body: &[u8]) -> String {
     // CRC-32 (IEEE), as Python's zlib.crc32 computes it.
     let mut crc = !0u32;
@@ -310,17 +319,7 @@ fn uploads_waiting_for_a_worker_stay_out_of_server_memory() {
         );
     }
     let before = proc_rss_kib(server.pid());
-    let busy = {
-        let addr = server.addr.clone();
-        thread::spawn(move || {
-            exchange_raw(
-                &addr,
-                &ScgiRequest::get("/sleep?s=2").encode(),
-                Duration::from_secs(30),
-            )
-        })
-    };
-    thread::sleep(Duration::from_millis(200));
+    let busy = occupy_the_worker(&server, "2");
     let answers = uploads(&server, &bodies);
     let mut peak = before;
     let until = Instant::now() + Duration::from_millis(1500);
@@ -333,7 +332,7 @@ fn uploads_waiting_for_a_worker_stay_out_of_server_memory() {
         assert_eq!(response.status, 200, "{}", response.text());
         assert_eq!(response.text(), digest(body));
     }
-    assert_eq!(Response::parse(busy.join().unwrap()).text(), "slept\n");
+    assert_eq!(busy.join().unwrap().text(), "slept\n");
     let growth_kib = peak.saturating_sub(before);
     eprintln!("RSS {before} KiB before, {peak} KiB at most with 40 uploads waiting");
     assert!(
@@ -348,23 +347,13 @@ fn uploads_waiting_for_a_worker_stay_out_of_server_memory() {
 fn a_body_left_unread_while_workers_are_busy_does_not_time_out() {
     let server = start(&["-t", "single", "--head-timeout", "0.5", "--body-timeout", "0.3"]);
     let bodies: Vec<Vec<u8>> = (0..8u8).map(|n| vec![n; 100 * 1024]).collect();
-    let busy = {
-        let addr = server.addr.clone();
-        thread::spawn(move || {
-            exchange_raw(
-                &addr,
-                &ScgiRequest::get("/sleep?s=1.5").encode(),
-                Duration::from_secs(30),
-            )
-        })
-    };
-    thread::sleep(Duration::from_millis(200));
+    let busy = occupy_the_worker(&server, "1.5");
     for (answer, body) in uploads(&server, &bodies).into_iter().zip(&bodies) {
         let response = answer.join().unwrap();
         assert_eq!(response.status, 200, "{}", response.text());
         assert_eq!(response.text(), digest(body));
     }
-    assert_eq!(Response::parse(busy.join().unwrap()).text(), "slept\n");
+    assert_eq!(busy.join().unwrap().text(), "slept\n");
     let log = server.stderr_text();
     assert!(
         !log.contains("--body-timeout") && !log.contains("--head-timeout"),
