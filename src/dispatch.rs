@@ -570,6 +570,17 @@ impl Notifier {
 /// enough that a crowd of uploads waits in the kernel's socket buffers, not in ours.
 pub const READ_AHEAD: usize = 4;
 
+/// The rule behind [`Dispatcher::wants_bodies`] for a dispatcher with `waiting` requests
+/// queued: below [`READ_AHEAD`], yes; otherwise no, and `declined` is set so that the
+/// dispatcher wakes the loop when a worker takes a request.
+pub fn read_ahead(waiting: usize, declined: &mut bool) -> bool {
+    let wants = waiting < READ_AHEAD;
+    if !wants {
+        *declined = true;
+    }
+    wants
+}
+
 /// Runs complete requests. The event loop calls it and never waits on it.
 pub trait Dispatcher {
     /// Hands over a request. Returns it back when no more can be queued (the loop answers 503).

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use pyo3::Python;
 
-use crate::dispatch::{Dispatcher, Notifier, Request, READ_AHEAD};
+use crate::dispatch::{read_ahead, Dispatcher, Notifier, Request};
 use crate::error::ConfigError;
 
 /// Default thread bound for `free` (the original has none; an unbounded default is not safe).
@@ -755,12 +755,8 @@ impl Dispatcher for WorkerPool {
     }
 
     fn wants_bodies(&self) -> bool {
-        let mut queue = self.shared.lock();
-        let wants = queue.pending.len() < READ_AHEAD;
-        if !wants {
-            queue.declined = true;
-        }
-        wants
+        let queue = &mut *self.shared.lock();
+        read_ahead(queue.pending.len(), &mut queue.declined)
     }
 
     fn queue_limit(&self) -> usize {

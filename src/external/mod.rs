@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::dispatch::{Body, Chunk, Dispatcher, End, Notifier, Outbox, OutboxEvent, Request, READ_AHEAD};
+use crate::dispatch::{read_ahead, Body, Chunk, Dispatcher, End, Notifier, Outbox, OutboxEvent, Request};
 use crate::handling::{spawn_wedge_watch, Model, Wedge};
 use crate::watchdog::RequestWatch;
 use crate::{error, info, warning};
@@ -839,12 +839,8 @@ impl Dispatcher for ExternalDispatcher {
     }
 
     fn wants_bodies(&self) -> bool {
-        let mut state = self.shared.lock();
-        let wants = state.queue.len() < READ_AHEAD;
-        if !wants {
-            state.bodies_declined = true;
-        }
-        wants
+        let state = &mut *self.shared.lock();
+        read_ahead(state.queue.len(), &mut state.bodies_declined)
     }
 
     fn queue_limit(&self) -> usize {
