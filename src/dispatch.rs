@@ -565,6 +565,27 @@ impl Notifier {
     }
 }
 
+/// A dispatcher's way to wake the event loop from its threads, once the loop has handed it one
+/// ([`Dispatcher::set_waker`]): when a full queue gets room again, or when a worker takes a
+/// request after the loop held back.
+#[derive(Default)]
+pub struct LoopWaker(Mutex<Option<Arc<Notifier>>>);
+
+impl LoopWaker {
+    /// Keeps the loop's notifier.
+    pub fn set(&self, notifier: Arc<Notifier>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(notifier);
+    }
+
+    /// Wakes the loop (nothing before [`LoopWaker::set`]).
+    pub fn wake(&self) {
+        let notifier = self.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(notifier) = notifier {
+            notifier.wake();
+        }
+    }
+}
+
 /// How many complete requests may wait for a worker before the loop stops reading further
 /// request bodies into memory ([`Dispatcher::wants_bodies`]): enough to keep workers fed, few
 /// enough that a crowd of uploads waits in the kernel's socket buffers, not in ours.

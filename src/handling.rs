@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use pyo3::Python;
 
-use crate::dispatch::{read_ahead, Dispatcher, Notifier, Request};
+use crate::dispatch::{read_ahead, Dispatcher, LoopWaker, Notifier, Request};
 use crate::error::ConfigError;
 
 /// Default thread bound for `free` (the original has none; an unbounded default is not safe).
@@ -190,8 +190,7 @@ struct Shared {
     queue_limit: usize,
     idle_retire: Duration,
     handler: Arc<dyn RequestHandler>,
-    /// Wakes the event loop when a full queue gets room again.
-    loop_waker: Mutex<Option<Arc<Notifier>>>,
+    loop_waker: LoopWaker,
     /// Other processes accept from the same listening socket.
     shared_listener: bool,
     /// Every live worker thread, for the monitor's census.
@@ -247,7 +246,7 @@ impl WorkerPool {
             queue_limit,
             idle_retire: Duration::from_secs(60),
             handler,
-            loop_waker: Mutex::new(None),
+            loop_waker: LoopWaker::default(),
             shared_listener,
             slots: Mutex::new(Vec::new()),
         });
@@ -351,10 +350,7 @@ impl Shared {
 
     /// Wakes the event loop so that it takes connections again.
     fn wake_loop(&self) {
-        let waker = self.loop_waker.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        if let Some(waker) = waker {
-            waker.wake();
-        }
+        self.loop_waker.wake();
     }
 
     /// Starts one more worker thread (the caller holds the queue lock and has checked the maximum).
@@ -764,7 +760,7 @@ impl Dispatcher for WorkerPool {
     }
 
     fn set_waker(&mut self, notifier: Arc<Notifier>) {
-        *self.shared.loop_waker.lock().unwrap_or_else(|e| e.into_inner()) = Some(notifier);
+        self.shared.loop_waker.set(notifier);
     }
 }
 

@@ -20,7 +20,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::dispatch::{read_ahead, Body, Chunk, Dispatcher, End, Notifier, Outbox, OutboxEvent, Request};
+use crate::dispatch::{
+    read_ahead, Body, Chunk, Dispatcher, End, LoopWaker, Notifier, Outbox, OutboxEvent, Request,
+};
 use crate::handling::{spawn_wedge_watch, Model, Wedge};
 use crate::watchdog::RequestWatch;
 use crate::{error, info, warning};
@@ -194,8 +196,7 @@ struct Shared {
     state: Mutex<State>,
     max_in_flight: usize,
     queue_limit: usize,
-    /// Wakes the event loop when a full queue gets room again.
-    loop_waker: Mutex<Option<Arc<Notifier>>>,
+    loop_waker: LoopWaker,
 }
 
 /// Runs requests in an external interpreter process.
@@ -443,10 +444,7 @@ impl Shared {
             if was_full || std::mem::take(&mut state.bodies_declined) {
                 // The loop stopped taking requests at the limit, or reading bodies: tell it
                 // there is room.
-                let waker = self.loop_waker.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                if let Some(waker) = waker {
-                    waker.wake();
-                }
+                self.loop_waker.wake();
             }
         }
     }
@@ -786,7 +784,7 @@ impl ExternalDispatcher {
         let shared = Arc::new(Shared {
             max_in_flight: spec.max_in_flight(),
             queue_limit: spec.queue_limit(),
-            loop_waker: Mutex::new(None),
+            loop_waker: LoopWaker::default(),
             spec,
             argv,
             state: Mutex::new(State {
@@ -848,7 +846,7 @@ impl Dispatcher for ExternalDispatcher {
     }
 
     fn set_waker(&mut self, notifier: Arc<Notifier>) {
-        *self.shared.loop_waker.lock().unwrap_or_else(|e| e.into_inner()) = Some(notifier);
+        self.shared.loop_waker.set(notifier);
     }
 }
 
