@@ -120,6 +120,8 @@ pub struct Conn {
     end: Option<End>,
     /// Input arrived beyond the request (or is still arriving): close gently.
     extra_input: bool,
+    /// The socket is registered for writable events too (added when output waits for room).
+    pub watching_writable: bool,
 }
 
 impl Conn {
@@ -142,6 +144,7 @@ impl Conn {
             out_pos: 0,
             end: None,
             extra_input: false,
+            watching_writable: false,
         }
     }
 
@@ -226,8 +229,15 @@ impl Conn {
                         done => return done,
                     }
                 }
-                // Anything after the request is not ours to read; drop it, but remember it.
-                _ => self.extra_input = true,
+                // Anything after the request is not ours to read; drop it, but remember it,
+                // and tell the producer, which must then leave the close to the loop.
+                _ => {
+                    if !std::mem::replace(&mut self.extra_input, true) {
+                        if let Some(outbox) = &self.outbox {
+                            outbox.note_extra_input();
+                        }
+                    }
+                }
             }
         }
     }

@@ -160,6 +160,12 @@ struct OutState {
     loop_busy: bool,
     /// The loop closed (or is about to close) the socket: never write to it again.
     revoked: bool,
+    /// Input arrived beyond the request: the loop must close gently (linger), so the producer
+    /// may not end the connection itself (see [`Outbox::end_alone`]).
+    extra_input: bool,
+    /// Producers blocked in [`Outbox::wait_for_room`]: waking them costs a system call, made
+    /// only when there is someone to wake.
+    room_waiters: usize,
 }
 
 /// One response's queue from a worker to the event loop.
@@ -208,6 +214,13 @@ impl Outbox {
     /// The most bytes a producer may have queued before it must wait.
     pub fn high_water(&self) -> usize {
         self.high_water
+    }
+
+    /// Wakes producers blocked in [`Outbox::wait_for_room`], if any.
+    fn wake_waiters(room: &Condvar, state: &OutState) {
+        if state.room_waiters > 0 {
+            room.notify_all();
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, OutState> {
@@ -309,7 +322,7 @@ impl Outbox {
                     // (nothing more will come to tell it to).
                     state.end.get_or_insert(End::Abort);
                     let wake = !std::mem::replace(&mut state.notified, true);
-                    self.room.notify_all();
+                    Self::wake_waiters(&self.room, state);
                     if let Some(observer) = self.observer.get() {
                         observer(OutboxEvent::ClientGone);
                     }
@@ -327,9 +340,56 @@ impl Outbox {
         Ok(written)
     }
 
+    /// Ends the connection of a complete response that has gone out whole by direct writes,
+    /// without the loop: the socket leaves the loop's epoll set, so that the client closing its
+    /// side does not wake the loop, and our side is shut, so that the client sees the end of
+    /// the response at once. The loop closes the descriptor when it next looks at its
+    /// notifications ([`Notifier::notify_quiet`]). Not when the loop holds output, or must
+    /// linger because more input arrived, or when the outbox has no socket or no loop to
+    /// leave: the caller then wakes the loop as usual.
+    fn end_alone(&self, state: &mut MutexGuard<'_, OutState>) -> bool {
+        let (Some(fd), Some(poller)) = (self.socket, self.notifier.poller) else {
+            return false;
+        };
+        if state.loop_busy
+            || !state.chunks.is_empty()
+            || state.revoked
+            || state.client_gone
+            || state.extra_input
+        {
+            return false;
+        }
+        // SAFETY: the descriptor is open (not revoked, under the lock, as for `write_direct`);
+        // `poller` is the loop's epoll descriptor, which outlives every connection's.
+        if unsafe { libc::epoll_ctl(poller, libc::EPOLL_CTL_DEL, fd, std::ptr::null_mut()) } != 0 {
+            return false;
+        }
+        // SAFETY: as above. A failure (the client reset meanwhile) leaves the loop to close.
+        unsafe { libc::shutdown(fd, libc::SHUT_WR) };
+        true
+    }
+
     /// Queues what was not written directly (`written` bytes were) and the end, and wakes the
-    /// loop when it has something to do.
+    /// loop when it has something to do. A complete response that went out whole by direct
+    /// writes is ended here instead (see [`Outbox::end_alone`]), and the loop is not woken.
     fn queue(&self, mut state: MutexGuard<'_, OutState>, written: usize, chunk: Chunk, end: Option<End>) {
+        if end == Some(End::Complete) && chunk.is_empty() && state.end.is_none() && self.end_alone(&mut state)
+        {
+            state.end = end;
+            // An earlier notification still on its way shows the loop the end as well.
+            let quiet = !std::mem::replace(&mut state.notified, true);
+            let total = state.written_total;
+            drop(state);
+            if written > 0 {
+                if let Some(observer) = self.observer.get() {
+                    observer(OutboxEvent::Written(total));
+                }
+            }
+            if quiet {
+                self.notifier.notify_quiet(self.id);
+            }
+            return;
+        }
         if !chunk.is_empty() {
             state.unsent = state
                 .unsent
@@ -392,7 +452,9 @@ impl Outbox {
     pub fn wait_for_room(&self) -> Result<(), ClientGone> {
         let mut state = self.lock();
         while state.unsent > self.high_water / 2 && !state.client_gone && !state.revoked {
+            state.room_waiters += 1;
             state = self.room.wait(state).unwrap_or_else(|e| e.into_inner());
+            state.room_waiters -= 1;
         }
         if state.client_gone || state.revoked {
             Err(ClientGone)
@@ -431,7 +493,7 @@ impl Outbox {
         }
         state.sent_any = true;
         state.client_gone = true;
-        self.room.notify_all();
+        Self::wake_waiters(&self.room, &state);
         let wake = !state.notified;
         state.notified = true;
         let hook = state.room_waiter.0.take();
@@ -472,7 +534,13 @@ impl Outbox {
         state.revoked = true;
         state.chunks.clear();
         state.unsent = 0;
-        self.room.notify_all();
+        Self::wake_waiters(&self.room, &state);
+    }
+
+    /// Loop side: input arrived beyond the request, so the loop will close gently and the
+    /// producer must leave the ending to it.
+    pub(crate) fn note_extra_input(&self) {
+        self.lock().extra_input = true;
     }
 
     /// Loop side: `n` more bytes reached the socket; wakes a producer waiting for room.
@@ -487,7 +555,7 @@ impl Outbox {
         state.written_total += n as u64;
         let total = state.written_total;
         let hook = if before > self.high_water / 2 && state.unsent <= self.high_water / 2 {
-            self.room.notify_all();
+            Self::wake_waiters(&self.room, &state);
             state.room_waiter.0.take()
         } else {
             None
@@ -507,7 +575,7 @@ impl Outbox {
         let was_gone = std::mem::replace(&mut state.client_gone, true);
         state.chunks.clear();
         state.unsent = 0;
-        self.room.notify_all();
+        Self::wake_waiters(&self.room, &state);
         let hook = state.room_waiter.0.take();
         drop(state);
         if let Some(hook) = hook {
@@ -526,16 +594,38 @@ pub struct Notifier {
     waker: mio::Waker,
     /// Set while a wake-up is pending, so a burst of completions costs one wake-up.
     woken: AtomicBool,
+    /// Set while ids wait that were queued without a wake-up ([`Notifier::notify_quiet`]).
+    quiet: AtomicBool,
+    /// The loop's epoll descriptor, when producers may take sockets out of it
+    /// ([`Outbox::end_alone`]).
+    poller: Option<RawFd>,
 }
 
 impl Notifier {
-    /// Wraps the loop's waker.
-    pub fn new(waker: mio::Waker) -> Arc<Notifier> {
+    /// Wraps the loop's waker. `poller` is the loop's epoll descriptor, which lets producers
+    /// end connections themselves; it must stay open as long as any outbox with a socket.
+    pub fn new(waker: mio::Waker, poller: Option<RawFd>) -> Arc<Notifier> {
         Arc::new(Notifier {
             ready: Mutex::new(Vec::with_capacity(64)),
             waker,
             woken: AtomicBool::new(false),
+            quiet: AtomicBool::new(false),
+            poller,
         })
+    }
+
+    /// Queues `id` for the loop without waking it: it is a connection whose producer ended it
+    /// ([`Outbox::end_alone`]), which only needs its descriptor closed. The loop looks after
+    /// every round of events, and sleeps at most [`QUIET_CLOSE_DELAY`] while connections are
+    /// open.
+    pub fn notify_quiet(&self, id: ConnId) {
+        self.ready.lock().unwrap_or_else(|e| e.into_inner()).push(id);
+        self.quiet.store(true, Ordering::Release);
+    }
+
+    /// Loop side: whether ids wait that came without a wake-up.
+    pub(crate) fn has_quiet(&self) -> bool {
+        self.quiet.load(Ordering::Acquire)
     }
 
     /// Queues `id` for the loop and wakes it if it is not already awake for this purpose.
@@ -560,6 +650,7 @@ impl Notifier {
     /// Loop side: takes the queued ids into `into` (which it reuses).
     pub(crate) fn drain(&self, into: &mut Vec<ConnId>) {
         self.woken.store(false, Ordering::Release);
+        self.quiet.store(false, Ordering::Release);
         let mut ready = self.ready.lock().unwrap_or_else(|e| e.into_inner());
         std::mem::swap(&mut *ready, into);
     }
@@ -585,6 +676,10 @@ impl LoopWaker {
         }
     }
 }
+
+/// The longest the loop sleeps while connections are open, so that one a producer ended by
+/// itself ([`Notifier::notify_quiet`]) is closed soon even when nothing else happens.
+pub const QUIET_CLOSE_DELAY: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// How many complete requests may wait for a worker before the loop stops reading further
 /// request bodies into memory ([`Dispatcher::wants_bodies`]): enough to keep workers fed, few
@@ -641,7 +736,10 @@ mod tests {
         let poll = mio::Poll::new().unwrap();
         let waker = mio::Waker::new(poll.registry(), mio::Token(0)).unwrap();
         let id = ConnId { key: 0, serial: 0 };
-        (poll, Outbox::new(id, Notifier::new(waker), high_water, None))
+        (
+            poll,
+            Outbox::new(id, Notifier::new(waker, None), high_water, None),
+        )
     }
 
     fn counting_hook(calls: &Arc<AtomicUsize>) -> RoomHook {
@@ -696,9 +794,10 @@ mod tests {
     }
 
     fn socket_outbox(fd: std::os::fd::RawFd, high_water: usize) -> (mio::Poll, Arc<Notifier>, Arc<Outbox>) {
+        use std::os::fd::AsRawFd;
         let poll = mio::Poll::new().unwrap();
         let waker = mio::Waker::new(poll.registry(), mio::Token(0)).unwrap();
-        let notifier = Notifier::new(waker);
+        let notifier = Notifier::new(waker, Some(poll.as_raw_fd()));
         let id = ConnId { key: 3, serial: 7 };
         let outbox = Outbox::new(id, Arc::clone(&notifier), high_water, Some(fd));
         (poll, notifier, outbox)
@@ -733,7 +832,8 @@ mod tests {
         assert!(taken.is_empty(), "a chunk was queued for the loop");
         assert!(!outbox.is_full());
         assert_eq!(*seen.lock().unwrap(), vec![OutboxEvent::Written(23)]);
-        // The end still goes to the loop, which closes the connection.
+        // The end goes to the loop, which closes the connection (the socket is not in the
+        // loop's epoll set here, so the producer cannot end it alone: see the next test).
         outbox.send(b"!".to_vec(), Some(End::Complete)).unwrap();
         notifier.drain(&mut ready);
         assert_eq!(ready, vec![ConnId { key: 3, serial: 7 }]);
@@ -741,6 +841,89 @@ mod tests {
         assert!(taken.is_empty());
         let n = client.read(&mut got).unwrap();
         assert_eq!(&got[..n], b"!");
+    }
+
+    /// The socket pair with the server end in `poll`'s set, as the loop registers connections.
+    fn watched(poll: &mio::Poll, server: &std::os::unix::net::UnixStream) {
+        use std::os::fd::AsRawFd;
+        poll.registry()
+            .register(
+                &mut mio::unix::SourceFd(&server.as_raw_fd()),
+                mio::Token(3),
+                mio::Interest::READABLE,
+            )
+            .unwrap();
+    }
+
+    #[test]
+    fn a_response_written_whole_is_ended_without_waking_the_loop() {
+        use std::io::{Read, Write};
+        use std::os::fd::AsRawFd;
+        let (server, mut client) = socket_pair();
+        let (mut poll, notifier, outbox) = socket_outbox(server.as_raw_fd(), 1 << 20);
+        watched(&poll, &server);
+        outbox
+            .send_slices(&[b"Status: 200 OK\r\n\r\n", b"whole"], Some(End::Complete))
+            .unwrap();
+        // The client gets the response and its end at once, from the producer.
+        client
+            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"Status: 200 OK\r\n\r\nwhole");
+        // Its closing does not wake the loop: the socket left the set, and no wake-up was sent.
+        client.write_all(b"late").unwrap();
+        drop(client);
+        let mut events = mio::Events::with_capacity(8);
+        poll.poll(&mut events, Some(std::time::Duration::ZERO)).unwrap();
+        assert!(events.is_empty(), "the loop was woken: {events:?}");
+        // The loop finds it when it next looks, and closes it.
+        assert!(notifier.has_quiet());
+        let mut ready = Vec::new();
+        notifier.drain(&mut ready);
+        assert_eq!(ready, vec![ConnId { key: 3, serial: 7 }]);
+        assert!(!notifier.has_quiet());
+        assert_eq!(outbox.take(&mut VecDeque::new()), Some(End::Complete));
+        assert_eq!(outbox.send(b"more".to_vec(), None), Err(ClientGone));
+    }
+
+    #[test]
+    fn the_loop_ends_what_it_must_close_gently_or_still_holds() {
+        use std::io::Read;
+        use std::os::fd::AsRawFd;
+        // Input arrived past the request: the loop lingers, so it must do the ending.
+        let (server, mut client) = socket_pair();
+        let (mut poll, notifier, outbox) = socket_outbox(server.as_raw_fd(), 1 << 20);
+        watched(&poll, &server);
+        outbox.note_extra_input();
+        outbox.send_slices(&[b"answer"], Some(End::Complete)).unwrap();
+        let mut events = mio::Events::with_capacity(8);
+        poll.poll(&mut events, Some(std::time::Duration::ZERO)).unwrap();
+        assert_eq!(events.iter().count(), 1, "the loop was not woken");
+        assert!(!notifier.has_quiet());
+        client.set_nonblocking(true).unwrap();
+        let mut got = [0u8; 16];
+        assert_eq!(client.read(&mut got).unwrap(), 6);
+        let err = client.read(&mut got).unwrap_err();
+        assert_eq!(
+            err.kind(),
+            io::ErrorKind::WouldBlock,
+            "our side was shut by the producer"
+        );
+
+        // The loop holds output not yet written: the end waits behind it.
+        let (server, _client) = socket_pair();
+        let (mut poll, notifier, outbox) = socket_outbox(server.as_raw_fd(), 1 << 20);
+        watched(&poll, &server);
+        outbox.send(pattern(1 << 20, 4), None).unwrap();
+        let mut taken = VecDeque::new();
+        assert_eq!(outbox.take(&mut taken), None);
+        assert!(!taken.is_empty(), "a megabyte fit a 16 KiB socket buffer");
+        outbox.send(Vec::new(), Some(End::Complete)).unwrap();
+        poll.poll(&mut events, Some(std::time::Duration::ZERO)).unwrap();
+        assert!(!events.is_empty(), "the loop was not woken for the end");
+        assert!(!notifier.has_quiet());
     }
 
     #[test]

@@ -15,7 +15,7 @@ use slab::Slab;
 
 use crate::cli::Limits;
 use crate::conn::{Conn, Phase, ReadOutcome, Refusal};
-use crate::dispatch::{ConnId, Dispatcher, End, Notifier, Outbox, Request};
+use crate::dispatch::{ConnId, Dispatcher, End, Notifier, Outbox, Request, QUIET_CLOSE_DELAY};
 use crate::listen::Listener;
 use crate::{debug, error, info, warning};
 
@@ -95,7 +95,6 @@ impl SignalPipe {
 
 /// The event loop and everything it owns.
 pub struct Server<D: Dispatcher> {
-    poll: Poll,
     listener: Option<Listener>,
     conns: Slab<Conn>,
     notifier: Arc<Notifier>,
@@ -130,6 +129,9 @@ pub struct Server<D: Dispatcher> {
     conn_limit_logged: Option<Instant>,
     /// A second SIGTERM/SIGINT stops at once (off under a master, which escalates with SIGQUIT).
     repeat_stops_at_once: bool,
+    /// Last, so that it drops last: producers may take sockets out of it until the
+    /// connections (dropped before it) revoke their outboxes.
+    poll: Poll,
 }
 
 impl<D: Dispatcher> Server<D> {
@@ -149,7 +151,7 @@ impl<D: Dispatcher> Server<D> {
         poll.registry()
             .register(&mut signals.reader, SIGNALS, Interest::READABLE)?;
         let waker = mio::Waker::new(poll.registry(), WAKER)?;
-        let notifier = Notifier::new(waker);
+        let notifier = Notifier::new(waker, Some(poll.as_raw_fd()));
         let mut dispatcher = dispatcher;
         dispatcher.set_waker(Arc::clone(&notifier));
         Ok(Server {
@@ -208,6 +210,9 @@ impl<D: Dispatcher> Server<D> {
                     Token(key) => self.on_conn_event(key, event.is_readable(), event.is_writable()),
                 }
             }
+            if self.notifier.has_quiet() {
+                self.collect_completions();
+            }
             self.expire_timers();
             if self.accept_pending || self.accept_paused_until.is_some_and(|t| t <= Instant::now()) {
                 self.accept_paused_until = None;
@@ -242,7 +247,13 @@ impl<D: Dispatcher> Server<D> {
         {
             next = Some(next.map_or(candidate, |n| n.min(candidate)));
         }
-        next.map(|t| t.saturating_duration_since(now) + Duration::from_millis(1))
+        let timeout = next.map(|t| t.saturating_duration_since(now) + Duration::from_millis(1));
+        if self.conns.is_empty() {
+            timeout
+        } else {
+            // A producer may end a connection without waking the loop.
+            Some(timeout.map_or(QUIET_CLOSE_DELAY, |t| t.min(QUIET_CLOSE_DELAY)))
+        }
     }
 
     fn on_signals(&mut self) -> Option<Exit> {
@@ -312,12 +323,14 @@ impl<D: Dispatcher> Server<D> {
                     let entry = self.conns.vacant_entry();
                     let key = entry.key();
                     let conn = entry.insert(Conn::new(stream, serial, now));
-                    // Both interests once, edge-triggered: no re-registration per state change.
-                    if let Err(e) = self.poll.registry().register(
-                        &mut conn.stream,
-                        Token(key),
-                        Interest::READABLE | Interest::WRITABLE,
-                    ) {
+                    // Edge-triggered, readable only: most responses go out by direct writes from
+                    // the worker, and the client's acknowledgements should not wake the loop.
+                    // Writable is added when the loop has output the socket did not take.
+                    if let Err(e) =
+                        self.poll
+                            .registry()
+                            .register(&mut conn.stream, Token(key), Interest::READABLE)
+                    {
                         error!("server", "cannot watch a new connection: {e}");
                         self.conns.remove(key);
                         continue;
@@ -482,6 +495,9 @@ impl<D: Dispatcher> Server<D> {
             self.limits.write_buffer,
             Some(conn.stream.as_raw_fd()),
         );
+        if conn.wants_linger() {
+            outbox.note_extra_input();
+        }
         conn.outbox = Some(Arc::clone(&outbox));
         let request = Request {
             buf,
@@ -594,6 +610,21 @@ impl<D: Dispatcher> Server<D> {
             return;
         }
         if !conn.output_drained() {
+            if !conn.watching_writable {
+                conn.watching_writable = true;
+                if let Err(e) = self.poll.registry().reregister(
+                    &mut conn.stream,
+                    Token(key),
+                    Interest::READABLE | Interest::WRITABLE,
+                ) {
+                    error!("server", "cannot watch a connection for room to write: {e}");
+                    if let Some(outbox) = &conn.outbox {
+                        outbox.mark_client_gone();
+                    }
+                    self.close(key);
+                    return;
+                }
+            }
             if !was_blocked || conn.phase == Phase::Closing {
                 let serial = conn.serial;
                 if let Some(t) = conn.deadline(&self.limits) {
