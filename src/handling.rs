@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use pyo3::Python;
 
-use crate::dispatch::{read_ahead, Dispatcher, LoopWaker, Notifier, Request};
+use crate::dispatch::{Dispatcher, HoldBack, LoopWaker, Notifier, Request, READ_AHEAD};
 use crate::error::ConfigError;
 
 /// Default thread bound for `free` (the original has none; an unbounded default is not safe).
@@ -157,9 +157,9 @@ struct Queue {
     emptied: u64,
     /// The monitor sleeps until a backlog or concurrent requests call for it.
     monitor_parked: bool,
-    /// The loop held back because every worker was busy (a connection left to sibling
-    /// processes, or request bodies left unread): wake it when one takes the next request.
-    declined: bool,
+    /// The loop held back because enough requests wait (a connection left to sibling
+    /// processes, or request bodies left unread): wake it as the queue runs down.
+    held_back: HoldBack,
     stopping: bool,
     /// Since when the loop has held a request the full queue refused (pool's `abort=`).
     refused_since: Option<Instant>,
@@ -236,7 +236,7 @@ impl WorkerPool {
                 completed: 0,
                 emptied: 0,
                 monitor_parked: false,
-                declined: false,
+                held_back: HoldBack::default(),
                 stopping: false,
                 refused_since: None,
             }),
@@ -311,7 +311,8 @@ impl Shared {
                         // The loop stopped taking requests at the limit: tell it there is room.
                         queue.refused_since = None;
                     }
-                    let wake_loop = was_full || std::mem::take(&mut queue.declined);
+                    let waiting = queue.pending.len();
+                    let wake_loop = queue.held_back.resumes(waiting) || was_full;
                     drop(queue);
                     if wake_monitor {
                         self.monitor.notify_one();
@@ -324,7 +325,7 @@ impl Shared {
             }
             if queue.pending.is_empty() {
                 queue.emptied += 1;
-                if std::mem::take(&mut queue.declined) {
+                if queue.held_back.resumes(0) {
                     // The loop left connections to sibling processes while this one was busy:
                     // it is free now.
                     self.wake_loop();
@@ -739,20 +740,17 @@ impl Dispatcher for WorkerPool {
         if !self.shared.shared_listener {
             return true;
         }
-        let mut queue = self.shared.lock();
+        let queue = &mut *self.shared.lock();
         // Enough to keep the workers going, and one ready for the next free one; a sibling
         // takes the rest.
         let free = queue.allowed.saturating_sub(queue.running);
-        let wants = queue.pending.len() + incoming <= free;
-        if !wants {
-            queue.declined = true;
-        }
-        wants
+        let waiting = queue.pending.len() + incoming;
+        queue.held_back.admits(waiting, free + 1)
     }
 
     fn wants_bodies(&self) -> bool {
         let queue = &mut *self.shared.lock();
-        read_ahead(queue.pending.len(), &mut queue.declined)
+        queue.held_back.admits(queue.pending.len(), READ_AHEAD)
     }
 
     fn queue_limit(&self) -> usize {

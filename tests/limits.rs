@@ -361,6 +361,45 @@ fn a_body_left_unread_while_workers_are_busy_does_not_time_out() {
     );
 }
 
+/// Sockets the process has open.
+fn open_sockets(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|dir| {
+            dir.filter_map(Result::ok)
+                .filter(|e| {
+                    std::fs::read_link(e.path())
+                        .is_ok_and(|target| target.to_string_lossy().starts_with("socket:"))
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn connections_the_worker_ends_are_closed_when_the_server_goes_idle() {
+    // A response written whole by the worker ends without waking the loop, which closes the
+    // descriptor when it next looks: it must look even when no other request comes.
+    let server = start(&[]);
+    let pid = server.pid();
+    // The listener and the loop's own sockets, before any request.
+    let settled = open_sockets(pid);
+    assert!(settled > 0, "no sockets seen in /proc/{pid}/fd");
+    for _ in 0..20 {
+        let mut stream = server.connect();
+        stream
+            .send_all(&ScgiRequest::get("/sleep?s=0").encode(), Duration::from_secs(5))
+            .unwrap();
+        let (raw, end) = stream.read_until_eof(Duration::from_secs(5));
+        assert!(matches!(end, ReadEnd::Eof), "{end:?}");
+        assert_eq!(Response::parse(raw).status, 200);
+    }
+    assert!(
+        wait_until(Duration::from_secs(2), || open_sockets(pid) <= settled),
+        "{} sockets still open 2 s after the last response, {settled} before",
+        open_sockets(pid)
+    );
+}
+
 fn raise_nofile() -> u64 {
     let mut limit = libc::rlimit {
         rlim_cur: 0,

@@ -21,7 +21,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::dispatch::{
-    read_ahead, Body, Chunk, Dispatcher, End, LoopWaker, Notifier, Outbox, OutboxEvent, Request,
+    Body, Chunk, Dispatcher, End, HoldBack, LoopWaker, Notifier, Outbox, OutboxEvent, Request, READ_AHEAD,
 };
 use crate::handling::{spawn_wedge_watch, Model, Wedge};
 use crate::watchdog::RequestWatch;
@@ -181,8 +181,9 @@ struct State {
     calling: usize,
     /// Since when requests have been refused for a full queue (pool's abort=).
     refused_since: Option<Instant>,
-    /// The loop left request bodies unread while requests waited: wake it when one is sent.
-    bodies_declined: bool,
+    /// The loop left request bodies unread while requests waited: wake it as the queue runs
+    /// down.
+    held_back: HoldBack,
     queue: VecDeque<(Request, Instant)>,
     next_id: u32,
     /// The current worker's frame channel; `None` while it is being replaced.
@@ -441,7 +442,8 @@ impl Shared {
             if was_full {
                 state.refused_since = None;
             }
-            if was_full || std::mem::take(&mut state.bodies_declined) {
+            let waiting = state.queue.len();
+            if state.held_back.resumes(waiting) || was_full {
                 // The loop stopped taking requests at the limit, or reading bodies: tell it
                 // there is room.
                 self.loop_waker.wake();
@@ -791,7 +793,7 @@ impl ExternalDispatcher {
                 slots: HashMap::new(),
                 calling: 0,
                 refused_since: None,
-                bodies_declined: false,
+                held_back: HoldBack::default(),
                 queue: VecDeque::new(),
                 next_id: 1,
                 to_worker: None,
@@ -838,7 +840,7 @@ impl Dispatcher for ExternalDispatcher {
 
     fn wants_bodies(&self) -> bool {
         let state = &mut *self.shared.lock();
-        read_ahead(state.queue.len(), &mut state.bodies_declined)
+        state.held_back.admits(state.queue.len(), READ_AHEAD)
     }
 
     fn queue_limit(&self) -> usize {
