@@ -5,9 +5,12 @@
 //! when the loop has nothing queued for it and the socket takes the bytes at once (one
 //! non-blocking `sendmsg`); whatever the socket does not take is queued for the loop. The loop
 //! revokes the socket, under the outbox lock, before it closes it, so a worker never writes to
-//! a descriptor number that may already name another connection. A worker that produces output
-//! faster than the client reads waits in [`Outbox::wait_for_room`] (callers release the GIL
-//! around it) until the loop has written enough.
+//! a descriptor number that may already name another connection. A response that went out
+//! whole this way is also ended by the worker (`Outbox::end_alone`): the socket leaves the
+//! loop's epoll set and our side is shut, and the loop, not woken for it, closes the
+//! descriptor when it next looks. A worker that produces output faster than the client reads
+//! waits in [`Outbox::wait_for_room`] (callers release the GIL around it) until the loop has
+//! written enough.
 
 use std::collections::VecDeque;
 use std::fs::File;
