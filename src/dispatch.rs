@@ -376,23 +376,10 @@ impl Outbox {
     /// loop when it has something to do. A complete response that went out whole by direct
     /// writes is ended here instead (see [`Outbox::end_alone`]), and the loop is not woken.
     fn queue(&self, mut state: MutexGuard<'_, OutState>, written: usize, chunk: Chunk, end: Option<End>) {
-        if end == Some(End::Complete) && chunk.is_empty() && state.end.is_none() && self.end_alone(&mut state)
-        {
-            state.end = end;
-            // An earlier notification still on its way shows the loop the end as well.
-            let quiet = !std::mem::replace(&mut state.notified, true);
-            let total = state.written_total;
-            drop(state);
-            if written > 0 {
-                if let Some(observer) = self.observer.get() {
-                    observer(OutboxEvent::Written(total));
-                }
-            }
-            if quiet {
-                self.notifier.notify_quiet(self.id);
-            }
-            return;
-        }
+        let ended_alone = end == Some(End::Complete)
+            && chunk.is_empty()
+            && state.end.is_none()
+            && self.end_alone(&mut state);
         if !chunk.is_empty() {
             state.unsent = state
                 .unsent
@@ -403,6 +390,7 @@ impl Outbox {
         if end.is_some() && state.end.is_none() {
             state.end = end;
         }
+        // A notification already on its way shows the loop the end as well.
         let work = !state.chunks.is_empty() || end.is_some();
         let wake = work && !state.notified;
         if wake {
@@ -415,8 +403,11 @@ impl Outbox {
                 observer(OutboxEvent::Written(total));
             }
         }
-        if wake {
-            self.notifier.notify(self.id);
+        match (wake, ended_alone) {
+            (true, false) => self.notifier.notify(self.id),
+            // Only the descriptor is left to close: no need to wake the loop for that.
+            (true, true) => self.notifier.notify_quiet(self.id),
+            (false, _) => {}
         }
     }
 
