@@ -240,7 +240,7 @@ impl Outbox {
         if state.client_gone || state.revoked || state.end.is_some() {
             return Err(ClientGone);
         }
-        let written = self.write_direct(&mut state, &[&data])?;
+        let written = self.write_direct(&mut state, &[&data], end)?;
         if written > 0 {
             data.drain(..written);
         }
@@ -261,7 +261,7 @@ impl Outbox {
         if state.client_gone || state.revoked || state.end.is_some() {
             return Err(ClientGone);
         }
-        let mut skip = self.write_direct(&mut state, slices)?;
+        let mut skip = self.write_direct(&mut state, slices, end)?;
         let total: usize = slices.iter().map(|s| s.len()).sum();
         let mut rest = Vec::with_capacity(total.saturating_sub(skip));
         for slice in slices {
@@ -276,10 +276,16 @@ impl Outbox {
     /// Writes what the socket takes at once, when the loop has nothing queued (so the bytes
     /// cannot overtake any) and the socket is still ours. Returns how many bytes went out,
     /// accounted as the loop's writes are. A failed write means the client is gone.
+    ///
+    /// With the end of a complete response that the producer will end itself
+    /// ([`Outbox::end_alone`]), the bytes are sent with `MSG_MORE`: the kernel holds the last
+    /// partial segment for the shutdown that follows at once, and the client gets the rest of
+    /// the response and its end in one segment, with one wake-up.
     fn write_direct(
         &self,
         state: &mut MutexGuard<'_, OutState>,
         slices: &[&[u8]],
+        end: Option<End>,
     ) -> Result<usize, ClientGone> {
         let Some(fd) = self.socket else { return Ok(0) };
         if state.loop_busy || !state.chunks.is_empty() || state.revoked || state.client_gone {
@@ -300,6 +306,12 @@ impl Outbox {
         if count == 0 {
             return Ok(0);
         }
+        let mut flags = libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT;
+        if end == Some(End::Complete) && self.notifier.poller.is_some() && !state.extra_input {
+            // Should ending it alone fail after all, the loop's close or shutdown sends what
+            // is held; so does its next write, should the socket not take all of it now.
+            flags |= libc::MSG_MORE;
+        }
         let written = loop {
             // SAFETY: a zeroed msghdr is valid; iov points at `count` slices that outlive the call.
             let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
@@ -308,7 +320,7 @@ impl Outbox {
             // SAFETY: the descriptor is open: the loop revokes it under this lock (held by the
             // caller) before closing it, and `revoked` was checked above. MSG_NOSIGNAL: a
             // vanished client is an error to report, not a SIGPIPE.
-            let n = unsafe { libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) };
+            let n = unsafe { libc::sendmsg(fd, &msg, flags) };
             if n >= 0 {
                 break n as usize;
             }
@@ -917,6 +929,57 @@ mod tests {
         assert!(!notifier.has_quiet());
         assert_eq!(outbox.take(&mut VecDeque::new()), Some(End::Complete));
         assert_eq!(outbox.send(b"more".to_vec(), None), Err(ClientGone));
+    }
+
+    /// A connected TCP pair over the loopback: the server end non-blocking.
+    fn tcp_pair() -> (std::net::TcpStream, std::net::TcpStream) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        server.set_nonblocking(true).unwrap();
+        server.set_nodelay(true).unwrap();
+        client
+            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        (server, client)
+    }
+
+    #[test]
+    fn over_tcp_the_last_bytes_held_for_the_end_reach_the_client_on_every_path() {
+        use std::io::Read;
+        use std::os::fd::AsRawFd;
+        // Ended by the producer: the shutdown sends what MSG_MORE held, with the end.
+        let (server, mut client) = tcp_pair();
+        let (poll, notifier, outbox) = socket_outbox(server.as_raw_fd(), 1 << 20);
+        poll.registry()
+            .register(
+                &mut mio::unix::SourceFd(&server.as_raw_fd()),
+                mio::Token(3),
+                mio::Interest::READABLE,
+            )
+            .unwrap();
+        outbox
+            .send_slices(&[b"Status: 200 OK\r\n\r\n", b"short"], Some(End::Complete))
+            .unwrap();
+        assert!(notifier.has_quiet(), "the producer did not end it");
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"Status: 200 OK\r\n\r\nshort");
+
+        // Not in the loop's set, so the producer cannot end it: the loop's close sends it.
+        let (server, mut client) = tcp_pair();
+        let (_poll, notifier, outbox) = socket_outbox(server.as_raw_fd(), 1 << 20);
+        outbox.send_slices(&[b"held"], Some(End::Complete)).unwrap();
+        assert!(!notifier.has_quiet());
+        let mut ready = Vec::new();
+        notifier.drain(&mut ready);
+        assert_eq!(ready.len(), 1, "the loop was not told");
+        assert_eq!(outbox.take(&mut VecDeque::new()), Some(End::Complete));
+        outbox.revoke();
+        drop(server);
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"held");
     }
 
     #[test]
