@@ -886,12 +886,11 @@ mod tests {
         assert_eq!(&got[..n], b"!");
     }
 
-    /// The socket pair with the server end in `poll`'s set, as the loop registers connections.
-    fn watched(poll: &mio::Poll, server: &std::os::unix::net::UnixStream) {
-        use std::os::fd::AsRawFd;
+    /// Puts the server end of a pair in `poll`'s set, as the loop registers connections.
+    fn watched(poll: &mio::Poll, server: std::os::fd::RawFd) {
         poll.registry()
             .register(
-                &mut mio::unix::SourceFd(&server.as_raw_fd()),
+                &mut mio::unix::SourceFd(&server),
                 mio::Token(3),
                 mio::Interest::READABLE,
             )
@@ -904,7 +903,7 @@ mod tests {
         use std::os::fd::AsRawFd;
         let (server, mut client) = socket_pair();
         let (mut poll, notifier, outbox) = socket_outbox(server.as_raw_fd(), 1 << 20);
-        watched(&poll, &server);
+        watched(&poll, server.as_raw_fd());
         outbox
             .send_slices(&[b"Status: 200 OK\r\n\r\n", b"whole"], Some(End::Complete))
             .unwrap();
@@ -951,13 +950,7 @@ mod tests {
         // Ended by the producer: the shutdown sends what MSG_MORE held, with the end.
         let (server, mut client) = tcp_pair();
         let (poll, notifier, outbox) = socket_outbox(server.as_raw_fd(), 1 << 20);
-        poll.registry()
-            .register(
-                &mut mio::unix::SourceFd(&server.as_raw_fd()),
-                mio::Token(3),
-                mio::Interest::READABLE,
-            )
-            .unwrap();
+        watched(&poll, server.as_raw_fd());
         outbox
             .send_slices(&[b"Status: 200 OK\r\n\r\n", b"short"], Some(End::Complete))
             .unwrap();
@@ -989,7 +982,7 @@ mod tests {
         // Input arrived past the request: the loop lingers, so it must do the ending.
         let (server, mut client) = socket_pair();
         let (mut poll, notifier, outbox) = socket_outbox(server.as_raw_fd(), 1 << 20);
-        watched(&poll, &server);
+        watched(&poll, server.as_raw_fd());
         outbox.note_extra_input();
         outbox.send_slices(&[b"answer"], Some(End::Complete)).unwrap();
         let mut events = mio::Events::with_capacity(8);
@@ -1009,7 +1002,7 @@ mod tests {
         // The loop holds output not yet written: the end waits behind it.
         let (server, _client) = socket_pair();
         let (mut poll, notifier, outbox) = socket_outbox(server.as_raw_fd(), 1 << 20);
-        watched(&poll, &server);
+        watched(&poll, server.as_raw_fd());
         outbox.send(pattern(1 << 20, 4), None).unwrap();
         let mut taken = VecDeque::new();
         assert_eq!(outbox.take(&mut taken), None);

@@ -401,31 +401,42 @@ impl<D: Dispatcher> Server<D> {
             let dispatcher = &self.dispatcher;
             let none_deferred = self.deferred.is_empty();
             let mut may_read_body = || none_deferred && dispatcher.wants_bodies();
-            match conn.on_readable(&mut self.scratch, &self.limits, &mut may_read_body) {
-                ReadOutcome::Pending => {
-                    // The body's stall timer replaces the head timer once the head is in.
-                    if phase_before == Phase::Head && conn.phase == Phase::Body {
-                        let serial = conn.serial;
-                        if let Some(deadline) = conn.deadline(&self.limits) {
-                            self.timers.push((deadline, key, serial), &self.conns);
-                        }
-                    }
-                }
-                ReadOutcome::Complete => self.dispatch(key),
-                ReadOutcome::Refuse(refusal) => self.refuse(key, &refusal),
-                ReadOutcome::Closed => {
-                    self.on_peer_closed(key);
-                    return;
-                }
-                ReadOutcome::Deferred => {
-                    self.deferred.push_back((key, conn.serial));
-                    return;
-                }
+            let outcome = conn.on_readable(&mut self.scratch, &self.limits, &mut may_read_body);
+            if !self.on_read(key, phase_before, outcome) {
+                return;
             }
         }
         if writable || readable {
             self.pump_output(key);
         }
+    }
+
+    /// Acts on what a read of connection `key` brought. Returns whether the connection is
+    /// still open and not waiting its turn, so that its output may be pumped.
+    fn on_read(&mut self, key: usize, phase_before: Phase, outcome: ReadOutcome) -> bool {
+        match outcome {
+            ReadOutcome::Pending => {
+                // The body's stall timer replaces the head timer once the head is in.
+                let conn = &self.conns[key];
+                if phase_before == Phase::Head && conn.phase == Phase::Body {
+                    let serial = conn.serial;
+                    if let Some(deadline) = conn.deadline(&self.limits) {
+                        self.timers.push((deadline, key, serial), &self.conns);
+                    }
+                }
+            }
+            ReadOutcome::Complete => self.dispatch(key),
+            ReadOutcome::Refuse(refusal) => self.refuse(key, &refusal),
+            ReadOutcome::Closed => {
+                self.on_peer_closed(key);
+                return false;
+            }
+            ReadOutcome::Deferred => {
+                self.deferred.push_back((key, self.conns[key].serial));
+                return false;
+            }
+        }
+        true
     }
 
     /// Reads deferred bodies, oldest first, while the dispatcher wants more (it wakes the loop
@@ -448,12 +459,9 @@ impl<D: Dispatcher> Server<D> {
                 self.timers.push((deadline, key, serial), &self.conns);
             }
             let mut go_ahead = || true;
-            match self.conns[key].on_readable(&mut self.scratch, &self.limits, &mut go_ahead) {
-                ReadOutcome::Pending | ReadOutcome::Deferred => {}
-                ReadOutcome::Complete => self.dispatch(key),
-                ReadOutcome::Refuse(refusal) => self.refuse(key, &refusal),
-                ReadOutcome::Closed => self.on_peer_closed(key),
-            }
+            let outcome = self.conns[key].on_readable(&mut self.scratch, &self.limits, &mut go_ahead);
+            // Its stall timer is set above; it is not deferred again (`go_ahead`).
+            self.on_read(key, Phase::Body, outcome);
         }
     }
 
