@@ -257,6 +257,11 @@ impl<D: Dispatcher> Server<D> {
     }
 
     fn on_signals(&mut self) -> Option<Exit> {
+        // Connections their producers have already ended are not open ones: close them first,
+        // so the counts below are the requests still in flight.
+        if self.notifier.has_quiet() {
+            self.collect_completions();
+        }
         for signal in self.signals.read_signals() {
             if signal == libc::SIGQUIT || (self.draining_since.is_some() && self.repeat_stops_at_once) {
                 info!(

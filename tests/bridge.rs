@@ -361,6 +361,27 @@ fn sigterm_lets_the_request_in_flight_finish_then_exits_0() {
 }
 
 #[test]
+fn sigterm_counts_only_the_requests_still_in_flight() {
+    let mut server = start(Listen::Tcp, &["-A", "bridgeapp"]);
+    for _ in 0..3 {
+        assert_eq!(server.get("/pid").status, 200);
+    }
+    // Answered and ended, though the loop may not have closed their descriptors yet: the
+    // signal comes well within the time it takes for that when nothing else happens.
+    std::thread::sleep(Duration::from_millis(5));
+    server.signal(libc::SIGTERM);
+    let status = server
+        .wait_exit(Duration::from_secs(10))
+        .expect("server exits after the drain");
+    assert_eq!(status.code(), Some(0), "{}", server.stderr_text());
+    let log = server.stderr_text();
+    assert!(
+        log.contains("SIGTERM: no longer accepting; finishing 0 open connection(s)"),
+        "{log}"
+    );
+}
+
+#[test]
 fn app_logging_uses_the_original_format_unless_minus_l() {
     let server = start(Listen::Tcp, &["-A", "bridgeapp"]);
     server.get("/log");
