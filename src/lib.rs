@@ -196,6 +196,9 @@ fn run_server(config: Config, listener: Listener, signals: Option<SignalPipe>) -
         }
     }
     ignore_sighup();
+    if config.process.access_log.is_none() {
+        ignore_sigusr1();
+    }
     let watch = request_watch(&config);
     if let Some(interpreter) = config.interpreter.clone() {
         let dispatcher = match start_external(&config, interpreter, watch) {
@@ -311,6 +314,21 @@ fn ignore_sighup() {
     };
     if let Err(e) = installed {
         warning!("server", "cannot install a SIGHUP handler: {e}");
+    }
+}
+
+/// With no access log to reopen, SIGUSR1 (which log rotation hooks send routinely) must not
+/// kill the server, as its default action would: it notes it and carries on.
+fn ignore_sigusr1() {
+    const NOTE: &[u8] = b"scgi-wsgi[server]: INFO: SIGUSR1 ignored: there is no --access-log to reopen\n";
+    // Only write(2) runs in the handler: it is async-signal-safe.
+    let installed = unsafe {
+        signal_hook::low_level::register(libc::SIGUSR1, || {
+            libc::write(2, NOTE.as_ptr().cast(), NOTE.len());
+        })
+    };
+    if let Err(e) = installed {
+        warning!("server", "cannot install a SIGUSR1 handler: {e}");
     }
 }
 

@@ -118,3 +118,40 @@ fn an_interpreter_that_cannot_run_is_a_clear_start_up_error() {
         run.stderr
     );
 }
+
+#[test]
+fn a_stop_signal_sent_to_every_process_still_lets_the_request_in_flight_finish() {
+    let mut server = start(&[]);
+    let worker = app_pid(&server);
+    let mut stream = server.connect();
+    stream
+        .write_all(&ScgiRequest::get("/sleep").header("QUERY_STRING", "1").encode())
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    // As Ctrl-C or systemd's default KillMode do: the front and its worker process both get it.
+    for sig in [libc::SIGUSR1, libc::SIGHUP, libc::SIGINT] {
+        unsafe { libc::kill(worker as i32, sig) };
+    }
+    server.signal(libc::SIGINT);
+    let (raw, _) = stream.read_until_eof(Duration::from_secs(10));
+    let response = Response::parse(raw);
+    assert_eq!(response.status, 200, "{}", server.stderr_text());
+    assert_eq!(response.text(), "slept\n");
+    let status = server
+        .wait_exit(Duration::from_secs(10))
+        .expect("the server exits after the drain");
+    assert_eq!(status.code(), Some(0), "{}", server.stderr_text());
+    assert!(
+        !server.stderr_text().contains("ended ("),
+        "{}",
+        server.stderr_text()
+    );
+}
+
+#[test]
+fn the_apps_child_processes_get_the_usual_signal_defaults() {
+    let server = start(&[]);
+    let response = server.get("/child-sigterm");
+    assert_eq!(response.status, 200, "{}", server.stderr_text());
+    assert_eq!(response.text(), "default True");
+}

@@ -600,6 +600,14 @@ fn wsgiref_validator_finds_nothing_to_complain_about() {
                 200,
                 b"12345|rest of line\n|line two\nline three".to_vec(),
             ),
+            // As nginx sends a POST: the content headers again, as HTTP_ variables.
+            (
+                ScgiRequest::post("/post", "text/plain", post_body)
+                    .header("HTTP_CONTENT_TYPE", "text/plain")
+                    .header("HTTP_CONTENT_LENGTH", post_body.len().to_string()),
+                200,
+                b"12345|rest of line\n|line two\nline three".to_vec(),
+            ),
             (
                 ScgiRequest::post("/readlines", "text/plain", post_body),
                 200,

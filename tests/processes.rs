@@ -844,6 +844,28 @@ fn sighup_without_workers_is_ignored_with_a_note() {
 }
 
 #[test]
+fn sigusr1_without_an_access_log_is_ignored_with_a_note() {
+    let apps = apps_dir_str();
+    for processes in ["1", "2"] {
+        let mut server = Server::start(&["--processes", processes, "-p", &apps, "-A", "procapp"]);
+        assert_eq!(server.get("/env").status, 200);
+        // As a rotation hook does: every process of the server, not only the one in front.
+        let mut pids = descendants(server.pid());
+        pids.push(server.pid());
+        for pid in pids {
+            unsafe { libc::kill(pid as i32, libc::SIGUSR1) };
+        }
+        assert!(server.wait_for_log(
+            "SIGUSR1 ignored: there is no --access-log to reopen",
+            Duration::from_secs(10)
+        ));
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(server.is_running(), "{}", server.stderr_text());
+        assert_eq!(server.get("/env").status, 200, "{}", server.stderr_text());
+    }
+}
+
+#[test]
 fn without_a_master_a_timed_out_request_makes_the_process_exit() {
     let apps = apps_dir_str();
     let mut server = Server::start(&["--request-timeout", "0.5", "-p", &apps, "-A", "procapp"]);

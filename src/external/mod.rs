@@ -214,6 +214,9 @@ struct Started {
 }
 
 /// Starts a worker and waits for it to report ready (or why it could not start).
+/// Signals the front handles for the whole server, which its worker processes leave alone.
+const FRONT_OWNED_SIGNALS: [libc::c_int; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGUSR1];
+
 fn start_worker(spec: &WorkerSpec, argv: &[String]) -> Result<Started, String> {
     let (ours, theirs) = UnixStream::pair().map_err(|e| format!("cannot create a socket pair: {e}"))?;
     let theirs: OwnedFd = theirs.into();
@@ -230,6 +233,14 @@ fn start_worker(spec: &WorkerSpec, argv: &[String]) -> Result<Started, String> {
         command.pre_exec(move || {
             if libc::dup2(their_fd, WORKER_FD) < 0 {
                 return Err(io::Error::last_os_error());
+            }
+            // The front decides when the worker ends (it closes the channel). A stop signal
+            // sent to the whole process group (Ctrl-C, systemd's default KillMode) or a
+            // rotation hook's SIGUSR1 to every process must not end it, and with it the
+            // requests the front is letting finish. Ignored until the worker installs its own
+            // handlers (which its children do not inherit).
+            for signal in FRONT_OWNED_SIGNALS {
+                libc::signal(signal, libc::SIG_IGN);
             }
             Ok(())
         });

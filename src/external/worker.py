@@ -19,6 +19,7 @@ import json
 import logging
 import logging.handlers
 import os
+import signal
 import socket
 import stat
 import struct
@@ -616,7 +617,17 @@ def one_line(error):
     return text
 
 
+def _left_to_the_front(signum, frame):
+    # The front process handles stop, reload and log signals for the whole server, and ends
+    # this worker by closing the channel.
+    pass
+
+
 def main():
+    # Started with these ignored; a handler instead (not inherited across exec) gives the
+    # app's own child processes the usual defaults back.
+    for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGUSR1"):
+        signal.signal(getattr(signal, name), _left_to_the_front)
     config = json.loads(sys.argv[1])
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, fileno=config["fd"])
     sys.argv = config["argv"]

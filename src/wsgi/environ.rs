@@ -100,8 +100,6 @@ fn known_key<'py>(py: Python<'py>, name: &[u8]) -> Option<&'py Bound<'py, PyStri
         b"HTTP_COOKIE",
         b"HTTP_REFERER",
         b"HTTP_CACHE_CONTROL",
-        b"HTTP_CONTENT_LENGTH",
-        b"HTTP_CONTENT_TYPE",
         b"HTTP_ORIGIN",
         b"HTTP_AUTHORIZATION",
         b"HTTP_IF_MODIFIED_SINCE",
@@ -181,6 +179,9 @@ pub fn build<'py>(
     let mut repeated: HashMap<&[u8], Vec<u8>> = HashMap::new();
     for (name, value) in scgi::headers(header_block) {
         facts.note(name, value);
+        if is_content_duplicate(name) {
+            continue;
+        }
         if let Some(joined) = repeated.get_mut(name) {
             joined.extend_from_slice(join_separator(name));
             joined.extend_from_slice(value);
@@ -215,6 +216,9 @@ pub fn build<'py>(
     }
     for (name, joined) in &repeated {
         environ.set_item(latin1(py, name)?, latin1(py, joined)?)?;
+    }
+    if let Some(content_type) = facts.content_type_from_header() {
+        environ.set_item(intern!(py, "CONTENT_TYPE"), latin1(py, content_type)?)?;
     }
     // Frontends disagree on SCRIPT_NAME and PATH_INFO; see `pathinfo` for the one rule.
     let paths = &facts.paths;
@@ -283,23 +287,47 @@ fn fill_cgi_defaults(
         let name = match &host {
             Some(host) => {
                 let host: String = host.extract()?;
-                let bare = match host.rsplit_once(':') {
-                    Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !h.ends_with(':') => {
-                        h.to_string()
-                    }
-                    _ => host,
-                };
-                latin1_from_str(py, &bare)?
+                latin1_from_str(py, split_host_str(&host).0)?
             }
             None => intern!(py, "localhost").clone(),
         };
         environ.set_item(intern!(py, "SERVER_NAME"), name)?;
     }
     if !environ.contains(intern!(py, "SERVER_PORT"))? {
-        let port = if scheme.to_str()? == "https" { "443" } else { "80" };
+        let host = environ.get_item(intern!(py, "HTTP_HOST"))?;
+        let host: Option<String> = host.map(|h| h.extract()).transpose()?;
+        let port = match host.as_deref().and_then(|h| split_host_str(h).1) {
+            Some(port) => port,
+            None if scheme.to_str()? == "https" => "443",
+            None => "80",
+        };
         environ.set_item(intern!(py, "SERVER_PORT"), port)?;
     }
     Ok(())
+}
+
+/// A Host header's name and port: `example.org:8080` gives both, `[::1]:80` keeps the brackets
+/// on the name, and a value with no numeric port after its last colon is all name.
+fn split_host(host: &[u8]) -> (&[u8], Option<&[u8]>) {
+    match host.iter().rposition(|b| *b == b':') {
+        Some(i) if host[i + 1..].iter().all(u8::is_ascii_digit) && !host[..i].ends_with(b":") => {
+            (&host[..i], (i + 1 < host.len()).then(|| &host[i + 1..]))
+        }
+        _ => (host, None),
+    }
+}
+
+/// [`split_host`] for a `str` (the cuts fall on ASCII characters).
+fn split_host_str(host: &str) -> (&str, Option<&str>) {
+    let (name, port) = split_host(host.as_bytes());
+    (&host[..name.len()], port.map(|p| &host[host.len() - p.len()..]))
+}
+
+/// Headers nginx (among others) passes twice, as `HTTP_CONTENT_TYPE` and `HTTP_CONTENT_LENGTH`
+/// beside the CGI variables: RFC 3875 lets a server leave them out, and PEP 3333's validator
+/// rejects an environ that has them, so they are not passed on.
+fn is_content_duplicate(name: &[u8]) -> bool {
+    name == b"HTTP_CONTENT_TYPE" || name == b"HTTP_CONTENT_LENGTH"
 }
 
 /// What both environ builders need from a head besides the variables themselves.
@@ -308,6 +336,8 @@ struct HeadFacts<'a> {
     ash_protocol: Option<&'a [u8]>,
     https: bool,
     paths: SentPaths<'a>,
+    content_type: bool,
+    http_content_type: Option<&'a [u8]>,
 }
 
 impl<'a> HeadFacts<'a> {
@@ -320,8 +350,15 @@ impl<'a> HeadFacts<'a> {
             b"PATH_INFO" => _ = self.paths.path_info.get_or_insert(value),
             b"DOCUMENT_URI" => _ = self.paths.document_uri.get_or_insert(value),
             b"REQUEST_URI" => _ = self.paths.request_uri.get_or_insert(value),
+            b"CONTENT_TYPE" => self.content_type = true,
+            b"HTTP_CONTENT_TYPE" => _ = self.http_content_type.get_or_insert(value),
             _ => {}
         }
+    }
+
+    /// CONTENT_TYPE from the Content-Type header, when the frontend passed only the header.
+    fn content_type_from_header(&self) -> Option<&'a [u8]> {
+        self.http_content_type.filter(|_| !self.content_type)
     }
 
     /// `wsgi.url_scheme`: X-Ash-Protocol when it says http or https, then HTTPS=on/1, else http.
@@ -350,6 +387,9 @@ pub fn cgi_pairs(header_block: &[u8], mount: Option<&Mount>) -> Vec<u8> {
     let mut facts = HeadFacts::default();
     for (name, value) in scgi::headers(header_block) {
         facts.note(name, value);
+        if is_content_duplicate(name) {
+            continue;
+        }
         match index.get(name) {
             Some(&at) if name.starts_with(b"HTTP_") => {
                 let joined = pairs[at].1.to_mut();
@@ -362,6 +402,9 @@ pub fn cgi_pairs(header_block: &[u8], mount: Option<&Mount>) -> Vec<u8> {
                 pairs.push((Cow::Borrowed(name), Cow::Borrowed(value)));
             }
         }
+    }
+    if let Some(content_type) = facts.content_type_from_header() {
+        pairs.push((Cow::Borrowed(b"CONTENT_TYPE"), Cow::Borrowed(content_type)));
     }
     let scheme = facts.scheme();
     let paths = facts.paths;
@@ -383,25 +426,30 @@ pub fn cgi_pairs(header_block: &[u8], mount: Option<&Mount>) -> Vec<u8> {
             pairs.push((Cow::Borrowed(key), Cow::Borrowed(default)));
         }
     }
+    let host = pairs
+        .iter()
+        .find(|(n, _)| n.as_ref() == b"HTTP_HOST")
+        .map(|(_, v)| v.to_vec());
+    let (host_name, host_port) = match &host {
+        Some(host) => {
+            let (name, port) = split_host(host);
+            (Some(name.to_vec()), port.map(<[u8]>::to_vec))
+        }
+        None => (None, None),
+    };
     if !has(&pairs, b"SERVER_NAME") {
-        let host = pairs
-            .iter()
-            .find(|(n, _)| n.as_ref() == b"HTTP_HOST")
-            .map(|(_, v)| v.to_vec());
-        let name = match host {
-            Some(host) => match host.iter().rposition(|b| *b == b':') {
-                Some(i) if host[i + 1..].iter().all(u8::is_ascii_digit) && !host[..i].ends_with(b":") => {
-                    host[..i].to_vec()
-                }
-                _ => host,
-            },
-            None => b"localhost".to_vec(),
-        };
+        let name = host_name.unwrap_or_else(|| b"localhost".to_vec());
         pairs.push((Cow::Borrowed(b"SERVER_NAME"), Cow::Owned(name)));
     }
     if !has(&pairs, b"SERVER_PORT") {
-        let port: &[u8] = if scheme == b"https" { b"443" } else { b"80" };
-        pairs.push((Cow::Borrowed(b"SERVER_PORT"), Cow::Borrowed(port)));
+        let port = host_port.unwrap_or_else(|| {
+            if scheme == b"https" {
+                b"443".to_vec()
+            } else {
+                b"80".to_vec()
+            }
+        });
+        pairs.push((Cow::Borrowed(b"SERVER_PORT"), Cow::Owned(port)));
     }
     pairs.push((Cow::Borrowed(b"wsgi.url_scheme"), Cow::Borrowed(scheme)));
     let mut out = Vec::with_capacity(header_block.len() + 128);
@@ -470,7 +518,7 @@ mod tests {
         );
         assert_eq!(get(&got, "wsgi.url_scheme"), Some("https"));
         assert_eq!(get(&got, "SERVER_NAME"), Some("example.org"));
-        assert_eq!(get(&got, "SERVER_PORT"), Some("443"));
+        assert_eq!(get(&got, "SERVER_PORT"), Some("8443"), "the Host header's port");
         assert_eq!(get(&got, "SCRIPT_NAME"), Some(""));
         assert_eq!(get(&got, "PATH_INFO"), Some("/café"));
         assert_eq!(get(&got, "QUERY_STRING"), Some(""));
@@ -499,5 +547,48 @@ mod tests {
             get(&pairs(&cgi_pairs(&head, None)), "wsgi.url_scheme"),
             Some("https")
         );
+    }
+
+    #[test]
+    fn the_content_headers_nginx_repeats_are_left_out() {
+        let head = block(&[
+            ("CONTENT_LENGTH", "3"),
+            ("CONTENT_TYPE", "text/plain"),
+            ("HTTP_CONTENT_LENGTH", "3"),
+            ("HTTP_CONTENT_TYPE", "text/plain"),
+        ]);
+        let got = pairs(&cgi_pairs(&head, None));
+        assert_eq!(get(&got, "CONTENT_TYPE"), Some("text/plain"));
+        assert_eq!(get(&got, "HTTP_CONTENT_TYPE"), None);
+        assert_eq!(get(&got, "HTTP_CONTENT_LENGTH"), None);
+        // A frontend that passed only the header: its value becomes CONTENT_TYPE.
+        let head = block(&[("CONTENT_LENGTH", "3"), ("HTTP_CONTENT_TYPE", "text/csv")]);
+        let got = pairs(&cgi_pairs(&head, None));
+        assert_eq!(get(&got, "CONTENT_TYPE"), Some("text/csv"));
+        assert_eq!(got.iter().filter(|(k, _)| k == "CONTENT_TYPE").count(), 1);
+    }
+
+    #[test]
+    fn host_headers_split_into_name_and_port() {
+        assert_eq!(
+            split_host(b"example.org:8080"),
+            (&b"example.org"[..], Some(&b"8080"[..]))
+        );
+        assert_eq!(split_host(b"example.org"), (&b"example.org"[..], None));
+        assert_eq!(split_host(b"example.org:"), (&b"example.org"[..], None));
+        assert_eq!(split_host(b"[::1]:8000"), (&b"[::1]"[..], Some(&b"8000"[..])));
+        assert_eq!(split_host(b"[::1]"), (&b"[::1]"[..], None));
+        assert_eq!(split_host(b"::1"), (&b"::1"[..], None));
+        assert_eq!(split_host_str("h\u{e9}te:81"), ("h\u{e9}te", Some("81")));
+        let head = block(&[("CONTENT_LENGTH", "0"), ("HTTP_HOST", "example.org:8080")]);
+        let got = pairs(&cgi_pairs(&head, None));
+        assert_eq!(get(&got, "SERVER_NAME"), Some("example.org"));
+        assert_eq!(get(&got, "SERVER_PORT"), Some("8080"));
+        let head = block(&[
+            ("CONTENT_LENGTH", "0"),
+            ("HTTP_HOST", "example.org"),
+            ("HTTPS", "on"),
+        ]);
+        assert_eq!(get(&pairs(&cgi_pairs(&head, None)), "SERVER_PORT"), Some("443"));
     }
 }
