@@ -46,7 +46,7 @@ pub struct Refusal {
 }
 
 impl Refusal {
-    fn new(status: &'static str, cause: impl Into<String>) -> Refusal {
+    pub fn new(status: &'static str, cause: impl Into<String>) -> Refusal {
         Refusal {
             status,
             cause: cause.into(),
@@ -120,6 +120,9 @@ pub struct Conn {
     end: Option<End>,
     /// Input arrived beyond the request (or is still arriving): close gently.
     extra_input: bool,
+    /// The client has finished sending (a read gave end of stream). Once the request is in,
+    /// that is a half-close, not a departure: the response still goes to it.
+    peer_eof: bool,
     /// The socket is registered for writable events too (added when output waits for room).
     pub watching_writable: bool,
 }
@@ -144,6 +147,7 @@ impl Conn {
             out_pos: 0,
             end: None,
             extra_input: false,
+            peer_eof: false,
             watching_writable: false,
         }
     }
@@ -162,7 +166,11 @@ impl Conn {
 
     /// Bytes of the head received so far (for log lines about stalled clients).
     pub fn bytes_received(&self) -> usize {
-        self.buf.len() + self.body_received as usize
+        // `buf` holds the head, then the body unless it went to a file.
+        match &self.head {
+            Some(head) => head.head_len + self.body_received as usize,
+            None => self.buf.len(),
+        }
     }
 
     /// The declared body length and how much of it arrived.
@@ -215,7 +223,15 @@ impl Conn {
                 &mut *scratch
             };
             let n = match self.stream.read(window) {
-                Ok(0) => return ReadOutcome::Closed,
+                Ok(0) => {
+                    self.peer_eof = true;
+                    return match self.phase {
+                        // The client shut down its sending side after its request: it still
+                        // reads (a reset, should it have left, shows as an error instead).
+                        Phase::Running | Phase::Closing => ReadOutcome::Pending,
+                        Phase::Head | Phase::Body | Phase::Lingering => ReadOutcome::Closed,
+                    };
+                }
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return ReadOutcome::Pending,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -327,6 +343,7 @@ impl Conn {
             return Err(io::Error::last_os_error());
         }
         if got == 0 {
+            self.peer_eof = true;
             return Ok(Some(ReadOutcome::Closed));
         }
         let got = got as usize;
@@ -419,9 +436,14 @@ impl Conn {
         self.end
     }
 
+    /// Whether the client has finished sending (see `peer_eof`).
+    pub fn peer_eof(&self) -> bool {
+        self.peer_eof
+    }
+
     /// Whether to linger on close because input may still be arriving.
     pub fn wants_linger(&self) -> bool {
-        self.extra_input
+        self.extra_input && !self.peer_eof
     }
 
     /// Writes queued output until done or the socket would block. `Err` means the client is gone.

@@ -472,18 +472,31 @@ impl<D: Dispatcher> Server<D> {
 
     fn on_peer_closed(&mut self, key: usize) {
         let conn = &self.conns[key];
+        // A client that only shut down its sending side still reads: it gets a 400 saying
+        // what was missing (one that has gone entirely resets the write, which costs nothing).
+        let may_answer = conn.peer_eof();
         match conn.phase {
-            Phase::Head if conn.bytes_received() > 0 => info!(
-                "server",
-                "client closed the connection after {} bytes of an incomplete SCGI head",
-                conn.bytes_received()
-            ),
+            Phase::Head if conn.bytes_received() > 0 => {
+                let cause = format!(
+                    "client closed the connection after {} bytes of an incomplete SCGI head",
+                    conn.bytes_received()
+                );
+                if may_answer {
+                    let refusal = Refusal::new("400 Bad Request", cause);
+                    return self.answer(key, &refusal, crate::log::Level::Info);
+                }
+                info!("server", "{cause}");
+            }
             Phase::Body => {
                 let (got, declared) = conn.body_progress();
-                warning!(
-                    "server",
+                let cause = format!(
                     "client closed the connection after {got} of {declared} body bytes; request dropped"
                 );
+                if may_answer {
+                    let refusal = Refusal::new("400 Bad Request", cause);
+                    return self.answer(key, &refusal, crate::log::Level::Warning);
+                }
+                warning!("server", "{cause}");
             }
             Phase::Running => {
                 if let Some(outbox) = &conn.outbox {
@@ -558,12 +571,17 @@ impl<D: Dispatcher> Server<D> {
     }
 
     fn refuse(&mut self, key: usize, refusal: &Refusal) {
-        let conn = &mut self.conns[key];
         let level = if refusal.status.starts_with('5') {
             crate::log::Level::Error
         } else {
             crate::log::Level::Warning
         };
+        self.answer(key, refusal, level);
+    }
+
+    /// Logs `refusal` at `level`, then answers it and closes.
+    fn answer(&mut self, key: usize, refusal: &Refusal, level: crate::log::Level) {
+        let conn = &mut self.conns[key];
         crate::log::write(
             level,
             "server",

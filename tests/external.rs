@@ -125,7 +125,11 @@ fn a_stop_signal_sent_to_every_process_still_lets_the_request_in_flight_finish()
     let worker = app_pid(&server);
     let mut stream = server.connect();
     stream
-        .write_all(&ScgiRequest::get("/sleep").header("QUERY_STRING", "1").encode())
+        .write_all(
+            &ScgiRequest::get("/sleep")
+                .set_header("QUERY_STRING", "1")
+                .encode(),
+        )
         .unwrap();
     std::thread::sleep(Duration::from_millis(300));
     // As Ctrl-C or systemd's default KillMode do: the front and its worker process both get it.

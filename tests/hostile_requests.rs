@@ -73,3 +73,62 @@ fn repeated_headers_with_identical_short_values_are_joined() {
     // Only HTTP headers are joined; for other names the first one counts.
     assert_eq!(env_value(&response, "SERVER_SOFTWARE"), "first");
 }
+
+/// A client that shuts down its sending side once its request is sent (as `nc -N` and many
+/// scripts do) still reads: it gets the whole response, whether the end of its input reaches
+/// the server with the request or later, while the app runs or while a large body is read.
+#[test]
+fn a_client_that_half_closes_after_its_request_gets_the_response() {
+    let server = Server::start(&["-p", &apps_dir_str(), "--body-buffer", "16K", "-A", "bridgeapp"]);
+    let body: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let cases = [
+        (
+            ScgiRequest::get("/sleep").set_header("QUERY_STRING", "0.05"),
+            "slept",
+        ),
+        (
+            ScgiRequest::post("/input", "application/octet-stream", &body).set_header("QUERY_STRING", "size"),
+            "300000",
+        ),
+    ];
+    for (request, expect) in &cases {
+        for round in 0..8 {
+            let (raw, end) =
+                exchange_raw_half_close(&server.addr, &request.encode(), Duration::from_secs(20));
+            assert_eq!(end, ReadEnd::Eof, "round {round}");
+            let response = Response::parse(raw);
+            assert_eq!(response.status, 200, "round {round}: {}", server.stderr_text());
+            assert!(
+                response.text().contains(expect),
+                "round {round}: {}\n{}",
+                response.text(),
+                server.stderr_text()
+            );
+        }
+    }
+}
+
+/// A request cut short by the client's half-close is answered 400, naming what was missing.
+#[test]
+fn a_request_cut_short_by_a_half_close_is_answered_400() {
+    let server = Server::start(&["-p", &apps_dir_str(), "-A", "bridgeapp"]);
+    let whole = ScgiRequest::post("/input", "text/plain", b"0123456789").encode();
+    let short_body = &whole[..whole.len() - 5];
+    let (raw, end) = exchange_raw_half_close(&server.addr, short_body, Duration::from_secs(10));
+    assert_eq!(end, ReadEnd::Eof);
+    assert_eq!(Response::parse(raw).status, 400);
+    assert!(server.wait_for_log("after 5 of 10 body bytes", Duration::from_secs(5)));
+    let (raw, end) = exchange_raw_half_close(&server.addr, &whole[..20], Duration::from_secs(10));
+    assert_eq!(end, ReadEnd::Eof);
+    assert_eq!(Response::parse(raw).status, 400);
+    assert!(server.wait_for_log(
+        "after 20 bytes of an incomplete SCGI head",
+        Duration::from_secs(5)
+    ));
+    // Nothing came at all: closed without a word.
+    let (raw, end) = exchange_raw_half_close(&server.addr, b"", Duration::from_secs(10));
+    assert_eq!(end, ReadEnd::Eof);
+    assert!(raw.is_empty());
+    let fine = server.request(&ScgiRequest::get("/sleep").set_header("QUERY_STRING", "0"));
+    assert_eq!(fine.status, 200);
+}

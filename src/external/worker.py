@@ -212,6 +212,7 @@ class Request:
         self.body_sent = 0
         self.overflow_logged = False
         self.environ = None
+        self.ended = False
 
     def add_body(self, data):
         self.body_len += len(data)
@@ -254,7 +255,14 @@ class Request:
         self.length = length
         return self.write
 
+    def end_with(self, kind):
+        # A write() the app kept and calls later must fail, not queue into a finished stream.
+        self.ended = True
+        self.worker.channel.send(kind, self.rid)
+
     def send(self, data, wait=True):
+        if self.ended:
+            raise BrokenPipeError("write() called after its response ended")
         if self.gone:
             raise ClientGone("the client closed the connection")
         if self.length is not None:
@@ -298,9 +306,9 @@ class Request:
         if self.length is not None and self.body_sent < self.length and self.method() != "HEAD":
             log_line("WARNING", "wsgi", "response shorter than its Content-Length: %d of %d bytes; connection cut"
                      % (self.body_sent, self.length))
-            self.worker.channel.send(b"A", self.rid)
+            self.end_with(b"A")
         else:
-            self.worker.channel.send(b"F", self.rid)
+            self.end_with(b"F")
 
     def method(self):
         return (self.environ or {}).get("REQUEST_METHOD", "")
@@ -312,15 +320,15 @@ class Request:
 
     def fail(self, what):
         if self.gone:
-            self.worker.channel.send(b"A", self.rid)
+            self.end_with(b"A")
             return
         text = traceback.format_exc().rstrip()
         if self.head_sent:
             log_line("ERROR", "wsgi", "the app failed after the response began; connection cut for %s:\n%s" % (self.describe(), text))
-            self.worker.channel.send(b"A", self.rid)
+            self.end_with(b"A")
         else:
             log_line("ERROR", "wsgi", "%s for %s:\n%s" % (what, self.describe(), text))
-            self.worker.channel.send(b"S", self.rid)
+            self.end_with(b"S")
 
     def send_file(self, wrapper):
         """Hands a file_wrapper's real file to the front, which sends it with sendfile."""
@@ -647,7 +655,10 @@ def main():
     failure = worker.load()
     if failure is not None:
         worker.channel.send(b"X", 0, failure.encode("utf-8", "replace"))
-        return 1
+        # Not sys.exit: a thread the module started before it failed would keep the process
+        # (and the front, which waits for it) alive.
+        sys.stderr.flush()
+        os._exit(1)
     version = "%s %s" % (sys.implementation.name, sys.version.split()[0])
     worker.channel.send(b"Y", 0, version.encode())
     worker.serve()
