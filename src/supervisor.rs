@@ -365,6 +365,12 @@ impl Master {
         }
     }
 
+    /// The master's copy of the listening socket goes as the workers close theirs, so that new
+    /// connections are refused rather than left waiting for nobody; a socket file is removed.
+    fn stop_listening(&mut self) {
+        self.listener = None;
+    }
+
     fn on_signal(&mut self, signal: libc::c_int) {
         match signal {
             libc::SIGCHLD => {}
@@ -377,6 +383,7 @@ impl Master {
                     self.plan.graceful_timeout.as_secs_f64()
                 );
                 self.stopping = true;
+                self.stop_listening();
                 let pids: Vec<_> = self.workers.iter().map(|w| w.pid).collect();
                 for pid in pids {
                     self.retire(pid);
@@ -385,6 +392,7 @@ impl Master {
             libc::SIGTERM | libc::SIGINT | libc::SIGQUIT => {
                 info!("server", "stopping {} worker(s) at once", self.workers.len());
                 self.stopping = true;
+                self.stop_listening();
                 let deadline = Instant::now() + QUIT_GRACE;
                 for worker in &mut self.workers {
                     unsafe { libc::kill(worker.pid, libc::SIGQUIT) };

@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -228,6 +229,44 @@ fn every_listener_kind_is_shared() {
         if listen == Listen::Unix {
             assert!(!path.exists(), "the master removes the socket file it made");
         }
+    }
+}
+
+#[test]
+fn once_told_to_stop_the_master_no_longer_accepts_either() {
+    let apps = apps_dir_str();
+    for listen in [Listen::Tcp, Listen::Unix] {
+        let mut server = Server::start_with(listen, &["--processes", "2", "-p", &apps, "-A", "procapp"], &[]);
+        wait_for_workers(&server, 2, &[]);
+        let mut slow = server.connect();
+        slow.write_all(
+            &ScgiRequest::get("/sleep")
+                .set_header("QUERY_STRING", "4")
+                .encode(),
+        )
+        .unwrap();
+        assert!(server.wait_for_log("sleeping in", Duration::from_secs(10)));
+        server.signal(libc::SIGTERM);
+        assert!(server.wait_for_log("SIGTERM: stopping 2 worker(s)", Duration::from_secs(10)));
+        // Refused at once (the request in flight still finishes), and a socket file made by
+        // -u is gone: not accepted into a backlog nobody takes from any more.
+        let refused = wait_until(Duration::from_secs(2), || Stream::connect(&server.addr).is_err());
+        assert!(
+            refused,
+            "{listen:?}: still accepting after SIGTERM\n{}",
+            server.stderr_text()
+        );
+        if let Addr::Unix(path) = &server.addr {
+            assert!(
+                !path.exists(),
+                "the socket file is removed when the server stops accepting"
+            );
+        }
+        let (raw, _) = slow.read_until_eof(Duration::from_secs(10));
+        assert_eq!(Response::parse(raw).status, 200, "{}", server.stderr_text());
+        assert!(server
+            .wait_exit(Duration::from_secs(30))
+            .is_some_and(|s| s.success()));
     }
 }
 
