@@ -21,7 +21,10 @@ use crate::wsgi::pathinfo::Mount;
         and what it returns is the WSGI application.",
     after_help = "See scgi-wsgi(1) for the handling models, limits and signals.",
     // A flag given twice takes its last value, as with most Unix tools.
-    args_override_self = true
+    args_override_self = true,
+    // `--max-body -1` reaches the value check, which names the flag, instead of clap's
+    // "unexpected argument".
+    allow_negative_numbers = true
 )]
 pub struct Args {
     /// Use the object named `application` in HANDLER-MODULE as the WSGI app (mod_wsgi convention)
@@ -323,9 +326,9 @@ impl Args {
             max_head: parse_size("--max-head", &self.max_head)? as usize,
             max_body: parse_size("--max-body", &self.max_body)?,
             body_buffer: parse_size("--body-buffer", &self.body_buffer)?,
-            head_timeout: parse_secs("--head-timeout", &self.head_timeout)?,
-            body_timeout: parse_secs("--body-timeout", &self.body_timeout)?,
-            write_timeout: parse_secs("--write-timeout", &self.write_timeout)?,
+            head_timeout: parse_positive_secs("--head-timeout", &self.head_timeout)?,
+            body_timeout: parse_positive_secs("--body-timeout", &self.body_timeout)?,
+            write_timeout: parse_positive_secs("--write-timeout", &self.write_timeout)?,
             max_connections: self.max_connections,
             write_buffer: parse_size("--write-buffer", &self.write_buffer)?
                 .try_into()
@@ -378,10 +381,7 @@ impl Args {
         }
         let request_timeout = match &self.request_timeout {
             None => None,
-            Some(text) => Some(parse_secs("--request-timeout", text)?)
-                .filter(|d| !d.is_zero())
-                .map(Some)
-                .ok_or_else(|| invalid("--request-timeout", text, "must be above 0"))?,
+            Some(text) => Some(parse_positive_secs("--request-timeout", text)?),
         };
         let umask = match &self.umask {
             None => None,
@@ -481,6 +481,63 @@ pub fn parse_size(option: &'static str, text: &str) -> Result<u64, ConfigError> 
         .ok_or_else(|| invalid(option, text, "not a byte count such as 65536, 64K or 1M"))
 }
 
+/// Parses the command line the way the original's getopt did: options end at HANDLER-MODULE,
+/// and everything after it goes to `wmain()`, even words that look like this program's flags
+/// (`scgi-wsgi -T 4000 mod -p x` passes `-p x` to the app).
+pub fn parse_args<I, T>(argv: I) -> Result<Args, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    Args::try_parse_from(end_options_at_module(argv.into_iter().map(Into::into).collect()))
+}
+
+/// Puts `--` after the first word that is neither an option nor an option's value.
+fn end_options_at_module(mut argv: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    use clap::CommandFactory;
+    let command = Args::command();
+    let takes_value = |arg: &clap::Arg| arg.get_action().takes_values();
+    let short = |c: char| command.get_arguments().find(|a| a.get_short() == Some(c));
+    let long = |name: &str| command.get_arguments().find(|a| a.get_long() == Some(name));
+    let mut i = 1;
+    while i < argv.len() {
+        let Some(word) = argv[i].to_str().map(str::to_owned) else {
+            break; // Not UTF-8: not one of our options, so the module.
+        };
+        if word == "--" {
+            return argv;
+        }
+        if let Some(name) = word.strip_prefix("--") {
+            let inline = name.contains('=');
+            let name = name.split('=').next().unwrap_or_default();
+            if long(name).is_some_and(takes_value) && !inline {
+                i += 1;
+            }
+        } else if let Some(cluster) = word.strip_prefix('-').filter(|c| !c.is_empty()) {
+            for (at, c) in cluster.char_indices() {
+                if short(c).is_some_and(takes_value) {
+                    if at + c.len_utf8() == cluster.len() {
+                        i += 1; // The value is the next word.
+                    }
+                    break;
+                }
+            }
+        } else {
+            argv.insert(i + 1, "--".into());
+            return argv;
+        }
+        i += 1;
+    }
+    argv
+}
+
+/// Parses a number of seconds above 0: a time limit of nothing would refuse everything.
+pub fn parse_positive_secs(option: &'static str, text: &str) -> Result<Duration, ConfigError> {
+    Some(parse_secs(option, text)?)
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| invalid(option, text, "must be above 0"))
+}
+
 /// Parses a non-negative number of seconds (fractions allowed).
 pub fn parse_secs(option: &'static str, text: &str) -> Result<Duration, ConfigError> {
     text.trim()
@@ -530,6 +587,17 @@ mod tests {
         assert_eq!(parse_secs("x", "0.5").unwrap(), Duration::from_millis(500));
         assert!(parse_secs("x", "-1").is_err());
         assert!(parse_secs("x", "nan").is_err());
+        assert_eq!(parse_secs("x", "0").unwrap(), Duration::ZERO);
+        assert!(parse_positive_secs("x", "0").is_err());
+        assert!(parse_positive_secs("x", "0.0").is_err());
+        let zero = parse_args(["scgi-wsgi", "--head-timeout", "0", "m"])
+            .unwrap()
+            .into_config();
+        assert!(zero.unwrap_err().to_string().contains("--head-timeout"));
+        let negative = parse_args(["scgi-wsgi", "--max-body", "-1", "m"])
+            .unwrap()
+            .into_config();
+        assert!(negative.unwrap_err().to_string().contains("--max-body"));
     }
 
     #[test]
@@ -549,6 +617,38 @@ mod tests {
         .unwrap();
         assert_eq!(args.module_paths, [PathBuf::from("a"), PathBuf::from("b")]);
         assert_eq!(args.interpreter.as_deref(), Some("pypy3"));
+    }
+
+    #[test]
+    fn options_end_at_the_handler_module() {
+        let args = parse_args(["scgi-wsgi", "-T", "4000", "-Lp", "lib", "mod", "-p", "foo", "-v"]).unwrap();
+        assert_eq!(args.module, "mod");
+        assert_eq!(args.args, ["-p", "foo", "-v"]);
+        assert_eq!(args.module_paths, [PathBuf::from("lib")]);
+        assert!(args.no_logging && !args.verbose);
+        let args = parse_args([
+            "scgi-wsgi",
+            "--tcp=4000",
+            "-plib",
+            "--path",
+            "x",
+            "mod",
+            "--",
+            "a",
+        ])
+        .unwrap();
+        assert_eq!(args.module_paths, [PathBuf::from("lib"), PathBuf::from("x")]);
+        assert_eq!(args.args, ["--", "a"]);
+        let args = parse_args(["scgi-wsgi", "-T", "4000", "--", "mod", "-A"]).unwrap();
+        assert_eq!(
+            (args.module.as_str(), args.args.as_slice()),
+            ("mod", &["-A".to_owned()][..])
+        );
+        assert!(!args.application);
+        assert!(
+            parse_args(["scgi-wsgi", "-T", "4000"]).is_err(),
+            "HANDLER-MODULE is required"
+        );
     }
 
     #[test]

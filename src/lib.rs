@@ -22,10 +22,9 @@ pub mod wsgi;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::Parser;
 use pyo3::prelude::*;
 
-use crate::cli::{Args, Config};
+use crate::cli::Config;
 use crate::handling::WorkerPool;
 use crate::listen::Listener;
 use crate::server::{Exit, Server, SignalPipe};
@@ -82,7 +81,7 @@ fn tune_malloc() {}
 /// The whole program: parse, listen, load the app, serve until told to stop.
 pub fn main_entry() -> ExitCode {
     tune_malloc();
-    let args = match Args::try_parse() {
+    let args = match cli::parse_args(std::env::args_os()) {
         Ok(args) => args,
         Err(e) => {
             let code = if e.use_stderr() { 1 } else { 0 };
