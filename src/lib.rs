@@ -130,7 +130,7 @@ pub fn main_entry() -> ExitCode {
         std::env::remove_var("LISTEN_FDS");
         std::env::remove_var("LISTEN_FDNAMES");
     }
-    let pid_file = match prepare_process(&config) {
+    let pid_file = match prepare_process(&config, &listener) {
         Ok(pid_file) => pid_file,
         Err(message) => return fatal(message),
     };
@@ -156,9 +156,21 @@ pub fn main_entry() -> ExitCode {
 
 /// Pid file, access log file and privileges: everything done once the socket is open and
 /// before any worker or Python starts.
-fn prepare_process(config: &Config) -> Result<Option<setup::PidFile>, String> {
+fn prepare_process(config: &Config, listener: &Listener) -> Result<Option<setup::PidFile>, String> {
     let process = &config.process;
     let identity = setup::resolve(process.user.as_deref(), process.group.as_deref())?;
+    if let (Some(id), Some(path)) = (&identity, listener.created_socket_file()) {
+        // The frontend connects as --user or --group (with --unix-mode 660, say): the socket
+        // file is theirs, as gunicorn and uWSGI make it.
+        if unsafe { libc::geteuid() } == 0 {
+            std::os::unix::fs::chown(path, id.uid, Some(id.gid)).map_err(|e| {
+                format!(
+                    "cannot hand the socket file {} to --user/--group: {e}",
+                    path.display()
+                )
+            })?;
+        }
+    }
     let pid_file = process
         .pid_file
         .as_deref()

@@ -93,10 +93,26 @@ impl Listener {
         }
     }
 
+    /// The socket file this process created, if any.
+    pub fn created_socket_file(&self) -> Option<&Path> {
+        match self {
+            Listener::Unix(_, Some(path)) => Some(path),
+            _ => None,
+        }
+    }
+
     /// Removes the socket file this process created, if any.
     pub fn remove_socket_file(&mut self) {
         if let Listener::Unix(_, Some(path)) = self {
-            let _ = std::fs::remove_file(&*path);
+            match std::fs::remove_file(&*path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => crate::warning!(
+                    "server",
+                    "cannot remove the socket file {}: {e} (after --user, its directory must be writable by that user)",
+                    path.display()
+                ),
+            }
         }
     }
 }

@@ -182,9 +182,9 @@ impl PidFile {
             .is_ok_and(|text| text.trim() == std::process::id().to_string());
         if ours {
             if let Err(e) = std::fs::remove_file(&self.path) {
-                crate::debug!(
+                crate::warning!(
                     "server",
-                    "cannot remove the pid file {}: {e}",
+                    "cannot remove the pid file {}: {e} (after --user, its directory must be writable by that user)",
                     self.path.display()
                 );
             }

@@ -642,6 +642,39 @@ fn activation_variables_for_another_process_are_ignored() {
 }
 
 #[test]
+fn the_socket_file_belongs_to_the_user_and_group_switched_to() {
+    let apps = apps_dir_str();
+    let args = [
+        "--group",
+        "nogroup",
+        "--unix-mode",
+        "660",
+        "-p",
+        &apps,
+        "-A",
+        "procapp",
+    ];
+    if unsafe { libc::geteuid() } != 0 {
+        let run = run_raw(&args, &[], Duration::from_secs(20));
+        assert_eq!(run.status.and_then(|s| s.code()), Some(1), "{}", run.stderr);
+        return;
+    }
+    let mut server = Server::start_with(Listen::Unix, &args, &[]);
+    let Addr::Unix(path) = server.addr.clone() else {
+        unreachable!()
+    };
+    let meta = std::fs::metadata(&path).unwrap();
+    assert_eq!(meta.gid(), 65534, "the frontend's group (--group) may connect");
+    assert_eq!(meta.mode() & 0o777, 0o660);
+    assert_eq!(server.get("/env").status, 200);
+    server.signal(libc::SIGTERM);
+    assert!(server
+        .wait_exit(Duration::from_secs(20))
+        .is_some_and(|s| s.success()));
+    assert!(!path.exists(), "{}", server.stderr_text());
+}
+
+#[test]
 fn privileges_are_dropped_after_binding() {
     let apps = apps_dir_str();
     let dir = TempDir::new("user");
