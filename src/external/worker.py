@@ -77,6 +77,19 @@ class Channel:
                 self.sock.sendall(payload)
 
 
+PLAIN_FILES = (io.FileIO, io.BufferedReader, io.BufferedRandom)
+
+
+def reads_its_own_bytes(filelike):
+    """Whether reading `filelike` gives its file's bytes unchanged: one of the classes
+    open(path, "rb") returns, or a subclass that keeps their read()."""
+    kind = type(filelike)
+    for base in PLAIN_FILES:
+        if issubclass(kind, base):
+            return kind.read is base.read
+    return False
+
+
 class InputStream:
     """wsgi.input over the complete body (bytes in memory, or a temporary file)."""
 
@@ -333,12 +346,16 @@ class Request:
     def send_file(self, wrapper):
         """Hands a file_wrapper's real file to the front, which sends it with sendfile."""
         filelike = wrapper.filelike
+        # Only plain binary files read back their own bytes (gzip.open and codec readers have a
+        # fileno() too); a size of 0 may be a generated file (procfs). Others are iterated.
+        if not reads_its_own_bytes(filelike):
+            return False
         try:
             fd = filelike.fileno()
             info = os.fstat(fd)
         except Exception:
             return False
-        if not stat.S_ISREG(info.st_mode) or (self.pending is None and not self.head_sent):
+        if not stat.S_ISREG(info.st_mode) or info.st_size == 0 or (self.pending is None and not self.head_sent):
             return False
         try:
             offset = filelike.tell()
@@ -347,10 +364,8 @@ class Request:
         length = max(info.st_size - offset, 0)
         if self.length is not None:
             allowed = max(self.length - self.body_sent, 0)
-            if length > allowed:
-                log_line("WARNING", "wsgi", "app sent more than its Content-Length of %d bytes; the excess is dropped" % self.length)
-                self.overflow_logged = True
-                length = allowed
+            # PEP 3333: a wrapped file is sent until Content-Length bytes have been (a range).
+            length = min(length, allowed)
         elif not self.head_sent:
             self.pending += [b"Content-Length", str(length).encode()]
             self.length = length

@@ -11,6 +11,8 @@ use std::os::fd::{FromRawFd, RawFd};
 use pyo3::exceptions::PyValueError;
 use pyo3::intern;
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::PyType;
 
 /// Block size when the app names none (as in `wsgiref.util.FileWrapper`).
 const DEFAULT_BLKSIZE: usize = 8192;
@@ -81,6 +83,13 @@ impl FileWrapper {
     /// raises, a `tell()` that fails) also mean "iterate it": that path reports them, if real.
     pub fn file_source(&self, py: Python<'_>) -> Option<FileSource> {
         let filelike = self.filelike.bind(py);
+        // Only a plain binary file object reads back the file's own bytes: `gzip.open`, codec
+        // readers and other wrappers have a `fileno()` too, but transform what they read, and a
+        // text file's `tell()` is no byte offset. Anything else is iterated (PEP 3333: the same
+        // result as `iter(lambda: filelike.read(blksize), b'')`).
+        if !is_plain_binary_file(py, filelike) {
+            return None;
+        }
         let fd: RawFd = filelike
             .getattr_opt(intern!(py, "fileno"))
             .ok()??
@@ -93,8 +102,9 @@ impl FileWrapper {
         if fd < 0 || unsafe { libc::fstat(fd, &mut stat) } != 0 {
             return None;
         }
-        // sendfile reads only from files that support it; regular files always do.
-        if stat.st_mode & libc::S_IFMT != libc::S_IFREG {
+        // sendfile reads only from files that support it; regular files always do. A size of
+        // 0 may not mean empty (procfs files are generated as they are read): iterate those.
+        if stat.st_mode & libc::S_IFMT != libc::S_IFREG || stat.st_size == 0 {
             return None;
         }
         // Data the app wrote through a buffered object must be on the file before we send it.
@@ -125,4 +135,33 @@ impl FileWrapper {
         let file = unsafe { File::from_raw_fd(dup) };
         Some(FileSource { file, offset, len })
     }
+}
+
+/// Whether `filelike` is one of the `io` classes `open(path, "rb")` (or `"r+b"`, or unbuffered)
+/// returns, or a subclass that keeps its `read`: reading it gives the file's bytes unchanged.
+fn is_plain_binary_file(py: Python<'_>, filelike: &Bound<'_, PyAny>) -> bool {
+    static FILE_IO: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+    static BUFFERED_READER: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+    static BUFFERED_RANDOM: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+    let kind = filelike.get_type();
+    for (cell, name) in [
+        (&FILE_IO, "FileIO"),
+        (&BUFFERED_READER, "BufferedReader"),
+        (&BUFFERED_RANDOM, "BufferedRandom"),
+    ] {
+        let Ok(base) = cell.import(py, "io", name) else {
+            return false;
+        };
+        if kind.is(base) {
+            return true;
+        }
+        if kind.is_subclass(base).unwrap_or(false) {
+            let read = intern!(py, "read");
+            return match (kind.getattr(read), base.getattr(read)) {
+                (Ok(own), Ok(original)) => own.is(&original),
+                _ => false,
+            };
+        }
+    }
+    false
 }

@@ -123,15 +123,9 @@ impl ResponseState {
             self.content_length = head.content_length;
         }
         if let Some(declared) = self.content_length {
-            let allowed = declared.saturating_sub(self.body_sent);
-            if len > allowed {
-                crate::warning!(
-                    "wsgi",
-                    "app sent more than its Content-Length of {declared} bytes; the excess is dropped"
-                );
-                self.overflow_logged = true;
-                len = allowed;
-            }
+            // PEP 3333: a wrapped file is sent until Content-Length bytes have gone out, which
+            // is how a range is served: not an app error.
+            len = len.min(declared.saturating_sub(self.body_sent));
         }
         if !self.head_sent {
             let head = self.pending.take().ok_or_else(|| {

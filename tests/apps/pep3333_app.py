@@ -5,6 +5,7 @@ is reported on stderr as lines starting with "pep3333:" so the test can check bo
 sides of the exchange.
 """
 
+import gzip
 import io
 import os
 import sys
@@ -65,15 +66,16 @@ class Endless:
         note("close called: %s after %d chunks" % (self.tag, self.count))
 
 
-class NoReadFile(io.FileIO):
-    """A real file whose Python-level reads fail: only a server that sends it from the
-    descriptor can deliver its content."""
+class UpperFile(io.FileIO):
+    """A real file whose read() changes what it reads: what it gives is the body."""
 
     def read(self, *args):
-        raise AssertionError("read() called on a file that should go out by sendfile")
+        return super().read(*args).upper()
 
-    def readinto(self, *args):
-        raise AssertionError("readinto() called on a file that should go out by sendfile")
+
+class NoReadFile(io.FileIO):
+    """A real file that notes its closing. It keeps FileIO's read(), so the server may send it
+    from the descriptor (tests/pep3333.rs checks under strace that it does)."""
 
     def close(self):
         if not self.closed:
@@ -251,6 +253,15 @@ def application(environ, start_response):
             f = NoReadFile(name, "rb")
         elif kind == "buffered":
             f = open(name, "rb")
+        elif kind == "gzip":
+            # The same bytes through gzip: the wrapper has a fileno(), of the packed file.
+            packed = name + ".gz"
+            with open(name, "rb") as src, gzip.open(packed, "wb") as out:
+                out.write(src.read())
+            f = gzip.open(packed, "rb")
+            os.unlink(packed)
+        elif kind == "upper":
+            f = UpperFile(name, "rb")
         elif kind == "bytesio":
             with open(name, "rb") as src:
                 f = TrackedBytesIO(src.read())
