@@ -69,7 +69,7 @@ pub fn write(level: Level, name: &str, args: fmt::Arguments<'_>) {
     let _ = message.write_fmt(args);
     if USE_SYSLOG.load(Ordering::Relaxed) {
         for line in message.lines() {
-            let text = format!("[{name}]: {}: {line}", level.name()).replace('\0', " ");
+            let text = format!("[{name}]: {}: {}", level.name(), printable(line, &['\t'])).replace('\0', " ");
             if let Ok(text) = std::ffi::CString::new(text) {
                 let priority = libc::LOG_DAEMON | level.syslog_priority();
                 unsafe { libc::syslog(priority, c"%s".as_ptr(), text.as_ptr()) };
@@ -79,9 +79,36 @@ pub fn write(level: Level, name: &str, args: fmt::Arguments<'_>) {
     }
     let mut out = String::with_capacity(message.len() + 48);
     for line in message.lines() {
-        let _ = writeln!(out, "scgi-wsgi[{name}]: {}: {line}", level.name());
+        // A carriage return or a terminal escape from a client's bytes must not rewrite
+        // what a reader of the log sees.
+        let _ = writeln!(
+            out,
+            "scgi-wsgi[{name}]: {}: {}",
+            level.name(),
+            printable(line, &['\t'])
+        );
     }
     write_stderr(out.as_bytes());
+}
+
+/// `text` with its control characters (line breaks included, except those in `keep`)
+/// written as escapes, for values that come from clients: `GET /x\r\n...` stays on one line.
+pub fn printable<'a>(text: &'a str, keep: &[char]) -> std::borrow::Cow<'a, str> {
+    if !text.chars().any(|c| c.is_control() && !keep.contains(&c)) {
+        return text.into();
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\n' if !keep.contains(&c) => out.push_str("\\n"),
+            '\r' if !keep.contains(&c) => out.push_str("\\r"),
+            c if c.is_control() && !keep.contains(&c) => {
+                let _ = write!(out, "\\x{:02x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.into()
 }
 
 /// Writes bytes to fd 2 in as few calls as the kernel allows, ignoring failures (nowhere to report them).
@@ -121,4 +148,18 @@ macro_rules! debug {
             $crate::log::write($crate::log::Level::Debug, $name, format_args!($($arg)+))
         }
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::printable;
+
+    #[test]
+    fn control_characters_are_escaped_unless_kept() {
+        assert_eq!(printable("GET /plain", &[]), "GET /plain");
+        assert_eq!(printable("a\r\nb\x1b[K\u{85}", &[]), r"a\r\nb\x1b[K\x85");
+        assert_eq!(printable("tab\there", &['\t']), "tab\there");
+        assert_eq!(printable("tab\there", &[]), r"tab\x09here");
+        assert_eq!(printable("café 日本", &[]), "café 日本");
+    }
 }

@@ -155,7 +155,12 @@ fn describe(request: &Request) -> String {
         Some(uri) if !uri.is_empty() => String::from_utf8_lossy(uri).into_owned(),
         _ => text(b"SCRIPT_NAME") + &text(b"PATH_INFO"),
     };
-    format!("{} {}", text(b"REQUEST_METHOD"), uri.escape_debug())
+    let method = text(b"REQUEST_METHOD");
+    format!(
+        "{} {}",
+        crate::log::printable(&method, &[]),
+        crate::log::printable(&uri, &[])
+    )
 }
 
 fn watch(shared: &Shared, limit: Duration) {

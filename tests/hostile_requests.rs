@@ -132,3 +132,25 @@ fn a_request_cut_short_by_a_half_close_is_answered_400() {
     let fine = server.request(&ScgiRequest::get("/sleep").set_header("QUERY_STRING", "0"));
     assert_eq!(fine.status, 200);
 }
+
+/// A client's bytes in a log line (the request line of a failed request) cannot forge other
+/// lines or move the cursor: line breaks, carriage returns and escapes are written escaped.
+#[test]
+fn request_lines_in_the_log_cannot_forge_lines() {
+    let server = Server::start(&["-p", &apps_dir_str(), "-A", "bridgeapp"]);
+    let uri = "/fail-before?\r\x1b[2Kscgi-wsgi[server]: INFO: all is well\nforged line";
+    let request = ScgiRequest::get("/fail-before")
+        .set_header("REQUEST_URI", uri)
+        .set_header("REQUEST_METHOD", "GET\nforged method");
+    assert_eq!(server.request(&request).status, 500);
+    assert!(server.wait_for_log("answering 500", Duration::from_secs(5)));
+    let log = server.stderr_text();
+    assert!(!log.contains('\r') && !log.contains('\x1b'), "{log:?}");
+    // Every line is one of ours, with its prefix; the forged ones are not lines at all.
+    assert!(log.lines().all(|l| l.starts_with("scgi-wsgi[")), "{log}");
+    assert!(!log.lines().any(|l| l.contains(": forged")), "{log}");
+    assert!(
+        log.contains(r"GET\nforged method /fail-before?\r\x1b[2Kscgi-wsgi"),
+        "{log}"
+    );
+}

@@ -19,6 +19,7 @@ import json
 import logging
 import logging.handlers
 import os
+import re
 import signal
 import socket
 import stat
@@ -39,8 +40,18 @@ TOKEN = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHI
 FORMAT = "scgi-wsgi[%(name)s]: %(levelname)s: %(message)s"
 
 
+_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+
+
+def printable(text, keep_tab=False):
+    """Control characters (line breaks too) as escapes: client bytes stay on their line."""
+    escape = {"\n": "\\n", "\r": "\\r"}
+    text = _CONTROL.sub(lambda m: escape.get(m.group(), "\\x%02x" % ord(m.group())), text)
+    return text if keep_tab else text.replace("\t", "\\x09")
+
+
 def log_line(level, name, message):
-    lines = "".join("scgi-wsgi[%s]: %s: %s\n" % (name, level, line) for line in message.splitlines())
+    lines = "".join("scgi-wsgi[%s]: %s: %s\n" % (name, level, printable(line, True)) for line in message.splitlines())
     try:
         os.write(2, lines.encode("utf-8", "replace"))
     except OSError:
@@ -329,7 +340,7 @@ class Request:
     def describe(self):
         env = self.environ or {}
         uri = env.get("REQUEST_URI") or env.get("SCRIPT_NAME", "") + env.get("PATH_INFO", "")
-        return "%s %s" % (env.get("REQUEST_METHOD", ""), uri)
+        return "%s %s" % (printable(env.get("REQUEST_METHOD", "")), printable(uri))
 
     def fail(self, what):
         if self.gone:

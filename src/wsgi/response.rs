@@ -630,7 +630,12 @@ fn request_line(environ: &Bound<'_, PyDict>) -> String {
         uri if !uri.is_empty() => uri,
         _ => format!("{}{}", get("SCRIPT_NAME"), get("PATH_INFO")),
     };
-    format!("{} {}", get("REQUEST_METHOD"), uri)
+    let method = get("REQUEST_METHOD");
+    format!(
+        "{} {}",
+        crate::log::printable(&method, &[]),
+        crate::log::printable(&uri, &[])
+    )
 }
 
 fn log_app_error(py: Python<'_>, environ: &Bound<'_, PyDict>, what: &str, err: &PyErr) {
