@@ -97,7 +97,15 @@ pub fn main_entry() -> ExitCode {
         return fatal(message);
     }
     if std::env::var_os("ASHD_USESYSLOG").is_some() {
-        log::use_syslog();
+        // Without a syslog daemon (a container, say) every line would be lost: stay on stderr.
+        if std::path::Path::new("/dev/log").exists() {
+            log::use_syslog();
+        } else {
+            warning!(
+                "server",
+                "ASHD_USESYSLOG is set but there is no /dev/log: logging to stderr"
+            );
+        }
     }
     if config.verbose {
         log::set_min_level(log::Level::Debug);
@@ -262,6 +270,12 @@ fn start_external(
     interpreter: String,
     watch: Option<Arc<watchdog::RequestWatch>>,
 ) -> Result<external::ExternalDispatcher, String> {
+    if let Some(spec) = &config.pdm {
+        warning!(
+            "server",
+            "-m {spec}: no PDM debugging socket: not available with --interpreter (the app runs in another process)"
+        );
+    }
     let mut env = Vec::new();
     let mut interpreter = interpreter;
     if let Some(venv) = &config.virtualenv {

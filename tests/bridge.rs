@@ -399,6 +399,35 @@ fn app_logging_uses_the_original_format_unless_minus_l() {
     );
 }
 
+/// ASHD_USESYSLOG asks for syslog; with no syslog socket (a container) the lines stay on
+/// stderr, with a warning, rather than vanishing.
+#[test]
+fn syslog_without_a_syslog_socket_falls_back_to_stderr() {
+    let args = bridge(&["-A", "bridgeapp"]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let server = Server::start_with(Listen::Tcp, &refs, &[("ASHD_USESYSLOG", "1")]);
+    server.get("/log");
+    std::thread::sleep(Duration::from_millis(300));
+    let log = server.stderr_text();
+    if std::path::Path::new("/dev/log").exists() {
+        assert!(!log.contains("no /dev/log"), "{log}");
+        assert!(
+            !log.contains("hello from the app"),
+            "the app's line goes to syslog: {log}"
+        );
+    } else {
+        assert!(
+            log.contains("ASHD_USESYSLOG is set but there is no /dev/log: logging to stderr"),
+            "{log}"
+        );
+        assert!(
+            log.contains("scgi-wsgi[bridgeapp]: INFO: hello from the app"),
+            "{log}"
+        );
+        assert!(!log.contains("Logging error"), "{log}");
+    }
+}
+
 /// The set-up happens when the app first imports `logging`, however late; the embedded server
 /// imports neither it nor `scgi_wsgi.wsgidir` for an app that does not (memory: about 0.7 MiB).
 #[test]

@@ -667,7 +667,7 @@ def main():
     sys.argv = config["argv"]
     if not config["no_logging"]:
         handler = None
-        if "ASHD_USESYSLOG" in os.environ:
+        if "ASHD_USESYSLOG" in os.environ and os.path.exists("/dev/log"):
             try:
                 handler = logging.handlers.SysLogHandler(address="/dev/log", facility=logging.handlers.SysLogHandler.LOG_DAEMON)
             except OSError:

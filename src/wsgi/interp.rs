@@ -118,7 +118,7 @@ def _scgi_wsgi_configure_logging(logging):
     import os
     _format = "scgi-wsgi[%(name)s]: %(levelname)s: %(message)s"
     handler = None
-    if "ASHD_USESYSLOG" in os.environ:
+    if "ASHD_USESYSLOG" in os.environ and os.path.exists("/dev/log"):
         import logging.handlers
         try:
             handler = logging.handlers.SysLogHandler(
