@@ -136,9 +136,11 @@ pub struct Entry {
 }
 
 /// Starts an entry for the request with this SCGI header block, or `None` when there is no
-/// access log.
+/// access log and no `-v` (which logs each request at DEBUG level).
 pub fn begin(header_block: &[u8], accepted: Instant) -> Option<Entry> {
-    LOG.get()?;
+    if LOG.get().is_none() && !crate::log::enabled(crate::log::Level::Debug) {
+        return None;
+    }
     let mut entry = Entry {
         remote: String::new(),
         method: String::new(),
@@ -191,6 +193,16 @@ impl Entry {
 
 impl Drop for Entry {
     fn drop(&mut self) {
+        crate::debug!(
+            "server",
+            "{} \"{} {}\" {} {} bytes, {:.1} ms",
+            if self.remote.is_empty() { "-" } else { &self.remote },
+            self.method,
+            self.uri,
+            self.status,
+            self.bytes,
+            self.accepted.elapsed().as_secs_f64() * 1000.0
+        );
         let Some(log) = LOG.get() else { return };
         let dash = |s: &str| {
             if s.is_empty() {

@@ -399,6 +399,23 @@ fn app_logging_uses_the_original_format_unless_minus_l() {
     );
 }
 
+#[test]
+fn verbose_logs_one_line_per_request() {
+    let server = start(Listen::Tcp, &["-v", "-A", "bridgeapp"]);
+    assert_eq!(server.get("/pid").status, 200);
+    assert_eq!(server.get("/no-such-route").status, 404);
+    assert!(server.wait_for_log("\"GET /no-such-route\" 404", Duration::from_secs(5)));
+    assert!(server.wait_for_log("DEBUG: 127.0.0.1 \"GET /pid\" 200", Duration::from_secs(5)));
+    let quiet = start(Listen::Tcp, &["-A", "bridgeapp"]);
+    assert_eq!(quiet.get("/pid").status, 200);
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        !quiet.stderr_text().contains("\"GET /pid\""),
+        "{}",
+        quiet.stderr_text()
+    );
+}
+
 /// ASHD_USESYSLOG asks for syslog; with no syslog socket (a container) the lines stay on
 /// stderr, with a warning, rather than vanishing.
 #[test]
