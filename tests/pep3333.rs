@@ -360,6 +360,33 @@ fn fewer_bytes_than_the_declared_content_length_are_logged() {
     );
 }
 
+#[test]
+fn no_content_length_is_made_up_for_responses_without_a_body() {
+    let server = start_unix();
+    for status in ["204%20No%20Content", "304%20Not%20Modified"] {
+        let r = server.get(&format!("/no-content?status={status}"));
+        assert!(r.status == 204 || r.status == 304, "{r:?}");
+        assert_eq!(r.header("Content-Length"), None, "{status}: {r:?}");
+        assert!(r.body.is_empty());
+    }
+    // A one-chunk 200 still gets one.
+    assert_eq!(
+        server.get("/no-content?status=200%20OK").header("Content-Length"),
+        Some("0")
+    );
+}
+
+#[test]
+fn content_length_twice_is_sent_once_or_refused_when_they_differ() {
+    let server = start_unix();
+    let r = server.get("/cl-twice?second=5");
+    assert_eq!(r.status, 200, "{}", server.stderr_text());
+    assert_eq!(r.headers_named("Content-Length"), ["5"]);
+    let r = server.get("/cl-twice?second=10");
+    assert_eq!(r.status, 500);
+    assert_log(&server, "conflicting Content-Length headers (5 and 10)");
+}
+
 // ---------------------------------------------------------------------------
 // wsgi.file_wrapper
 // ---------------------------------------------------------------------------

@@ -214,6 +214,10 @@ def check_head(status, headers):
             text = value.strip()
             if not text.isdigit():
                 raise ValueError("Content-Length %s is not a number" % quoted(item[1].strip()))
+            if length is not None:
+                if int(text) != length:
+                    raise ValueError("conflicting Content-Length headers (%d and %s)" % (length, text.decode()))
+                continue  # The same value twice: sent once.
             length = int(text)
         fields += [name, value]
     return fields, length
@@ -334,6 +338,12 @@ class Request:
         else:
             self.end_with(b"F")
 
+    def may_add_length(self):
+        """Whether a Content-Length may be added: not to 1xx, 204 or 304 responses, which
+        have no body (RFC 9110)."""
+        code = self.pending[0][:3] if self.pending else b""
+        return not code.startswith(b"1") and code not in (b"204", b"304")
+
     def method(self):
         return (self.environ or {}).get("REQUEST_METHOD", "")
 
@@ -417,7 +427,8 @@ class Request:
         try:
             try:
                 if isinstance(result, (list, tuple)) and len(result) == 1 and self.pending is not None \
-                        and self.length is None and not self.head_sent and type(result[0]) is bytes:
+                        and self.length is None and not self.head_sent and type(result[0]) is bytes \
+                        and self.may_add_length():
                     # One chunk: the front learns its length, as in the embedded mode.
                     self.pending.append(b"Content-Length")
                     self.pending.append(str(len(result[0])).encode())

@@ -328,7 +328,16 @@ fn build_head(status: &Bound<'_, PyAny>, headers: &Bound<'_, PyAny>) -> PyResult
                 .ok()
                 .filter(|_| text.bytes().all(|b| b.is_ascii_digit()))
                 .ok_or_else(|| PyValueError::new_err(format!("Content-Length {text:?} is not a number")))?;
-            content_length = Some(parsed);
+            match content_length {
+                // The same value twice is sent once; two values leave the length unknowable.
+                Some(earlier) if earlier == parsed => continue,
+                Some(earlier) => {
+                    return Err(PyValueError::new_err(format!(
+                        "conflicting Content-Length headers ({earlier} and {parsed})"
+                    )))
+                }
+                None => content_length = Some(parsed),
+            }
         }
         bytes.extend_from_slice(&name);
         bytes.extend_from_slice(b": ");
@@ -534,6 +543,13 @@ pub fn serve(
     }
 }
 
+/// Whether a Content-Length may be added to `head`: not to 1xx, 204 and 304 responses,
+/// which have no body (RFC 9110).
+fn may_add_length(head: &Head) -> bool {
+    let code = status_code(&head.bytes);
+    !(100..200).contains(&code) && code != 204 && code != 304
+}
+
 /// The code of a serialised head (`Status: 200 OK...`), checked by [`build_head`].
 fn status_code(head: &[u8]) -> u16 {
     head.get(8..11)
@@ -597,7 +613,11 @@ fn send_only_chunk(
     let bytes = chunk_bytes(item)?.as_bytes();
     let mut this = responder.borrow_mut();
     let state = &mut this.state;
-    if let Some(head) = state.pending.as_mut().filter(|h| h.content_length.is_none()) {
+    if let Some(head) = state
+        .pending
+        .as_mut()
+        .filter(|h| h.content_length.is_none() && may_add_length(h))
+    {
         head.bytes.truncate(head.bytes.len() - 2);
         head.bytes
             .extend_from_slice(format!("Content-Length: {}\r\n\r\n", bytes.len()).as_bytes());

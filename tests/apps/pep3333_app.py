@@ -239,6 +239,15 @@ def application(environ, start_response):
         write(b"0123456789")
         return []
 
+    if path == "/no-content":
+        # 204 and 304 have no body: no Content-Length is made up for them.
+        start_response(q.get("status", "204 No Content"), [])
+        return [b""]
+
+    if path == "/cl-twice":
+        start_response("200 OK", TEXT + [("Content-Length", "5"), ("Content-Length", q.get("second", "5"))])
+        return [b"01234"]
+
     if path == "/cl-under":
         start_response("200 OK", TEXT + [("Content-Length", "100")])
         return [b"short", b" body"]
