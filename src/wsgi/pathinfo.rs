@@ -58,7 +58,9 @@ pub fn split<'a>(sent: &SentPaths<'a>, mount: Option<&Mount>) -> (Cow<'a, [u8]>,
         if let Some(path_info) = sent.path_info {
             let script_name = sent.script_name.unwrap_or_default();
             return match (script_name.strip_suffix(b"/"), path_info.first()) {
-                (Some(shorter), Some(first)) if *first != b'/' => {
+                // An empty PATH_INFO lacks the slash too: patplex sends `/app2/` and `` for
+                // the mount's own page, which is `/app2` and `/`.
+                (Some(shorter), first) if first != Some(&b'/') => {
                     let mut moved = Vec::with_capacity(path_info.len() + 1);
                     moved.push(b'/');
                     moved.extend_from_slice(path_info);
@@ -182,6 +184,8 @@ mod tests {
             ("lighttpd /app3", sent(Some("/app3"), Some("/x/y"), None, None), None, "/app3", "/x/y"),
             ("ashd htparser", sent(Some(""), Some("/app2/x/y"), None, Some("/app2/x/y")), None, "", "/app2/x/y"),
             ("ashd patplex", sent(Some("/app2/"), Some("x/y"), None, None), None, "/app2", "/x/y"),
+            ("ashd patplex, the mount itself", sent(Some("/app2/"), Some(""), None, None), None, "/app2", "/"),
+            ("root with an empty PATH_INFO", sent(Some("/"), Some(""), None, None), None, "", "/"),
             ("ashd patplex + mount", sent(Some("/app2/"), Some("x/y"), None, None), Some("/app2"), "/app2", "/x/y"),
             ("ashd prefix stripped", sent(Some(""), Some("/x"), None, None), Some("/app2"), "/app2", "/x"),
             ("nothing at all", sent(None, None, None, None), None, "", ""),
