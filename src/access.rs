@@ -133,6 +133,8 @@ pub struct Entry {
     accepted: Instant,
     status: u16,
     bytes: u64,
+    /// Logged elsewhere: nothing to write at drop.
+    discarded: bool,
 }
 
 /// Starts an entry for the request with this SCGI header block, or `None` when there is no
@@ -151,6 +153,7 @@ pub fn begin(header_block: &[u8], accepted: Instant) -> Option<Entry> {
         accepted,
         status: 500,
         bytes: 0,
+        discarded: false,
     };
     let mut script_name = String::new();
     let mut path_info = String::new();
@@ -189,10 +192,18 @@ impl Entry {
         self.status = status;
         self.bytes = bytes;
     }
+
+    /// Drops the entry without a line: the request's line was written by another entry.
+    pub fn discard(mut self) {
+        self.discarded = true;
+    }
 }
 
 impl Drop for Entry {
     fn drop(&mut self) {
+        if self.discarded {
+            return;
+        }
         crate::debug!(
             "server",
             "{} \"{} {}\" {} {} bytes, {:.1} ms",

@@ -481,54 +481,15 @@ pub fn parse_size(option: &'static str, text: &str) -> Result<u64, ConfigError> 
         .ok_or_else(|| invalid(option, text, "not a byte count such as 65536, 64K or 1M"))
 }
 
-/// Parses the command line the way the original's getopt did: options end at HANDLER-MODULE,
-/// and everything after it goes to `wmain()`, even words that look like this program's flags
-/// (`scgi-wsgi -T 4000 mod -p x` passes `-p x` to the app).
+/// Parses the command line. This program's flags are recognised after HANDLER-MODULE too
+/// (`scgi-wsgi -T 4000 app --max-body 1M`); words after it that are not among them go to
+/// `wmain()`, dashes and all (`app -x --y z`).
 pub fn parse_args<I, T>(argv: I) -> Result<Args, clap::Error>
 where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
-    Args::try_parse_from(end_options_at_module(argv.into_iter().map(Into::into).collect()))
-}
-
-/// Puts `--` after the first word that is neither an option nor an option's value.
-fn end_options_at_module(mut argv: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
-    use clap::CommandFactory;
-    let command = Args::command();
-    let takes_value = |arg: &clap::Arg| arg.get_action().takes_values();
-    let short = |c: char| command.get_arguments().find(|a| a.get_short() == Some(c));
-    let long = |name: &str| command.get_arguments().find(|a| a.get_long() == Some(name));
-    let mut i = 1;
-    while i < argv.len() {
-        let Some(word) = argv[i].to_str().map(str::to_owned) else {
-            break; // Not UTF-8: not one of our options, so the module.
-        };
-        if word == "--" {
-            return argv;
-        }
-        if let Some(name) = word.strip_prefix("--") {
-            let inline = name.contains('=');
-            let name = name.split('=').next().unwrap_or_default();
-            if long(name).is_some_and(takes_value) && !inline {
-                i += 1;
-            }
-        } else if let Some(cluster) = word.strip_prefix('-').filter(|c| !c.is_empty()) {
-            for (at, c) in cluster.char_indices() {
-                if short(c).is_some_and(takes_value) {
-                    if at + c.len_utf8() == cluster.len() {
-                        i += 1; // The value is the next word.
-                    }
-                    break;
-                }
-            }
-        } else {
-            argv.insert(i + 1, "--".into());
-            return argv;
-        }
-        i += 1;
-    }
-    argv
+    Args::try_parse_from(argv)
 }
 
 /// Parses a number of seconds above 0: a time limit of nothing would refuse everything.
@@ -620,31 +581,12 @@ mod tests {
     }
 
     #[test]
-    fn options_end_at_the_handler_module() {
-        let args = parse_args(["scgi-wsgi", "-T", "4000", "-Lp", "lib", "mod", "-p", "foo", "-v"]).unwrap();
+    fn flags_after_the_handler_module_are_still_flags() {
+        let args = parse_args(["scgi-wsgi", "-T", "4000", "mod", "--max-body", "1K", "-p", "lib"]).unwrap();
         assert_eq!(args.module, "mod");
-        assert_eq!(args.args, ["-p", "foo", "-v"]);
+        assert!(args.args.is_empty());
+        assert_eq!(args.max_body, "1K");
         assert_eq!(args.module_paths, [PathBuf::from("lib")]);
-        assert!(args.no_logging && !args.verbose);
-        let args = parse_args([
-            "scgi-wsgi",
-            "--tcp=4000",
-            "-plib",
-            "--path",
-            "x",
-            "mod",
-            "--",
-            "a",
-        ])
-        .unwrap();
-        assert_eq!(args.module_paths, [PathBuf::from("lib"), PathBuf::from("x")]);
-        assert_eq!(args.args, ["--", "a"]);
-        let args = parse_args(["scgi-wsgi", "-T", "4000", "--", "mod", "-A"]).unwrap();
-        assert_eq!(
-            (args.module.as_str(), args.args.as_slice()),
-            ("mod", &["-A".to_owned()][..])
-        );
-        assert!(!args.application);
         assert!(
             parse_args(["scgi-wsgi", "-T", "4000"]).is_err(),
             "HANDLER-MODULE is required"

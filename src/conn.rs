@@ -53,6 +53,16 @@ impl Refusal {
         }
     }
 
+    /// The status code, for the access log.
+    pub fn code(&self) -> u16 {
+        self.status.get(..3).and_then(|c| c.parse().ok()).unwrap_or(0)
+    }
+
+    /// The length of [`Refusal::response`]'s body.
+    pub fn body_len(&self) -> u64 {
+        (self.status.len() + 2 + self.cause.len() + 1) as u64
+    }
+
     /// The CGI-style response that carries this refusal.
     pub fn response(&self) -> Vec<u8> {
         let body = format!("{}: {}\n", self.status, self.cause);
@@ -173,6 +183,14 @@ impl Conn {
         }
     }
 
+    /// The SCGI header block, once the head is in (empty before), for the access log.
+    pub fn header_block(&self) -> &[u8] {
+        match &self.head {
+            Some(head) if self.buf.len() >= head.payload.end => &self.buf[head.payload.clone()],
+            _ => &[],
+        }
+    }
+
     /// The declared body length and how much of it arrived.
     pub fn body_progress(&self) -> (u64, u64) {
         let declared = self.head.as_ref().map_or(0, |h| h.content_length);
@@ -266,18 +284,19 @@ impl Conn {
                 Ok(Status::Complete(info)) => info,
                 Err(e) => return ReadOutcome::Refuse(e.into()),
             };
-            if info.content_length > limits.max_body {
+            let head_len = info.head_len;
+            let content_length = info.content_length;
+            // Kept before any refusal, so the access log can name the request.
+            self.head = Some(info);
+            if content_length > limits.max_body {
                 return ReadOutcome::Refuse(Refusal::new(
                     "413 Content Too Large",
                     format!(
-                        "request body of {} bytes exceeds the {}-byte limit (--max-body)",
-                        info.content_length, limits.max_body
+                        "request body of {content_length} bytes exceeds the {}-byte limit (--max-body)",
+                        limits.max_body
                     ),
                 ));
             }
-            let head_len = info.head_len;
-            let content_length = info.content_length;
-            self.head = Some(info);
             self.phase = Phase::Body;
             // The body bytes that came with the head already follow it in `buf`: leave them
             // there rather than copying them out and back, and drop what is beyond the body.

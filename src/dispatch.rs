@@ -166,6 +166,8 @@ struct OutState {
     /// Input arrived beyond the request: the loop must close gently (linger), so the producer
     /// may not end the connection itself (see [`Outbox::end_alone`]).
     extra_input: bool,
+    /// The request ran past `--request-timeout` and was answered 504 ([`Outbox::time_out`]).
+    timed_out: bool,
     /// Producers blocked in [`Outbox::wait_for_room`]: waking them costs a system call, made
     /// only when there is someone to wake.
     room_waiters: usize,
@@ -490,6 +492,7 @@ impl Outbox {
             return false;
         }
         let answered = !state.sent_any;
+        state.timed_out = answered;
         if answered {
             state.unsent += response.len();
             state.chunks.push_back(Chunk::Bytes(response.to_vec()));
@@ -511,6 +514,12 @@ impl Outbox {
             self.notifier.notify(self.id);
         }
         answered
+    }
+
+    /// Whether the request was answered 504 for running too long (its access log line is
+    /// written then, by the watch).
+    pub fn timed_out(&self) -> bool {
+        self.lock().timed_out
     }
 
     /// Whether the client went away (seen by the loop or by a direct write), or the loop let

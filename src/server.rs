@@ -592,6 +592,11 @@ impl<D: Dispatcher> Server<D> {
                 refusal.cause
             ),
         );
+        // The access log has a line for every answer, the loop's own included (with what is
+        // known of the request: nothing before its head is in).
+        if let Some(mut entry) = crate::access::begin(conn.header_block(), conn.accepted) {
+            entry.set_result(refusal.code(), refusal.body_len());
+        }
         if let Some(outbox) = conn.outbox.take() {
             outbox.revoke();
         }

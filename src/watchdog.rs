@@ -18,11 +18,16 @@ use crate::supervisor::{self, Message};
 pub const GATEWAY_TIMEOUT: &[u8] = b"Status: 504 Gateway Timeout\r\n\
 Content-Type: text/plain; charset=utf-8\r\nContent-Length: 20\r\n\r\n504 Gateway Timeout\n";
 
+/// The length of [`GATEWAY_TIMEOUT`]'s body, for the access log.
+const GATEWAY_TIMEOUT_BODY: u64 = 20;
+
 struct Running {
     since: Instant,
     what: String,
     outbox: Arc<Outbox>,
     cut: bool,
+    /// The access log's line for a 504, should it come to that.
+    access: Option<crate::access::Entry>,
 }
 
 struct Shared {
@@ -82,6 +87,7 @@ impl RequestWatch {
             what: describe(request),
             outbox: Arc::clone(&request.outbox),
             cut: false,
+            access: crate::access::begin(request.header_block(), request.accepted),
         };
         self.shared.lock().insert(id, entry);
         Some(id)
@@ -90,7 +96,11 @@ impl RequestWatch {
     /// The app is done with the request [`RequestWatch::begin`] returned `id` for.
     pub fn end(&self, id: Option<u64>) {
         if let Some(id) = id {
-            self.shared.lock().remove(&id);
+            let running = self.shared.lock().remove(&id);
+            // The request's own entry has its line: this one was only for a 504.
+            if let Some(entry) = running.and_then(|r| r.access) {
+                entry.discard();
+            }
         }
     }
 }
@@ -173,6 +183,9 @@ fn watch(shared: &Shared, limit: Duration) {
             if ran > limit && !running.cut {
                 running.cut = true;
                 let answered = running.outbox.time_out(GATEWAY_TIMEOUT);
+                if let Some(mut entry) = running.access.take().filter(|_| answered) {
+                    entry.set_result(504, GATEWAY_TIMEOUT_BODY);
+                }
                 overdue.push((running.what.clone(), ran, answered));
             }
         }

@@ -879,6 +879,89 @@ fn access_log_lines_and_reopen_on_sigusr1() {
     }
 }
 
+/// Every answer has its access log line with the status and body bytes the client got: the
+/// loop's own refusals (400, 413), the 500 for an app that failed, the 504 for one that ran
+/// too long, and a streamed response under rplex.
+#[test]
+fn access_log_has_a_line_for_every_answer() {
+    let apps = apps_dir_str();
+    let dir = TempDir::new("access-all");
+    let log = dir.path().join("access.log");
+    let log_str = log.to_str().unwrap();
+    for model in ["free", "rplex"] {
+        let _ = std::fs::remove_file(&log);
+        let server = Server::start(&[
+            "--processes",
+            "2",
+            "-t",
+            model,
+            "--access-log",
+            log_str,
+            "--max-body",
+            "1K",
+            "--request-timeout",
+            "0.5",
+            "-p",
+            &apps,
+            "-A",
+            "procapp",
+        ]);
+        let wait_for = |count: usize| {
+            assert!(
+                wait_until(Duration::from_secs(10), || read_lines(&log).len() >= count),
+                "-t {model}: {:?}\n{}",
+                read_lines(&log),
+                server.stderr_text()
+            )
+        };
+        let stream = server.get("/stream");
+        assert_eq!((stream.status, stream.text().as_str()), (200, "one two\n"));
+        wait_for(1);
+        assert!(
+            read_lines(&log)[0].contains("\"GET /stream HTTP/1.1\" 200 8 "),
+            "-t {model}: {:?}",
+            read_lines(&log)
+        );
+        let failed = server.get("/fail");
+        assert_eq!(failed.status, 500);
+        wait_for(2);
+        let expected = format!("\"GET /fail HTTP/1.1\" 500 {} ", failed.body.len());
+        assert!(
+            read_lines(&log)[1].contains(&expected),
+            "-t {model}: {:?}",
+            read_lines(&log)
+        );
+        let big = server.request(&ScgiRequest::post("/env", "text/plain", &[b'x'; 2000]));
+        assert_eq!(big.status, 413);
+        wait_for(3);
+        let expected = format!("\"POST /env HTTP/1.1\" 413 {} ", big.body.len());
+        assert!(
+            read_lines(&log)[2].contains(&expected),
+            "-t {model}: {:?}",
+            read_lines(&log)
+        );
+        let bad = Response::parse(exchange_raw(&server.addr, b"5:abcde,", Duration::from_secs(10)));
+        assert_eq!(bad.status, 400);
+        wait_for(4);
+        let expected = format!("\"- - -\" 400 {} ", bad.body.len());
+        assert!(
+            read_lines(&log)[3].contains(&expected),
+            "-t {model}: {:?}",
+            read_lines(&log)
+        );
+        let hung = server.get("/hang");
+        assert_eq!(hung.status, 504);
+        wait_for(5);
+        assert!(
+            read_lines(&log)[4].contains("\"GET /hang HTTP/1.1\" 504 20 "),
+            "-t {model}: {:?}",
+            read_lines(&log)
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(read_lines(&log).len(), 5, "one line each: {:?}", read_lines(&log));
+    }
+}
+
 #[test]
 fn a_worker_that_cannot_start_stops_the_master_with_status_1() {
     let apps = apps_dir_str();

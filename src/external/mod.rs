@@ -41,6 +41,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 const BAD_GATEWAY: &[u8] = b"Status: 502 Bad Gateway\r\nContent-Type: text/plain; charset=utf-8\r\n\
 Content-Length: 58\r\n\r\n502 Bad Gateway: the Python worker process ended abruptly\n";
 
+/// The length of [`BAD_GATEWAY`]'s body, for the access log.
+const BAD_GATEWAY_BODY: u64 = 58;
+
 /// What starting the worker needs.
 #[derive(Debug, Clone)]
 pub struct WorkerSpec {
@@ -173,6 +176,21 @@ struct Slot {
     head: Option<Vec<u8>>,
     /// Whether anything went to the outbox yet.
     began: bool,
+}
+
+impl Slot {
+    /// Gives the access log's entry its result (a request answered 504 for running too long
+    /// has its line from the watch that answered it).
+    fn record_access(&mut self) {
+        let Some(mut entry) = self.access.take() else {
+            return;
+        };
+        if self.outbox.timed_out() {
+            entry.discard();
+        } else if self.status != 0 {
+            entry.set_result(self.status, self.bytes);
+        }
+    }
 }
 
 struct State {
@@ -536,6 +554,7 @@ impl Shared {
                         crate::wsgi::response::INTERNAL_ERROR.to_vec(),
                         Some(End::Complete),
                     );
+                    (slot.status, slot.bytes) = (500, crate::wsgi::response::INTERNAL_ERROR_BODY);
                     Some(End::Complete)
                 }
             },
@@ -594,6 +613,7 @@ impl Shared {
                     crate::wsgi::response::INTERNAL_ERROR.to_vec(),
                     Some(End::Complete),
                 );
+                (slot.status, slot.bytes) = (500, crate::wsgi::response::INTERNAL_ERROR_BODY);
                 Some(End::Complete)
             }
             b'I' => None,
@@ -618,9 +638,7 @@ impl Shared {
                 if let Some(watch) = &self.spec.watch {
                     watch.end(slot.watch_id);
                 }
-                if let Some(entry) = slot.access.as_mut().filter(|_| slot.status != 0) {
-                    entry.set_result(slot.status, slot.bytes);
-                }
+                slot.record_access();
             }
         }
         self.pump_queue(&mut state);
@@ -647,7 +665,7 @@ impl Shared {
             child.id(),
             lost.len()
         );
-        for slot in lost {
+        for mut slot in lost {
             if let Some(watch) = &self.spec.watch {
                 watch.end(slot.watch_id);
             }
@@ -655,7 +673,9 @@ impl Shared {
                 slot.outbox.finish(End::Abort);
             } else {
                 let _ = slot.outbox.send(BAD_GATEWAY.to_vec(), Some(End::Complete));
+                (slot.status, slot.bytes) = (502, BAD_GATEWAY_BODY);
             }
+            slot.record_access();
         }
         let mut backoff = Duration::from_millis(100);
         loop {

@@ -21,6 +21,9 @@ use crate::dispatch::{Chunk, ClientGone, End, Outbox, Request};
 pub const INTERNAL_ERROR: &[u8] = b"Status: 500 Internal Server Error\r\n\
 Content-Type: text/plain; charset=utf-8\r\nContent-Length: 26\r\n\r\n500 Internal Server Error\n";
 
+/// The length of [`INTERNAL_ERROR`]'s body, for the access log.
+pub const INTERNAL_ERROR_BODY: u64 = 26;
+
 /// From this size on, a response chunk is written to the socket without the GIL, so other
 /// Python threads run meanwhile; below it, releasing and taking the GIL back costs more.
 const DETACH_AT: usize = 64 * 1024;
@@ -358,6 +361,8 @@ pub struct PlexJob {
     responder: Py<StartResponse>,
     environ: Py<PyDict>,
     outbox: Arc<Outbox>,
+    /// The access log's entry, written when the response is done.
+    access: std::sync::Mutex<Option<crate::access::Entry>>,
 }
 
 /// Where [`PlexJob::advance`] left a response.
@@ -400,18 +405,31 @@ impl PlexJob {
             }
         }
         match outcome {
-            Ok(false) if self.outbox.is_full() => Step::Full,
-            Ok(false) => Step::Again,
-            Ok(true) => {
-                close_iterable(py, self.result.bind(py), environ);
-                Step::Done
-            }
+            Ok(false) if self.outbox.is_full() => return Step::Full,
+            Ok(false) => return Step::Again,
+            Ok(true) => close_iterable(py, self.result.bind(py), environ),
             Err(err) => {
                 fail(py, environ, responder, &err);
                 close_iterable(py, self.result.bind(py), environ);
-                Step::Done
             }
         }
+        let mut entry = self.access.lock().unwrap_or_else(|e| e.into_inner()).take();
+        record_access(&mut entry, &responder.borrow().state);
+        Step::Done
+    }
+}
+
+/// What the access log records for a response: the status and body bytes sent, or the 500
+/// page when the app failed before its response began. A request answered 504 for running
+/// too long has its line from the watch that answered it.
+fn record_access(entry: &mut Option<crate::access::Entry>, state: &ResponseState) {
+    let Some(mut entry) = entry.take() else { return };
+    if state.outbox.timed_out() {
+        entry.discard();
+    } else if state.head_sent {
+        entry.set_result(state.status, state.body_sent);
+    } else {
+        entry.set_result(500, INTERNAL_ERROR_BODY);
     }
 }
 
@@ -455,6 +473,9 @@ pub fn serve(
         Err(err) => {
             crate::error!("wsgi", "cannot build the environ: {}", traceback_text(py, &err));
             let _ = outbox.send(INTERNAL_ERROR.to_vec(), Some(End::Complete));
+            if let Some(entry) = access.as_mut() {
+                entry.set_result(500, INTERNAL_ERROR_BODY);
+            }
             return;
         }
     };
@@ -495,7 +516,11 @@ pub fn serve(
     };
     let result = match app.call1((&environ, &responder)) {
         Ok(result) => result,
-        Err(err) => return fail(py, &environ, &responder, &err),
+        Err(err) => {
+            fail(py, &environ, &responder, &err);
+            record_access(&mut access, &responder.borrow().state);
+            return;
+        }
     };
     if let Some(handoff) = handoff {
         // A file the event loop can sendfile() needs no iterating: send it from here.
@@ -508,6 +533,7 @@ pub fn serve(
             if let Err(err) = sent {
                 fail(py, &environ, &responder, &err);
             }
+            record_access(&mut access, &responder.borrow().state);
             return close_iterable(py, &result, &environ);
         }
         let ready = [
@@ -523,6 +549,7 @@ pub fn serve(
                         responder: responder.unbind(),
                         environ: environ.unbind(),
                         outbox,
+                        access: std::sync::Mutex::new(access.take()),
                     })
                 }
                 Err(err) => fail(py, &environ, &responder, &err),
@@ -535,12 +562,7 @@ pub fn serve(
     }
     // PEP 3333: close() whenever the iterable has one, however the response ended.
     close_iterable(py, &result, &environ);
-    if let Some(entry) = access.as_mut() {
-        let state = &responder.borrow().state;
-        if state.head_sent {
-            entry.set_result(state.status, state.body_sent);
-        }
-    }
+    record_access(&mut access, &responder.borrow().state);
 }
 
 /// Whether a Content-Length may be added to `head`: not to 1xx, 204 and 304 responses,

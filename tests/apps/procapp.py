@@ -31,6 +31,11 @@ def application(environ, start_response):
         print("hanging in", os.getpid(), file=sys.stderr, flush=True)
         time.sleep(60)
         body = b"woke up"
+    elif path == "/fail":
+        raise RuntimeError("deliberate failure")
+    elif path == "/stream":
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return (part for part in [b"one ", b"two\n"])
     else:
         start_response("404 Not Found", [("Content-Type", "text/plain")])
         return [b"not found\n"]
