@@ -20,6 +20,11 @@ pub const LINGER: Duration = Duration::from_secs(2);
 /// straight into the request's buffer, or left in the kernel while workers are busy.
 pub const HEAD_READ: usize = 8 * 1024;
 
+/// Most bytes one connection's turn reads before the loop moves on to the others; the rest is
+/// read in the loop's next round ([`ReadOutcome::Again`]). Without it, a fast upload on the
+/// same host could keep the loop reading it, and nobody else served, until it ended.
+pub const READ_BUDGET: usize = 1 << 20;
+
 /// Where a connection is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
@@ -101,6 +106,9 @@ pub enum ReadOutcome {
     /// The head is in; the body is left unread (in the kernel's buffer) for now, because
     /// enough requests already wait for a worker. [`Conn::resume`] lets it be read.
     Deferred,
+    /// [`READ_BUDGET`] bytes were read and the socket may hold more: read again in the next
+    /// round (no readiness event will come for what is already there).
+    Again,
 }
 
 /// One client connection.
@@ -133,6 +141,8 @@ pub struct Conn {
     /// The client has finished sending (a read gave end of stream). Once the request is in,
     /// that is a half-close, not a departure: the response still goes to it.
     peer_eof: bool,
+    /// Bytes one turn may read ([`READ_BUDGET`]; smaller in tests).
+    read_budget: usize,
     /// The socket is registered for writable events too (added when output waits for room).
     pub watching_writable: bool,
 }
@@ -158,6 +168,7 @@ impl Conn {
             end: None,
             extra_input: false,
             peer_eof: false,
+            read_budget: READ_BUDGET,
             watching_writable: false,
         }
     }
@@ -217,7 +228,11 @@ impl Conn {
         limits: &Limits,
         may_read_body: &mut dyn FnMut() -> bool,
     ) -> ReadOutcome {
+        let mut taken = 0usize;
         loop {
+            if taken >= self.read_budget {
+                return ReadOutcome::Again;
+            }
             if self.phase == Phase::Body && self.spill.is_none() {
                 if !self.body_started {
                     if !may_read_body() {
@@ -226,20 +241,26 @@ impl Conn {
                     }
                     self.body_started = true;
                 }
-                match self.read_body_in_place() {
-                    Ok(None) => continue,
+                let before = self.body_received;
+                match self.read_body_in_place(self.read_budget - taken) {
+                    Ok(None) => {
+                        taken += (self.body_received - before) as usize;
+                        continue;
+                    }
                     Ok(Some(outcome)) => return outcome,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => return ReadOutcome::Pending,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(_) => return ReadOutcome::Closed,
                 }
             }
-            let head_window = HEAD_READ.min(scratch.len());
-            let window = if self.phase == Phase::Head {
-                &mut scratch[..head_window]
+            let room = self.read_budget - taken;
+            let wanted = if self.phase == Phase::Head {
+                HEAD_READ.min(room)
             } else {
-                &mut *scratch
-            };
+                room
+            }
+            .min(scratch.len());
+            let window = &mut scratch[..wanted];
             let n = match self.stream.read(window) {
                 Ok(0) => {
                     self.peer_eof = true;
@@ -255,6 +276,7 @@ impl Conn {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => return ReadOutcome::Closed,
             };
+            taken += n;
             match self.phase {
                 Phase::Head | Phase::Body => {
                     self.last_progress = Instant::now();
@@ -343,21 +365,15 @@ impl Conn {
     /// Reads the rest of an in-memory body straight into the request's buffer (no copy through
     /// the scratch buffer). It asks for one byte more than the body: if that comes, input goes
     /// on past the request, which the close must allow for. `Ok(None)`: more may be read now.
-    fn read_body_in_place(&mut self) -> io::Result<Option<ReadOutcome>> {
+    fn read_body_in_place(&mut self, at_most: usize) -> io::Result<Option<ReadOutcome>> {
         let declared = self.head.as_ref().map_or(0, |h| h.content_length);
         let remaining = (declared - self.body_received) as usize;
         self.buf.reserve_exact(remaining + 1);
         let spare = self.buf.spare_capacity_mut();
-        // SAFETY: `spare` is writable memory of at least `remaining + 1` bytes owned by `buf`;
-        // recv writes at most that many and reports how many it wrote.
-        let got = unsafe {
-            libc::recv(
-                self.stream.as_raw_fd(),
-                spare.as_mut_ptr().cast(),
-                remaining + 1,
-                0,
-            )
-        };
+        let want = (remaining + 1).min(at_most.max(1));
+        // SAFETY: `spare` is writable memory of at least `remaining + 1` (>= `want`) bytes owned
+        // by `buf`; recv writes at most `want` and reports how many it wrote.
+        let got = unsafe { libc::recv(self.stream.as_raw_fd(), spare.as_mut_ptr().cast(), want, 0) };
         if got < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -557,5 +573,72 @@ fn send_file(stream: &Stream, file: &File, offset: u64, len: u64) -> io::Result<
             Err(io::Error::new(io::ErrorKind::UnexpectedEof, why))
         }
         n => Ok(n as usize),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn limits(body_buffer: u64) -> Limits {
+        Limits {
+            max_head: 64 * 1024,
+            max_body: 1 << 30,
+            body_buffer,
+            head_timeout: std::time::Duration::from_secs(10),
+            body_timeout: std::time::Duration::from_secs(10),
+            write_timeout: std::time::Duration::from_secs(10),
+            max_connections: 10,
+            write_buffer: 64 * 1024,
+            max_queue: 10,
+        }
+    }
+
+    /// One turn reads at most its budget, and says so, however much input is waiting: the
+    /// loop serves the others, then comes back for the rest.
+    #[test]
+    fn a_turn_reads_at_most_its_budget_then_asks_for_another() {
+        // A body kept in memory, and one going to a temporary file.
+        for body_buffer in [1 << 20, 8 * 1024] {
+            budgeted_reads(body_buffer);
+        }
+    }
+
+    fn budgeted_reads(body_buffer: u64) {
+        let (ours, mut theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let body = vec![b'x'; 96 * 1024];
+        let head = format!("CONTENT_LENGTH\0{}\0SCGI\x001\0", body.len());
+        let mut request = format!("{}:{head},", head.len()).into_bytes();
+        request.extend_from_slice(&body);
+        theirs.write_all(&request[..64 * 1024]).unwrap();
+        let mut conn = Conn::new(
+            Stream::Unix(mio::net::UnixStream::from_std(ours)),
+            1,
+            Instant::now(),
+        );
+        conn.read_budget = 16 * 1024;
+        let mut scratch = vec![0u8; 64 * 1024];
+        let mut yes = || true;
+        let limits = limits(body_buffer);
+        let mut turns = 0;
+        let outcome = loop {
+            turns += 1;
+            match conn.on_readable(&mut scratch, &limits, &mut yes) {
+                ReadOutcome::Again => {
+                    assert!(conn.bytes_received() <= turns * 16 * 1024, "{turns} turns");
+                }
+                ReadOutcome::Pending => {
+                    // All that was sent is read: send the rest.
+                    assert!(turns >= 4, "64 KiB waiting took {turns} turns of 16 KiB");
+                    theirs.write_all(&request[64 * 1024..]).unwrap();
+                }
+                other => break other,
+            }
+        };
+        assert!(matches!(outcome, ReadOutcome::Complete));
+        assert!(turns >= 6, "{turns} turns");
+        assert_eq!(conn.body_progress(), (body.len() as u64, body.len() as u64));
     }
 }

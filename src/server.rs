@@ -124,6 +124,9 @@ pub struct Server<D: Dispatcher> {
     /// while enough requests wait for a worker (key, serial), oldest first: the memory held
     /// for waiting requests stays bounded however many clients upload at once.
     deferred: VecDeque<(usize, u64)>,
+    /// Connections whose turn ended at the read budget with input left (key, serial): read
+    /// again in the next round, after the others had theirs.
+    read_again: Vec<(usize, u64)>,
     /// When the last "queue full" and "connection limit" lines were logged.
     queue_full_logged: Option<Instant>,
     conn_limit_logged: Option<Instant>,
@@ -174,6 +177,7 @@ impl<D: Dispatcher> Server<D> {
             starved_warning: None,
             held: VecDeque::new(),
             deferred: VecDeque::new(),
+            read_again: Vec::new(),
             queue_full_logged: None,
             conn_limit_logged: None,
             repeat_stops_at_once: true,
@@ -213,6 +217,7 @@ impl<D: Dispatcher> Server<D> {
             if self.notifier.has_quiet() {
                 self.collect_completions();
             }
+            self.read_more();
             self.expire_timers();
             if self.accept_pending || self.accept_paused_until.is_some_and(|t| t <= Instant::now()) {
                 self.accept_paused_until = None;
@@ -236,6 +241,10 @@ impl<D: Dispatcher> Server<D> {
     }
 
     fn poll_timeout(&mut self) -> Option<Duration> {
+        if !self.read_again.is_empty() {
+            // Input is waiting that no event will announce again.
+            return Some(Duration::ZERO);
+        }
         let now = Instant::now();
         let mut next = self.timers.peek().map(|(t, _, _)| t);
         for candidate in [
@@ -416,6 +425,18 @@ impl<D: Dispatcher> Server<D> {
         }
     }
 
+    /// Gives the connections that used up their read budget another turn.
+    fn read_more(&mut self) {
+        if self.read_again.is_empty() {
+            return;
+        }
+        for (key, serial) in std::mem::take(&mut self.read_again) {
+            if self.conns.get(key).is_some_and(|c| c.serial == serial) {
+                self.on_conn_event(key, true, false);
+            }
+        }
+    }
+
     /// Acts on what a read of connection `key` brought. Returns whether the connection is
     /// still open and not waiting its turn, so that its output may be pumped.
     fn on_read(&mut self, key: usize, phase_before: Phase, outcome: ReadOutcome) -> bool {
@@ -440,6 +461,7 @@ impl<D: Dispatcher> Server<D> {
                 self.deferred.push_back((key, self.conns[key].serial));
                 return false;
             }
+            ReadOutcome::Again => self.read_again.push((key, self.conns[key].serial)),
         }
         true
     }

@@ -55,6 +55,8 @@ fn read(conn: &mut Conn, scratch: &mut [u8], limits: &Limits, defer: &mut bool) 
                 assert!(conn.deadline(limits).is_none(), "a paused body can stall");
                 conn.resume();
             }
+            // Its turn's budget is spent; the loop gives it another in its next round.
+            ReadOutcome::Again => {}
             other => return other,
         }
     }
@@ -92,7 +94,7 @@ fn feed_deferring(
             ReadOutcome::Complete => return complete(&mut conn),
             ReadOutcome::Refuse(refusal) => return Outcome::Refused(refusal),
             ReadOutcome::Closed => panic!("closed while the client was still connected"),
-            ReadOutcome::Deferred => unreachable!("read() resumes deferred bodies"),
+            ReadOutcome::Deferred | ReadOutcome::Again => unreachable!("read() goes on after these"),
         }
     }
     client.shutdown(std::net::Shutdown::Write).expect("shutdown");
