@@ -159,3 +159,19 @@ fn the_apps_child_processes_get_the_usual_signal_defaults() {
     assert_eq!(response.status, 200, "{}", server.stderr_text());
     assert_eq!(response.text(), "default True");
 }
+
+/// The worker's source and configuration travel in its environment, out of the command line
+/// that ps shows, and the app does not find them there either.
+#[test]
+fn the_worker_command_line_stays_short() {
+    let server = start(&[]);
+    let worker = app_pid(&server);
+    let cmdline = std::fs::read(format!("/proc/{worker}/cmdline")).unwrap();
+    assert!(
+        cmdline.len() < 300,
+        "{} bytes: {}",
+        cmdline.len(),
+        String::from_utf8_lossy(&cmdline)
+    );
+    assert_eq!(server.get("/worker-variables").text(), "[]");
+}

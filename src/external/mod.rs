@@ -30,6 +30,13 @@ use crate::{error, info, warning};
 /// The worker program, run with `PYTHON -c`.
 pub const WORKER_SOURCE: &str = include_str!("worker.py");
 
+/// What the interpreter is given to run (`-c`): the worker's source, from the environment.
+const WORKER_BOOT: &str =
+    "import os; exec(compile(os.environ.pop('SCGI_WSGI_WORKER_SOURCE'), '<string>', 'exec'))";
+/// The environment variables that carry the worker's source and configuration.
+const SOURCE_VARIABLE: &str = "SCGI_WSGI_WORKER_SOURCE";
+const CONFIG_VARIABLE: &str = "SCGI_WSGI_WORKER_CONFIG";
+
 /// The fd number the worker finds its socket on.
 const WORKER_FD: i32 = 3;
 /// Largest body frame sent to the worker.
@@ -242,8 +249,11 @@ fn start_worker(spec: &WorkerSpec, argv: &[String]) -> Result<Started, String> {
     let mut command = Command::new(&spec.interpreter);
     command
         .arg("-c")
-        .arg(WORKER_SOURCE)
-        .arg(spec.config_json(argv))
+        .arg(WORKER_BOOT)
+        // In the environment, not on the command line, which ps and top show: the worker
+        // takes both out before the app is loaded.
+        .env(SOURCE_VARIABLE, WORKER_SOURCE)
+        .env(CONFIG_VARIABLE, spec.config_json(argv))
         .stdin(Stdio::null())
         .envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     // SAFETY: only async-signal-safe calls between fork and exec.

@@ -673,7 +673,7 @@ def main():
     # app's own child processes the usual defaults back.
     for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGUSR1"):
         signal.signal(getattr(signal, name), _left_to_the_front)
-    config = json.loads(sys.argv[1])
+    config = json.loads(os.environ.pop("SCGI_WSGI_WORKER_CONFIG"))
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, fileno=config["fd"])
     sys.argv = config["argv"]
     if not config["no_logging"]:

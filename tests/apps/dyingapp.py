@@ -23,6 +23,10 @@ def application(environ, start_response):
         time.sleep(float(environ.get("QUERY_STRING") or "1"))
         start_response("200 OK", [("Content-Type", "text/plain")])
         return [b"slept\n"]
+    if path == "/worker-variables":
+        names = sorted(name for name in os.environ if name.startswith("SCGI_WSGI_WORKER"))
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [repr(names).encode()]
     if path == "/child-sigterm":
         probe = "import signal; print(signal.getsignal(signal.SIGTERM) == signal.SIG_DFL)"
         out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True).stdout
