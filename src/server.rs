@@ -283,7 +283,11 @@ impl<D: Dispatcher> Server<D> {
             if self.draining_since.is_some() {
                 continue;
             }
-            let name = crate::setup::signal_abbrev(signal).unwrap_or("SIGTERM");
+            let name = match crate::setup::signal_abbrev(signal) {
+                Some("SIGTERM") | None if crate::supervisor::replacing() => "being replaced",
+                Some(name) => name,
+                None => "SIGTERM",
+            };
             info!(
                 "server",
                 "{name}: no longer accepting; finishing {} open connection(s) (up to {:.0} s)",

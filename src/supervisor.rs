@@ -85,7 +85,16 @@ pub fn request_replacement(message: Message) {
         );
     }
     // Under a master the worker gets SIGTERM from it too, which only continues the drain.
+    REPLACING.store(true, std::sync::atomic::Ordering::Relaxed);
     unsafe { libc::kill(libc::getpid(), libc::SIGTERM) };
+}
+
+/// Set when this process sent itself SIGTERM to be replaced (see [`request_replacement`]).
+static REPLACING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether a SIGTERM came from this process asking to be replaced, not from someone stopping it.
+pub fn replacing() -> bool {
+    REPLACING.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// What [`run`] returns: the master's exit, or, in a freshly forked worker, the listener to

@@ -1031,7 +1031,9 @@ fn without_a_master_a_timed_out_request_makes_the_process_exit() {
         .wait_exit(Duration::from_secs(20))
         .expect("the process exits");
     assert!(status.success(), "{status}");
-    assert!(server
-        .stderr_text()
-        .contains("request GET /hang has been in the app for"));
+    let log = server.stderr_text();
+    assert!(log.contains("request GET /hang has been in the app for"), "{log}");
+    // Nobody sent it a stop signal: the log says why it stops.
+    assert!(log.contains("being replaced: no longer accepting"), "{log}");
+    assert!(!log.contains("SIGTERM:"), "{log}");
 }
