@@ -16,7 +16,7 @@ use slab::Slab;
 use crate::cli::Limits;
 use crate::conn::{Conn, Phase, ReadOutcome, Refusal};
 use crate::dispatch::{ConnId, Dispatcher, End, Notifier, Outbox, Request, QUIET_CLOSE_DELAY};
-use crate::listen::Listener;
+use crate::listen::{Listener, Stream};
 use crate::{debug, error, info, warning};
 
 const LISTENER: Token = Token(usize::MAX - 1);
@@ -295,6 +295,7 @@ impl<D: Dispatcher> Server<D> {
                 self.graceful_timeout.as_secs_f64()
             );
             self.draining_since = Some(Instant::now());
+            self.take_backlog();
             if let Some(mut listener) = self.listener.take() {
                 let _ = self.poll.registry().deregister(&mut listener);
                 // Dropping closes our descriptor and removes a socket file we created.
@@ -305,11 +306,60 @@ impl<D: Dispatcher> Server<D> {
         None
     }
 
+    /// Takes an accepted connection in: a slot, its registration, its head timer.
+    fn adopt(&mut self, stream: Stream) -> bool {
+        let now = Instant::now();
+        let serial = self.next_serial;
+        self.next_serial += 1;
+        let entry = self.conns.vacant_entry();
+        let key = entry.key();
+        let conn = entry.insert(Conn::new(stream, serial, now));
+        // Edge-triggered, readable only: most responses go out by direct writes from the
+        // worker, and the client's acknowledgements should not wake the loop. Writable is
+        // added when the loop has output the socket did not take.
+        if let Err(e) = self
+            .poll
+            .registry()
+            .register(&mut conn.stream, Token(key), Interest::READABLE)
+        {
+            error!("server", "cannot watch a new connection: {e}");
+            self.conns.remove(key);
+            return false;
+        }
+        self.timers
+            .push((now + self.limits.head_timeout, key, serial), &self.conns);
+        true
+    }
+
+    /// As the listener closes: connections the kernel has already completed are clients
+    /// sending (or done sending) their requests, which closing it would reset. They are
+    /// taken in and served with the rest of the drain, whatever the limits.
+    fn take_backlog(&mut self) {
+        let mut taken = 0;
+        while let Some(listener) = &self.listener {
+            match listener.accept() {
+                Ok(stream) => {
+                    if self.adopt(stream) {
+                        taken += 1;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            }
+        }
+        if taken > 0 {
+            info!(
+                "server",
+                "took {taken} connection(s) waiting in the listen backlog, to answer them before exiting"
+            );
+        }
+    }
+
     fn accept_all(&mut self) {
         self.accept_pending = false;
-        let Some(listener) = &self.listener else { return };
         let mut accepted = 0;
         loop {
+            let Some(listener) = &self.listener else { return };
             if self.conns.len() >= self.limits.max_connections {
                 // Leave the rest in the kernel's backlog until a slot frees up.
                 self.accept_pending = true;
@@ -333,29 +383,12 @@ impl<D: Dispatcher> Server<D> {
                 self.accept_pending = true;
                 return;
             }
-            match listener.accept() {
+            let result = listener.accept();
+            match result {
                 Ok(stream) => {
-                    let now = Instant::now();
-                    let serial = self.next_serial;
-                    self.next_serial += 1;
-                    let entry = self.conns.vacant_entry();
-                    let key = entry.key();
-                    let conn = entry.insert(Conn::new(stream, serial, now));
-                    // Edge-triggered, readable only: most responses go out by direct writes from
-                    // the worker, and the client's acknowledgements should not wake the loop.
-                    // Writable is added when the loop has output the socket did not take.
-                    if let Err(e) =
-                        self.poll
-                            .registry()
-                            .register(&mut conn.stream, Token(key), Interest::READABLE)
-                    {
-                        error!("server", "cannot watch a new connection: {e}");
-                        self.conns.remove(key);
-                        continue;
+                    if self.adopt(stream) {
+                        accepted += 1;
                     }
-                    self.timers
-                        .push((now + self.limits.head_timeout, key, serial), &self.conns);
-                    accepted += 1;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     if let Some(starved) = self.accept_starved.take().filter(|s| s.warned) {

@@ -418,3 +418,34 @@ fn bad_models_are_start_up_errors_that_name_the_problem() {
         assert_eq!(run.stderr.lines().count(), 1, "-t {spec}: {}", run.stderr);
     }
 }
+
+/// Requests waiting in the listen backlog when the stop comes (the loop stops accepting while
+/// the queue is full) are taken in and answered before the process exits, not reset.
+#[test]
+fn a_stop_answers_the_requests_still_in_the_listen_backlog() {
+    let mut server = start("single", &["--max-queue", "1"]);
+    // One runs, one waits in the queue, one is held: the loop stops accepting.
+    let mut streams = fire(&server, 3, 1.0);
+    assert!(server.wait_for_log("the request queue is full", Duration::from_secs(10)));
+    // These wait in the listen backlog, their requests sent.
+    streams.extend(fire(&server, 3, 0.1));
+    std::thread::sleep(Duration::from_millis(100));
+    server.signal(libc::SIGTERM);
+    for (i, mut stream) in streams.into_iter().enumerate() {
+        let (raw, end) = stream.read_until_eof(Duration::from_secs(20));
+        assert_eq!(end, ReadEnd::Eof, "request {i}");
+        let response = Response::parse(raw);
+        assert_eq!(response.status, 200, "request {i}: {}", server.stderr_text());
+    }
+    let status = server
+        .wait_exit(Duration::from_secs(20))
+        .expect("exits after the drain");
+    assert!(status.success(), "{}", server.stderr_text());
+    assert!(
+        server
+            .stderr_text()
+            .contains("connection(s) waiting in the listen backlog"),
+        "{}",
+        server.stderr_text()
+    );
+}
