@@ -57,6 +57,23 @@ impl Request {
     }
 }
 
+/// The body length of a complete CGI-style response (`Status: ...\r\n...\r\n\r\nbody`), for
+/// the access log lines of the answers the server makes itself.
+pub const fn cgi_body_len(response: &[u8]) -> u64 {
+    let mut i = 0;
+    while i + 4 <= response.len() {
+        if response[i] == b'\r'
+            && response[i + 1] == b'\n'
+            && response[i + 2] == b'\r'
+            && response[i + 3] == b'\n'
+        {
+            return (response.len() - i - 4) as u64;
+        }
+        i += 1;
+    }
+    0
+}
+
 /// A piece of a response on its way to the client.
 #[derive(Debug)]
 pub enum Chunk {
@@ -768,6 +785,14 @@ pub trait Dispatcher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_body_length_of_a_made_up_response_is_what_follows_its_head() {
+        assert_eq!(cgi_body_len(b"Status: 200 OK\r\nContent-Length: 3\r\n\r\nabc"), 3);
+        assert_eq!(cgi_body_len(b"Status: 204 No Content\r\n\r\n"), 0);
+        assert_eq!(cgi_body_len(b"no head end"), 0);
+        assert_eq!(crate::wsgi::response::INTERNAL_ERROR_BODY, 26);
+    }
     use std::sync::atomic::AtomicUsize;
 
     fn outbox(high_water: usize) -> (mio::Poll, Arc<Outbox>) {

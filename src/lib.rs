@@ -329,31 +329,32 @@ fn ignore_sighup() {
         unsafe { libc::signal(libc::SIGHUP, libc::SIG_IGN) };
         return;
     }
-    const NOTE: &[u8] =
-        b"scgi-wsgi[server]: WARNING: SIGHUP ignored: reloading needs --processes 2 or more\n";
-    // Only write(2) runs in the handler: it is async-signal-safe.
-    let installed = unsafe {
-        signal_hook::low_level::register(libc::SIGHUP, || {
-            libc::write(2, NOTE.as_ptr().cast(), NOTE.len());
-        })
-    };
-    if let Err(e) = installed {
-        warning!("server", "cannot install a SIGHUP handler: {e}");
-    }
+    ignore_with_note(
+        libc::SIGHUP,
+        b"scgi-wsgi[server]: WARNING: SIGHUP ignored: reloading needs --processes 2 or more\n",
+    );
 }
 
 /// With no access log to reopen, SIGUSR1 (which log rotation hooks send routinely) must not
 /// kill the server, as its default action would: it notes it and carries on.
 fn ignore_sigusr1() {
-    const NOTE: &[u8] = b"scgi-wsgi[server]: INFO: SIGUSR1 ignored: there is no --access-log to reopen\n";
+    ignore_with_note(
+        libc::SIGUSR1,
+        b"scgi-wsgi[server]: INFO: SIGUSR1 ignored: there is no --access-log to reopen\n",
+    );
+}
+
+/// Replaces `signal`'s default action (ending the process) with writing `note` to stderr.
+fn ignore_with_note(signal: libc::c_int, note: &'static [u8]) {
     // Only write(2) runs in the handler: it is async-signal-safe.
     let installed = unsafe {
-        signal_hook::low_level::register(libc::SIGUSR1, || {
-            libc::write(2, NOTE.as_ptr().cast(), NOTE.len());
+        signal_hook::low_level::register(signal, move || {
+            libc::write(2, note.as_ptr().cast(), note.len());
         })
     };
     if let Err(e) = installed {
-        warning!("server", "cannot install a SIGUSR1 handler: {e}");
+        let name = setup::signal_abbrev(signal).unwrap_or("signal");
+        warning!("server", "cannot install a {name} handler: {e}");
     }
 }
 

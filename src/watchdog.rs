@@ -19,7 +19,7 @@ pub const GATEWAY_TIMEOUT: &[u8] = b"Status: 504 Gateway Timeout\r\n\
 Content-Type: text/plain; charset=utf-8\r\nContent-Length: 20\r\n\r\n504 Gateway Timeout\n";
 
 /// The length of [`GATEWAY_TIMEOUT`]'s body, for the access log.
-const GATEWAY_TIMEOUT_BODY: u64 = 20;
+const GATEWAY_TIMEOUT_BODY: u64 = crate::dispatch::cgi_body_len(GATEWAY_TIMEOUT);
 
 struct Running {
     since: Instant,

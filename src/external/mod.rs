@@ -49,7 +49,7 @@ const BAD_GATEWAY: &[u8] = b"Status: 502 Bad Gateway\r\nContent-Type: text/plain
 Content-Length: 58\r\n\r\n502 Bad Gateway: the Python worker process ended abruptly\n";
 
 /// The length of [`BAD_GATEWAY`]'s body, for the access log.
-const BAD_GATEWAY_BODY: u64 = 58;
+const BAD_GATEWAY_BODY: u64 = crate::dispatch::cgi_body_len(BAD_GATEWAY);
 
 /// What starting the worker needs.
 #[derive(Debug, Clone)]

@@ -281,22 +281,29 @@ fn fill_cgi_defaults(
     if !environ.contains(intern!(py, "SERVER_PROTOCOL"))? {
         environ.set_item(intern!(py, "SERVER_PROTOCOL"), intern!(py, "HTTP/1.0"))?;
     }
-    if !environ.contains(intern!(py, "SERVER_NAME"))? {
-        // ashd sends no SERVER_NAME without a Host header; derive it as CGI servers do.
-        let host = environ.get_item(intern!(py, "HTTP_HOST"))?;
-        let name = match &host {
-            Some(host) => {
-                let host: String = host.extract()?;
-                latin1_from_str(py, split_host_str(&host).0)?
-            }
+    let has_name = environ.contains(intern!(py, "SERVER_NAME"))?;
+    let has_port = environ.contains(intern!(py, "SERVER_PORT"))?;
+    if has_name && has_port {
+        return Ok(());
+    }
+    // ashd sends neither without a Host header; derive them from it as CGI servers do.
+    let host: Option<String> = environ
+        .get_item(intern!(py, "HTTP_HOST"))?
+        .map(|h| h.extract())
+        .transpose()?;
+    let (host_name, host_port) = host.as_deref().map_or((None, None), |h| {
+        let (name, port) = split_host_str(h);
+        (Some(name), port)
+    });
+    if !has_name {
+        let name = match host_name {
+            Some(name) => latin1_from_str(py, name)?,
             None => intern!(py, "localhost").clone(),
         };
         environ.set_item(intern!(py, "SERVER_NAME"), name)?;
     }
-    if !environ.contains(intern!(py, "SERVER_PORT"))? {
-        let host = environ.get_item(intern!(py, "HTTP_HOST"))?;
-        let host: Option<String> = host.map(|h| h.extract()).transpose()?;
-        let port = match host.as_deref().and_then(|h| split_host_str(h).1) {
+    if !has_port {
+        let port = match host_port {
             Some(port) => port,
             None if scheme.to_str()? == "https" => "443",
             None => "80",

@@ -22,7 +22,7 @@ pub const INTERNAL_ERROR: &[u8] = b"Status: 500 Internal Server Error\r\n\
 Content-Type: text/plain; charset=utf-8\r\nContent-Length: 26\r\n\r\n500 Internal Server Error\n";
 
 /// The length of [`INTERNAL_ERROR`]'s body, for the access log.
-pub const INTERNAL_ERROR_BODY: u64 = 26;
+pub const INTERNAL_ERROR_BODY: u64 = crate::dispatch::cgi_body_len(INTERNAL_ERROR);
 
 /// From this size on, a response chunk is written to the socket without the GIL, so other
 /// Python threads run meanwhile; below it, releasing and taking the GIL back costs more.
@@ -362,7 +362,7 @@ pub struct PlexJob {
     environ: Py<PyDict>,
     outbox: Arc<Outbox>,
     /// The access log's entry, written when the response is done.
-    access: std::sync::Mutex<Option<crate::access::Entry>>,
+    access: Option<crate::access::Entry>,
 }
 
 /// Where [`PlexJob::advance`] left a response.
@@ -383,7 +383,7 @@ impl PlexJob {
     }
 
     /// Takes up to `budget` chunks from the iterator and queues them, never waiting.
-    pub fn advance(&self, py: Python<'_>, budget: usize) -> Step {
+    pub fn advance(&mut self, py: Python<'_>, budget: usize) -> Step {
         let responder = self.responder.bind(py);
         let environ = self.environ.bind(py);
         let iter = self.iter.bind(py);
@@ -413,8 +413,7 @@ impl PlexJob {
                 close_iterable(py, self.result.bind(py), environ);
             }
         }
-        let mut entry = self.access.lock().unwrap_or_else(|e| e.into_inner()).take();
-        record_access(&mut entry, &responder.borrow().state);
+        record_access(&mut self.access, &responder.borrow().state);
         Step::Done
     }
 }
@@ -549,7 +548,7 @@ pub fn serve(
                         responder: responder.unbind(),
                         environ: environ.unbind(),
                         outbox,
-                        access: std::sync::Mutex::new(access.take()),
+                        access: access.take(),
                     })
                 }
                 Err(err) => fail(py, &environ, &responder, &err),

@@ -91,7 +91,7 @@ fn run(py: Python<'_>, shared: &Arc<Shared>) {
         // One turn each for the responses runnable now.
         for _ in 0..runnable.len() {
             let Some(key) = runnable.pop_front() else { break };
-            let job = &jobs[key];
+            let job = &mut jobs[key];
             // A panic must not take the thread, and with it every response, down.
             let step = catch_unwind(AssertUnwindSafe(|| job.advance(py, TURN_BUDGET))).unwrap_or_else(|_| {
                 crate::error!(
