@@ -111,6 +111,17 @@ pub enum ReadOutcome {
     Again,
 }
 
+/// What a connection's socket is registered for in the loop's epoll set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Watching {
+    /// Not registered.
+    Nothing,
+    /// Readable (edge-triggered).
+    Readable,
+    /// Readable and writable.
+    ReadWrite,
+}
+
 /// One client connection.
 pub struct Conn {
     /// The socket.
@@ -143,8 +154,10 @@ pub struct Conn {
     peer_eof: bool,
     /// Bytes one turn may read ([`READ_BUDGET`]; smaller in tests).
     read_budget: usize,
-    /// The socket is registered for writable events too (added when output waits for room).
-    pub watching_writable: bool,
+    /// What the loop's epoll set watches the socket for: nothing while a request that came
+    /// whole with its connection runs (it never needs the loop), readable once the loop must
+    /// wait for input, writable too once output waits for room.
+    pub watching: Watching,
 }
 
 impl Conn {
@@ -169,7 +182,7 @@ impl Conn {
             extra_input: false,
             peer_eof: false,
             read_budget: READ_BUDGET,
-            watching_writable: false,
+            watching: Watching::Nothing,
         }
     }
 

@@ -185,6 +185,9 @@ struct OutState {
     extra_input: bool,
     /// The request ran past `--request-timeout` and was answered 504 ([`Outbox::time_out`]).
     timed_out: bool,
+    /// The socket is not in the loop's epoll set (its request came whole with the connection,
+    /// see `Server::adopt`): ending it alone needs no `EPOLL_CTL_DEL`.
+    unwatched: bool,
     /// Producers blocked in [`Outbox::wait_for_room`]: waking them costs a system call, made
     /// only when there is someone to wake.
     room_waiters: usize,
@@ -395,7 +398,9 @@ impl Outbox {
         }
         // SAFETY: the descriptor is open (not revoked, under the lock, as for `write_direct`);
         // `poller` is the loop's epoll descriptor, which outlives every connection's.
-        if unsafe { libc::epoll_ctl(poller, libc::EPOLL_CTL_DEL, fd, std::ptr::null_mut()) } != 0 {
+        if !state.unwatched
+            && unsafe { libc::epoll_ctl(poller, libc::EPOLL_CTL_DEL, fd, std::ptr::null_mut()) } != 0
+        {
             return false;
         }
         // SAFETY: as above. A failure (the client reset meanwhile) leaves the loop to close.
@@ -567,6 +572,13 @@ impl Outbox {
         state.chunks.clear();
         state.unsent = 0;
         Self::wake_waiters(&self.room, &state);
+    }
+
+    /// Loop side: whether the socket is in the loop's epoll set (it is unless told otherwise).
+    /// The loop says so before it registers the socket, under this lock, so a producer that
+    /// ends the connection alone takes it out again.
+    pub(crate) fn set_watched(&self, watched: bool) {
+        self.lock().unwatched = !watched;
     }
 
     /// Loop side: input arrived beyond the request, so the loop will close gently and the

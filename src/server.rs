@@ -14,7 +14,7 @@ use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
 use crate::cli::Limits;
-use crate::conn::{Conn, Phase, ReadOutcome, Refusal};
+use crate::conn::{Conn, Phase, ReadOutcome, Refusal, Watching};
 use crate::dispatch::{ConnId, Dispatcher, End, Notifier, Outbox, Request, QUIET_CLOSE_DELAY};
 use crate::listen::{Listener, Stream};
 use crate::{debug, error, info, warning};
@@ -25,6 +25,10 @@ const SIGNALS: Token = Token(usize::MAX - 3);
 
 /// Timer entries allowed beyond twice the live ones before closed connections' are dropped.
 const TIMERS_SLACK: usize = 1024;
+/// Most connections one call of `accept_all` takes (each with its first read, and its request
+/// dispatched when complete) before the loop looks at its other work: completions to close,
+/// events, timers. The rest are taken in the next round, which does not wait.
+const ACCEPT_BATCH: usize = 64;
 /// How long to stop accepting after the process ran out of file descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -110,6 +114,9 @@ pub struct Server<D: Dispatcher> {
     accept_paused_until: Option<Instant>,
     /// The listener may have connections we left waiting (at the connection limit).
     accept_pending: bool,
+    /// `accept_all` stopped at [`ACCEPT_BATCH`]: the listener may have more, which no event
+    /// will announce again (it is edge-triggered), so the loop polls without waiting.
+    accept_more: bool,
     /// Accepting fails for lack of descriptors (or memory): since when and how often. The
     /// episode ends when the backlog is empty again, so a few lines describe it instead of
     /// one per retry.
@@ -173,6 +180,7 @@ impl<D: Dispatcher> Server<D> {
             draining_since: None,
             accept_paused_until: None,
             accept_pending: false,
+            accept_more: false,
             accept_starved: None,
             starved_warning: None,
             held: VecDeque::new(),
@@ -219,7 +227,10 @@ impl<D: Dispatcher> Server<D> {
             }
             self.read_more();
             self.expire_timers();
-            if self.accept_pending || self.accept_paused_until.is_some_and(|t| t <= Instant::now()) {
+            if self.accept_pending
+                || self.accept_more
+                || self.accept_paused_until.is_some_and(|t| t <= Instant::now())
+            {
                 self.accept_paused_until = None;
                 self.accept_all();
             }
@@ -241,8 +252,8 @@ impl<D: Dispatcher> Server<D> {
     }
 
     fn poll_timeout(&mut self) -> Option<Duration> {
-        if !self.read_again.is_empty() {
-            // Input is waiting that no event will announce again.
+        if !self.read_again.is_empty() || self.accept_more {
+            // Input or connections are waiting that no event will announce again.
             return Some(Duration::ZERO);
         }
         let now = Instant::now();
@@ -301,34 +312,77 @@ impl<D: Dispatcher> Server<D> {
                 // Dropping closes our descriptor and removes a socket file we created.
             }
             self.accept_pending = false;
+            self.accept_more = false;
             self.accept_paused_until = None;
         }
         None
     }
 
-    /// Takes an accepted connection in: a slot, its registration, its head timer.
+    /// Takes an accepted connection in: a slot, its head timer, a first read, and its place
+    /// in the epoll set when it needs one.
+    ///
+    /// A frontend has usually sent its whole request by the time its connection is accepted
+    /// (the loop accepts in batches, behind the connections queued before). Such a request
+    /// goes to the app at once, and its socket never joins the epoll set: the worker writes
+    /// the response and ends the connection itself, so the loop has no event to wait for, and
+    /// registering and removing it would cost two system calls per request. A connection
+    /// whose request has not all arrived is registered (readable, edge-triggered: the
+    /// registration reports what is already there) and read as its data comes.
     fn adopt(&mut self, stream: Stream) -> bool {
         let now = Instant::now();
         let serial = self.next_serial;
         self.next_serial += 1;
         let entry = self.conns.vacant_entry();
         let key = entry.key();
-        let conn = entry.insert(Conn::new(stream, serial, now));
-        // Edge-triggered, readable only: most responses go out by direct writes from the
-        // worker, and the client's acknowledgements should not wake the loop. Writable is
-        // added when the loop has output the socket did not take.
-        if let Err(e) = self
-            .poll
-            .registry()
-            .register(&mut conn.stream, Token(key), Interest::READABLE)
-        {
-            error!("server", "cannot watch a new connection: {e}");
-            self.conns.remove(key);
-            return false;
-        }
+        entry.insert(Conn::new(stream, serial, now));
         self.timers
             .push((now + self.limits.head_timeout, key, serial), &self.conns);
+        let conn = &mut self.conns[key];
+        let dispatcher = &self.dispatcher;
+        let none_deferred = self.deferred.is_empty();
+        let mut may_read_body = || none_deferred && dispatcher.wants_bodies();
+        let outcome = conn.on_readable(&mut self.scratch, &self.limits, &mut may_read_body);
+        // `on_read` registers the socket when it must wait for input.
+        self.on_read(key, Phase::Head, outcome);
         true
+    }
+
+    /// Makes sure connection `key`'s socket is watched for at least `wanted` (see
+    /// [`Watching`]). On failure the connection is closed (its producer told the client is
+    /// gone) and false returned.
+    fn watch(&mut self, key: usize, wanted: Watching) -> bool {
+        let conn = &mut self.conns[key];
+        if conn.watching >= wanted {
+            return true;
+        }
+        let interest = match wanted {
+            Watching::ReadWrite => Interest::READABLE | Interest::WRITABLE,
+            _ => Interest::READABLE,
+        };
+        let registry = self.poll.registry();
+        let result = if conn.watching == Watching::Nothing {
+            // From now on a producer ending the connection must take it out of the set.
+            if let Some(outbox) = &conn.outbox {
+                outbox.set_watched(true);
+            }
+            registry.register(&mut conn.stream, Token(key), interest)
+        } else {
+            registry.reregister(&mut conn.stream, Token(key), interest)
+        };
+        match result {
+            Ok(()) => {
+                conn.watching = wanted;
+                true
+            }
+            Err(e) => {
+                error!("server", "cannot watch a connection for events: {e}");
+                if let Some(outbox) = &conn.outbox {
+                    outbox.mark_client_gone();
+                }
+                self.close(key);
+                false
+            }
+        }
     }
 
     /// As the listener closes: connections the kernel has already completed are clients
@@ -357,9 +411,14 @@ impl<D: Dispatcher> Server<D> {
 
     fn accept_all(&mut self) {
         self.accept_pending = false;
+        self.accept_more = false;
         let mut accepted = 0;
         loop {
             let Some(listener) = &self.listener else { return };
+            if accepted >= ACCEPT_BATCH {
+                self.accept_more = true;
+                return;
+            }
             if self.conns.len() >= self.limits.max_connections {
                 // Leave the rest in the kernel's backlog until a slot frees up.
                 self.accept_pending = true;
@@ -479,6 +538,9 @@ impl<D: Dispatcher> Server<D> {
     fn on_read(&mut self, key: usize, phase_before: Phase, outcome: ReadOutcome) -> bool {
         match outcome {
             ReadOutcome::Pending => {
+                if !self.watch(key, Watching::Readable) {
+                    return false;
+                }
                 // The body's stall timer replaces the head timer once the head is in.
                 let conn = &self.conns[key];
                 if phase_before == Phase::Head && conn.phase == Phase::Body {
@@ -582,6 +644,9 @@ impl<D: Dispatcher> Server<D> {
         );
         if conn.wants_linger() {
             outbox.note_extra_input();
+        }
+        if conn.watching == Watching::Nothing {
+            outbox.set_watched(false);
         }
         conn.outbox = Some(Arc::clone(&outbox));
         let request = Request {
@@ -705,21 +770,10 @@ impl<D: Dispatcher> Server<D> {
             return;
         }
         if !conn.output_drained() {
-            if !conn.watching_writable {
-                conn.watching_writable = true;
-                if let Err(e) = self.poll.registry().reregister(
-                    &mut conn.stream,
-                    Token(key),
-                    Interest::READABLE | Interest::WRITABLE,
-                ) {
-                    error!("server", "cannot watch a connection for room to write: {e}");
-                    if let Some(outbox) = &conn.outbox {
-                        outbox.mark_client_gone();
-                    }
-                    self.close(key);
-                    return;
-                }
+            if !self.watch(key, Watching::ReadWrite) {
+                return;
             }
+            let conn = &mut self.conns[key];
             if !was_blocked || conn.phase == Phase::Closing {
                 let serial = conn.serial;
                 if let Some(t) = conn.deadline(&self.limits) {
@@ -730,6 +784,11 @@ impl<D: Dispatcher> Server<D> {
         }
         match conn.end() {
             Some(End::Complete) if conn.wants_linger() => {
+                // Lingering waits for the client's end of stream: an event.
+                if !self.watch(key, Watching::Readable) {
+                    return;
+                }
+                let conn = &mut self.conns[key];
                 conn.start_linger();
                 let serial = conn.serial;
                 if let Some(t) = conn.deadline(&self.limits) {

@@ -154,3 +154,44 @@ fn request_lines_in_the_log_cannot_forge_lines() {
         "{log}"
     );
 }
+
+/// Bytes past the request, sent in the same write as the request (a confused or hostile
+/// client): the request is served, the response arrives whole and ends cleanly, and the
+/// server reads and drops the rest (all 8 MiB of it, more than socket buffers hold) instead of
+/// resetting the connection under the response; then it goes on serving.
+#[test]
+fn bytes_sent_past_the_request_do_not_cut_its_response() {
+    let server = Server::start(&["-p", &apps_dir_str(), "-A", "bridgeapp"]);
+    let body: Vec<u8> = (0..200_000u32).map(|i| (i % 253) as u8).collect();
+    for (round, junk_len) in [16usize, 4000, 8 << 20].into_iter().enumerate() {
+        let mut bytes = ScgiRequest::post("/input", "application/octet-stream", &body)
+            .set_header("QUERY_STRING", "size")
+            .encode();
+        bytes.extend(std::iter::repeat_n(b'x', junk_len));
+        let mut stream = server.connect();
+        // The client sends everything before it reads anything.
+        let writer = {
+            let mut stream = stream.try_clone().unwrap();
+            std::thread::spawn(move || {
+                use std::io::Write;
+                stream.write_all(&bytes)
+            })
+        };
+        let (raw, end) = stream.read_until_eof(Duration::from_secs(20));
+        let written = writer.join().unwrap();
+        assert!(
+            written.is_ok(),
+            "round {round}: the server did not take the bytes past the request: {written:?}"
+        );
+        assert_eq!(end, ReadEnd::Eof, "round {round}: {}", server.stderr_text());
+        let response = Response::parse(raw);
+        assert_eq!(response.status, 200, "round {round}");
+        assert!(
+            response.text().contains("200000"),
+            "round {round}: {}",
+            response.text()
+        );
+    }
+    let fine = server.request(&ScgiRequest::get("/sleep").set_header("QUERY_STRING", "0"));
+    assert_eq!(fine.status, 200);
+}

@@ -500,3 +500,78 @@ fn stalled_and_fleeting_clients_do_not_slow_normal_requests() {
     assert!(!stalled[0].peer_closed(Duration::ZERO));
     drop(stalled);
 }
+
+/// Sends `bytes` on a new connection while the one worker is busy and the queue is full, so
+/// that the connection waits in the listen backlog and its whole request is there when it is
+/// accepted: it goes to the app before the loop ever watches its socket. Returns the
+/// connection, the writer of `bytes`, and the two requests that kept the server busy.
+fn send_behind_a_full_queue(
+    server: &Server,
+    bytes: Vec<u8>,
+) -> (
+    Stream,
+    thread::JoinHandle<std::io::Result<()>>,
+    [thread::JoinHandle<Response>; 2],
+) {
+    let busy = occupy_the_worker(server, "1");
+    // Fills the queue: accepting pauses, so the next connection waits in the backlog.
+    let queued = {
+        let addr = server.addr.clone();
+        let request = ScgiRequest::get("/sleep?s=0").encode();
+        thread::spawn(move || Response::parse(exchange_raw(&addr, &request, Duration::from_secs(30))))
+    };
+    thread::sleep(Duration::from_millis(200));
+    let stream = server.connect();
+    let writer = {
+        let mut stream = stream.try_clone().unwrap();
+        thread::spawn(move || stream.write_all(&bytes))
+    };
+    (stream, writer, [busy, queued])
+}
+
+/// A request taken whole from the backlog with bytes past it (8 MiB of them, more than the
+/// socket buffers hold): the loop must start watching the socket once the response is out,
+/// to read and drop the rest; otherwise the client's writes stall, and the close resets the
+/// connection under them.
+#[test]
+fn a_request_taken_whole_from_the_backlog_with_bytes_past_it_is_served_and_drained() {
+    let server = start(&["-t", "free:max=1", "--max-queue", "1"]);
+    let body = vec![7u8; 1000];
+    let mut bytes = ScgiRequest::post("/digest", "application/octet-stream", &body).encode();
+    bytes.extend(std::iter::repeat_n(b'x', 8 << 20));
+    let (mut stream, writer, others) = send_behind_a_full_queue(&server, bytes);
+    let (raw, end) = stream.read_until_eof(Duration::from_secs(20));
+    let written = writer.join().unwrap();
+    assert_eq!(end, ReadEnd::Eof, "{}", server.stderr_text());
+    let response = Response::parse(raw);
+    assert_eq!(response.status, 200);
+    assert_eq!(response.text(), digest(&body));
+    assert!(
+        written.is_ok(),
+        "the server did not take the bytes past the request: {written:?}"
+    );
+    for other in others {
+        assert_eq!(other.join().unwrap().status, 200);
+    }
+}
+
+/// A request taken whole from the backlog whose response the client does not read at first:
+/// what the socket does not take waits with the loop, which must then start watching the
+/// socket for room, and the whole response arrives once the client reads.
+#[test]
+fn a_request_taken_whole_from_the_backlog_gets_a_response_larger_than_the_socket_takes() {
+    let server = start(&["-t", "free:max=1", "--max-queue", "1"]);
+    let bytes = ScgiRequest::get("/big?mib=8").encode();
+    let (mut stream, writer, others) = send_behind_a_full_queue(&server, bytes);
+    writer.join().unwrap().unwrap();
+    // The worker is free after about a second; by 1.5 s the response has filled the socket.
+    thread::sleep(Duration::from_millis(1500));
+    let (raw, end) = stream.read_until_eof(Duration::from_secs(20));
+    assert_eq!(end, ReadEnd::Eof, "{}", server.stderr_text());
+    let response = Response::parse(raw);
+    assert_eq!(response.status, 200);
+    assert_eq!(response.body.len(), 8 << 20);
+    for other in others {
+        assert_eq!(other.join().unwrap().status, 200);
+    }
+}
