@@ -327,8 +327,9 @@ impl<D: Dispatcher> Server<D> {
     /// the response and ends the connection itself, so the loop has no event to wait for, and
     /// registering and removing it would cost two system calls per request. A connection
     /// whose request has not all arrived is registered (readable, edge-triggered: the
-    /// registration reports what is already there) and read as its data comes.
-    fn adopt(&mut self, stream: Stream) -> bool {
+    /// registration reports what is already there) and read as its data comes. Returns its
+    /// slot.
+    fn adopt(&mut self, stream: Stream) -> Option<usize> {
         let now = Instant::now();
         let serial = self.next_serial;
         self.next_serial += 1;
@@ -344,7 +345,7 @@ impl<D: Dispatcher> Server<D> {
         let outcome = conn.on_readable(&mut self.scratch, &self.limits, &mut may_read_body);
         // `on_read` registers the socket when it must wait for input.
         self.on_read(key, Phase::Head, outcome);
-        true
+        Some(key)
     }
 
     /// Makes sure connection `key`'s socket is watched for at least `wanted` (see
@@ -393,7 +394,7 @@ impl<D: Dispatcher> Server<D> {
         while let Some(listener) = &self.listener {
             match listener.accept() {
                 Ok(stream) => {
-                    if self.adopt(stream) {
+                    if self.adopt(stream).is_some() {
                         taken += 1;
                     }
                 }
@@ -413,6 +414,10 @@ impl<D: Dispatcher> Server<D> {
         self.accept_pending = false;
         self.accept_more = false;
         let mut accepted = 0;
+        // Taken in this round with their head in and their body still to read: requests this
+        // process has taken on that its dispatcher does not know of yet. (A complete request
+        // is already in its queue; a connection whose head has not come is no work yet.)
+        let mut incoming = 0;
         loop {
             let Some(listener) = &self.listener else { return };
             if accepted >= ACCEPT_BATCH {
@@ -437,7 +442,7 @@ impl<D: Dispatcher> Server<D> {
                 self.log_queue_full();
                 return;
             }
-            if !self.dispatcher.wants_more(accepted) {
+            if !self.dispatcher.wants_more(incoming) {
                 // Busy, and other processes share the listener: leave it to one of them.
                 self.accept_pending = true;
                 return;
@@ -445,8 +450,11 @@ impl<D: Dispatcher> Server<D> {
             let result = listener.accept();
             match result {
                 Ok(stream) => {
-                    if self.adopt(stream) {
+                    if let Some(key) = self.adopt(stream) {
                         accepted += 1;
+                        if self.conns.get(key).is_some_and(|c| c.phase == Phase::Body) {
+                            incoming += 1;
+                        }
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {

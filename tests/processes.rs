@@ -178,6 +178,52 @@ fn workers_share_the_socket_and_say_multiprocess() {
     assert!(workers(&single).is_empty());
 }
 
+/// A backlog full of connections that sent half a head (stalled clients), with a complete
+/// request behind them: the stalled ones are no work for the workers, so a process takes them
+/// as fast as it can, and the request is answered at once. (Regression: with processes
+/// sharing the socket, each counted them against its share and took two per wake-up, so the
+/// request behind 1,000 of them waited 15 s.)
+#[test]
+fn stalled_connections_in_the_backlog_do_not_hold_up_the_request_behind_them() {
+    let apps = apps_dir_str();
+    for processes in ["1", "2"] {
+        let server = Server::start(&["--processes", processes, "-p", &apps, "-A", "procapp"]);
+        let acceptors = if processes == "1" {
+            vec![server.pid()]
+        } else {
+            wait_for_workers(&server, 2, &[])
+        };
+        // Stopped, the server accepts nothing: everything below waits in the backlog.
+        for pid in &acceptors {
+            // SAFETY: signals a process this test started.
+            unsafe { libc::kill(*pid as i32, libc::SIGSTOP) };
+        }
+        let stalled: Vec<Stream> = (0..600)
+            .map(|_| {
+                let mut stream = Stream::connect(&server.addr).unwrap();
+                stream.write_all(b"70:CONTENT_LENGTH\x000\x00SCGI").unwrap();
+                stream
+            })
+            .collect();
+        let mut behind = Stream::connect(&server.addr).unwrap();
+        behind.write_all(&ScgiRequest::get("/pid").encode()).unwrap();
+        let resumed = Instant::now();
+        for pid in &acceptors {
+            // SAFETY: as above.
+            unsafe { libc::kill(*pid as i32, libc::SIGCONT) };
+        }
+        let (raw, end) = behind.read_until_eof(Duration::from_secs(20));
+        let took = resumed.elapsed();
+        assert_eq!(end, ReadEnd::Eof, "--processes {processes}");
+        assert_eq!(Response::parse(raw).status, 200, "--processes {processes}");
+        assert!(
+            took < Duration::from_secs(3),
+            "--processes {processes}: the request behind the stalled connections took {took:?}"
+        );
+        drop(stalled);
+    }
+}
+
 /// A process whose workers are busy leaves new connections to its siblings: requests that
 /// compute are spread over both processes, not queued behind one of them.
 #[test]
