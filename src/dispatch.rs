@@ -775,9 +775,9 @@ pub trait Dispatcher {
     }
     /// Whether to take another connection now although there is room, `incoming` requests
     /// having been taken in this round that are not in the queue yet (their bodies still to
-    /// read): false when processes share
-    /// the listening socket and this one's workers are busy, so that a sibling takes it. The
-    /// dispatcher wakes the loop (see [`Dispatcher::set_waker`]) when that changes.
+    /// read): false when processes share the listening socket and this one's workers are
+    /// busy, so that a sibling takes it. The dispatcher wakes the loop (see
+    /// [`Dispatcher::set_waker`]) when that changes.
     fn wants_more(&self, _incoming: usize) -> bool {
         true
     }

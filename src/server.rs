@@ -329,7 +329,7 @@ impl<D: Dispatcher> Server<D> {
     /// whose request has not all arrived is registered (readable, edge-triggered: the
     /// registration reports what is already there) and read as its data comes. Returns its
     /// slot.
-    fn adopt(&mut self, stream: Stream) -> Option<usize> {
+    fn adopt(&mut self, stream: Stream) -> usize {
         let now = Instant::now();
         let serial = self.next_serial;
         self.next_serial += 1;
@@ -345,7 +345,7 @@ impl<D: Dispatcher> Server<D> {
         let outcome = conn.on_readable(&mut self.scratch, &self.limits, &mut may_read_body);
         // `on_read` registers the socket when it must wait for input.
         self.on_read(key, Phase::Head, outcome);
-        Some(key)
+        key
     }
 
     /// Makes sure connection `key`'s socket is watched for at least `wanted` (see
@@ -394,9 +394,8 @@ impl<D: Dispatcher> Server<D> {
         while let Some(listener) = &self.listener {
             match listener.accept() {
                 Ok(stream) => {
-                    if self.adopt(stream).is_some() {
-                        taken += 1;
-                    }
+                    self.adopt(stream);
+                    taken += 1;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => break,
@@ -450,11 +449,10 @@ impl<D: Dispatcher> Server<D> {
             let result = listener.accept();
             match result {
                 Ok(stream) => {
-                    if let Some(key) = self.adopt(stream) {
-                        accepted += 1;
-                        if self.conns.get(key).is_some_and(|c| c.phase == Phase::Body) {
-                            incoming += 1;
-                        }
+                    let key = self.adopt(stream);
+                    accepted += 1;
+                    if self.conns.get(key).is_some_and(|c| c.phase == Phase::Body) {
+                        incoming += 1;
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
