@@ -29,6 +29,11 @@ const TIMERS_SLACK: usize = 1024;
 /// dispatched when complete) before the loop looks at its other work: completions to close,
 /// events, timers. The rest are taken in the next round, which does not wait.
 const ACCEPT_BATCH: usize = 64;
+/// How long a request that came whole with its connection runs before the loop watches its
+/// socket anyway: long enough that most requests end first (and never cost the loop a system
+/// call), short enough that a client resetting a long request frees its slot, and input
+/// arriving past a request is read and noted (so the end lingers instead of resetting).
+const WATCH_AFTER: Duration = Duration::from_millis(20);
 /// How long to stop accepting after the process ran out of file descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -511,6 +516,7 @@ impl<D: Dispatcher> Server<D> {
             // Its body waits its turn (see `deferred`).
             return;
         }
+        let serial = conn.serial;
         if readable {
             let phase_before = conn.phase;
             // First come, first read: behind bodies already deferred, a new one waits too.
@@ -522,7 +528,9 @@ impl<D: Dispatcher> Server<D> {
                 return;
             }
         }
-        if writable || readable {
+        // A refusal's answer may have found the client gone and closed the connection (and a
+        // new one may already be in its slot).
+        if (writable || readable) && self.conns.get(key).is_some_and(|c| c.serial == serial) {
             self.pump_output(key);
         }
     }
@@ -651,10 +659,12 @@ impl<D: Dispatcher> Server<D> {
         if conn.wants_linger() {
             outbox.note_extra_input();
         }
-        if conn.watching == Watching::Nothing {
+        let unwatched = conn.watching == Watching::Nothing;
+        if unwatched {
             outbox.set_watched(false);
         }
         conn.outbox = Some(Arc::clone(&outbox));
+        let serial = conn.serial;
         let request = Request {
             buf,
             payload,
@@ -662,6 +672,10 @@ impl<D: Dispatcher> Server<D> {
             outbox,
             accepted: conn.accepted,
         };
+        if unwatched {
+            self.timers
+                .push((Instant::now() + WATCH_AFTER, key, serial), &self.conns);
+        }
         if !self.held.is_empty() {
             self.held.push_back(request);
             return;
@@ -821,6 +835,12 @@ impl<D: Dispatcher> Server<D> {
             let Some(conn) = self.conns.get(key).filter(|c| c.serial == serial) else {
                 continue;
             };
+            if conn.phase == Phase::Running && conn.watching == Watching::Nothing {
+                // It has run WATCH_AFTER (or longer): from now on its input and its client's
+                // departure are seen. Nothing else can be due: its output never waited.
+                self.watch(key, Watching::Readable);
+                continue;
+            }
             match conn.deadline(&self.limits) {
                 None => continue,
                 Some(deadline) if deadline > now => {

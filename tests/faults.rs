@@ -518,3 +518,21 @@ fn write_after_the_response_ended_fails_instead_of_wedging_a_worker() {
     }
     assert_recovers(&server, base, "write() after the end of its response");
 }
+
+/// A client that sends part of a head, then a malformed rest and a reset: the loop's 400 finds
+/// the client gone and closes the connection, and must not touch its slot afterwards.
+/// (Regression: the loop went on to write to the removed slot and the process panicked.)
+#[test]
+fn a_malformed_head_followed_by_a_reset_does_not_take_the_server_down() {
+    let server = start();
+    for _ in 0..20 {
+        let mut stream = server.connect();
+        stream.write_all(b"5").unwrap();
+        // The loop has read the first byte and watches the connection for the rest.
+        thread::sleep(Duration::from_millis(30));
+        stream.write_all(b"x:garbage,").unwrap();
+        reset(stream);
+    }
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(server.get("/ok").text(), "ok", "{}", server.stderr_text());
+}

@@ -575,3 +575,34 @@ fn a_request_taken_whole_from_the_backlog_gets_a_response_larger_than_the_socket
         assert_eq!(other.join().unwrap().status, 200);
     }
 }
+
+/// A request taken whole from the backlog that runs a while, and bytes the client sends past it
+/// meanwhile (8 MiB, more than the socket buffers hold): once the request has run a moment the
+/// loop watches its socket, so the bytes are read and dropped and the end lingers, instead of
+/// the client's writes stalling and the close resetting the connection under them.
+#[test]
+fn bytes_sent_past_a_running_request_taken_whole_are_drained() {
+    let server = start(&["-t", "free:max=1", "--max-queue", "1"]);
+    // Runs from about 1 s (when the worker is free) to about 3 s.
+    let bytes = ScgiRequest::get("/sleep?s=2").encode();
+    let (mut stream, writer, others) = send_behind_a_full_queue(&server, bytes);
+    writer.join().unwrap().unwrap();
+    let late = {
+        let mut stream = stream.try_clone().unwrap();
+        thread::spawn(move || {
+            thread::sleep(Duration::from_millis(1800));
+            stream.write_all(&vec![b'x'; 8 << 20])
+        })
+    };
+    let (raw, end) = stream.read_until_eof(Duration::from_secs(20));
+    let written = late.join().unwrap();
+    assert_eq!(end, ReadEnd::Eof, "{}", server.stderr_text());
+    assert_eq!(Response::parse(raw).status, 200);
+    assert!(
+        written.is_ok(),
+        "the server did not take the bytes past the request: {written:?}"
+    );
+    for other in others {
+        assert_eq!(other.join().unwrap().status, 200);
+    }
+}
