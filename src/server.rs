@@ -343,11 +343,7 @@ impl<D: Dispatcher> Server<D> {
         entry.insert(Conn::new(stream, serial, now));
         self.timers
             .push((now + self.limits.head_timeout, key, serial), &self.conns);
-        let conn = &mut self.conns[key];
-        let dispatcher = &self.dispatcher;
-        let none_deferred = self.deferred.is_empty();
-        let mut may_read_body = || none_deferred && dispatcher.wants_bodies();
-        let outcome = conn.on_readable(&mut self.scratch, &self.limits, &mut may_read_body);
+        let outcome = self.read_from(key);
         // `on_read` registers the socket when it must wait for input.
         self.on_read(key, Phase::Head, outcome);
         key
@@ -519,11 +515,7 @@ impl<D: Dispatcher> Server<D> {
         let serial = conn.serial;
         if readable {
             let phase_before = conn.phase;
-            // First come, first read: behind bodies already deferred, a new one waits too.
-            let dispatcher = &self.dispatcher;
-            let none_deferred = self.deferred.is_empty();
-            let mut may_read_body = || none_deferred && dispatcher.wants_bodies();
-            let outcome = conn.on_readable(&mut self.scratch, &self.limits, &mut may_read_body);
+            let outcome = self.read_from(key);
             if !self.on_read(key, phase_before, outcome) {
                 return;
             }
@@ -533,6 +525,16 @@ impl<D: Dispatcher> Server<D> {
         if (writable || readable) && self.conns.get(key).is_some_and(|c| c.serial == serial) {
             self.pump_output(key);
         }
+    }
+
+    /// Reads what connection `key`'s socket has (see [`Conn::on_readable`]).
+    fn read_from(&mut self, key: usize) -> ReadOutcome {
+        let conn = &mut self.conns[key];
+        // First come, first read: behind bodies already deferred, a new one waits too.
+        let dispatcher = &self.dispatcher;
+        let none_deferred = self.deferred.is_empty();
+        let mut may_read_body = || none_deferred && dispatcher.wants_bodies();
+        conn.on_readable(&mut self.scratch, &self.limits, &mut may_read_body)
     }
 
     /// Gives the connections that used up their read budget another turn.
