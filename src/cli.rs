@@ -118,6 +118,11 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value = "1024")]
     pub backlog: i32,
 
+    /// Accept TCP connections as soon as they open, instead of when their first bytes arrive
+    /// (TCP_DEFER_ACCEPT, on by default on sockets this program creates)
+    #[arg(long)]
+    pub no_defer_accept: bool,
+
     /// The app's mount point: SCRIPT_NAME is MOUNT and PATH_INFO the rest of the decoded path,
     /// whatever split the frontend made ("/" or "" for the root; see ENVIRON in scgi-wsgi(1))
     #[arg(long = "script-name", value_name = "MOUNT")]
@@ -262,6 +267,8 @@ pub struct Config {
     pub listen: ListenSpec,
     /// Listen backlog for sockets we create.
     pub backlog: i32,
+    /// Whether TCP sockets we create accept a connection only once its first bytes arrive.
+    pub defer_accept: bool,
     /// PDM debugging socket spec, if any.
     pub pdm: Option<String>,
     /// Virtualenv to run in, if any.
@@ -353,6 +360,7 @@ impl Args {
             model: Model::parse(&self.handling)?,
             listen,
             backlog: self.backlog,
+            defer_accept: !self.no_defer_accept,
             pdm: self.pdm,
             virtualenv,
             interpreter: self.interpreter.filter(|i| !i.is_empty()),

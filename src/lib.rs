@@ -121,7 +121,7 @@ pub fn main_entry() -> ExitCode {
             Err(e) => return fatal(format!("cannot install signal handlers: {e}")),
         }
     };
-    let listener = match Listener::open(&config.listen, config.backlog) {
+    let listener = match Listener::open(&config.listen, config.backlog, config.defer_accept) {
         Ok(listener) => listener,
         Err(e) => return fatal(e),
     };

@@ -7,6 +7,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use mio::event::Source;
 use mio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
@@ -35,12 +36,13 @@ pub enum Stream {
 }
 
 impl Listener {
-    /// Opens the listener the configuration names.
-    pub fn open(spec: &ListenSpec, backlog: i32) -> Result<Listener, ListenError> {
+    /// Opens the listener the configuration names. `defer_accept` applies to a TCP socket
+    /// created here (see [`DEFER_ACCEPT_SECS`]); a socket passed in keeps its settings.
+    pub fn open(spec: &ListenSpec, backlog: i32, defer_accept: bool) -> Result<Listener, ListenError> {
         match spec {
             ListenSpec::Stdin => from_fd(0),
             ListenSpec::Activated => adopt(ACTIVATED_FD, ListenError::ActivatedNotListening),
-            ListenSpec::Tcp { host, port } => bind_tcp(host, *port, backlog),
+            ListenSpec::Tcp { host, port } => bind_tcp(host, *port, backlog, defer_accept),
             ListenSpec::Unix { path, mode } => bind_unix(path, *mode, backlog),
         }
     }
@@ -57,6 +59,17 @@ impl Listener {
                 Stream::Tcp(s)
             }),
             Listener::Unix(l, _) => l.accept().map(|(s, _)| Stream::Unix(s)),
+        }
+    }
+
+    /// How long the kernel holds back a TCP connection that has sent nothing before letting
+    /// it be accepted anyway (`TCP_DEFER_ACCEPT`, however it was set); zero when it does not.
+    pub fn accept_deferral(&self) -> Duration {
+        match self {
+            #[cfg(any(target_os = "linux", target_os = "android"))]
+            Listener::Tcp(l) => sockopt_int(l.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_DEFER_ACCEPT)
+                .map_or(Duration::ZERO, |secs| Duration::from_secs(secs.max(0) as u64)),
+            _ => Duration::ZERO,
         }
     }
 
@@ -227,6 +240,18 @@ fn io_error(what: impl Into<String>) -> impl FnOnce(io::Error) -> ListenError {
     move |source| ListenError::Io { what, source }
 }
 
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn set_sockopt_int(fd: RawFd, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> io::Result<()> {
+    let len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `value` is an int that outlives the call, and `len` is its size.
+    let rc = unsafe { libc::setsockopt(fd, level, name, (&value as *const libc::c_int).cast(), len) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 fn sockopt_int(fd: RawFd, level: libc::c_int, name: libc::c_int) -> io::Result<libc::c_int> {
     let mut value: libc::c_int = 0;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
@@ -292,7 +317,14 @@ fn nodelay_for_accepted(socket: &Socket) {
     let _ = socket.set_tcp_nodelay(true);
 }
 
-fn bind_tcp(host: &str, port: u16, backlog: i32) -> Result<Listener, ListenError> {
+/// The `TCP_DEFER_ACCEPT` of TCP sockets this program creates: a connection is accepted once
+/// its first bytes arrive (a frontend sends its request as it connects), so the loop is woken
+/// once per request, finds it whole, and never has to watch the connection for it. One that
+/// sends nothing is let through after about this long (the kernel resends its SYN-ACK once),
+/// and its head timeout counts from when it connected all the same (see `Server::adopt`).
+pub const DEFER_ACCEPT_SECS: libc::c_int = 1;
+
+fn bind_tcp(host: &str, port: u16, backlog: i32, defer_accept: bool) -> Result<Listener, ListenError> {
     let addrs: Vec<SocketAddr> = (host, port)
         .to_socket_addrs()
         .map_err(|source| ListenError::Resolve {
@@ -311,6 +343,15 @@ fn bind_tcp(host: &str, port: u16, backlog: i32) -> Result<Listener, ListenError
             }
             socket.bind(&addr.into())?;
             nodelay_for_accepted(&socket);
+            #[cfg(any(target_os = "linux", target_os = "android"))]
+            if defer_accept {
+                set_sockopt_int(
+                    socket.as_raw_fd(),
+                    libc::IPPROTO_TCP,
+                    libc::TCP_DEFER_ACCEPT,
+                    DEFER_ACCEPT_SECS,
+                )?;
+            }
             socket.listen(backlog)?;
             socket.set_nonblocking(true)?;
             Ok::<_, io::Error>(socket)
@@ -390,7 +431,7 @@ mod tests {
 
     #[test]
     fn accepted_tcp_connections_have_nodelay() {
-        let listener = bind_tcp("127.0.0.1", 0, 16).unwrap();
+        let listener = bind_tcp("127.0.0.1", 0, 16, false).unwrap();
         let Listener::Tcp(tcp) = &listener else {
             panic!("a TCP listener");
         };
@@ -413,5 +454,45 @@ mod tests {
             stream.nodelay().unwrap(),
             "TCP_NODELAY is off on an accepted connection"
         );
+    }
+
+    #[test]
+    fn tcp_sockets_created_here_defer_accepting_unless_told_not_to() {
+        let deferring = bind_tcp("127.0.0.1", 0, 16, true).unwrap();
+        assert_eq!(
+            deferring.accept_deferral(),
+            std::time::Duration::from_secs(DEFER_ACCEPT_SECS as u64)
+        );
+        let Listener::Tcp(tcp) = &deferring else {
+            panic!("a TCP listener");
+        };
+        // A connection that has sent nothing is not handed over; one that has, is.
+        let _silent = std::net::TcpStream::connect(tcp.local_addr().unwrap()).unwrap();
+        let mut talking = std::net::TcpStream::connect(tcp.local_addr().unwrap()).unwrap();
+        std::io::Write::write_all(&mut talking, b"1:").unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let mut accepted = loop {
+            match deferring.accept() {
+                Ok(stream) => break stream,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(5))
+                }
+                Err(e) => panic!("accept: {e}"),
+            }
+        };
+        let mut first = [0u8; 2];
+        accepted.read_exact(&mut first).unwrap();
+        assert_eq!(
+            &first, b"1:",
+            "the first connection handed over is the one that spoke"
+        );
+        assert_eq!(
+            deferring.accept().map(|_| ()).unwrap_err().kind(),
+            io::ErrorKind::WouldBlock,
+            "the silent connection was handed over at once"
+        );
+
+        let plain = bind_tcp("127.0.0.1", 0, 16, false).unwrap();
+        assert_eq!(plain.accept_deferral(), std::time::Duration::ZERO);
     }
 }

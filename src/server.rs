@@ -142,6 +142,9 @@ pub struct Server<D: Dispatcher> {
     /// When the last "queue full" and "connection limit" lines were logged.
     queue_full_logged: Option<Instant>,
     conn_limit_logged: Option<Instant>,
+    /// How long the kernel holds back a connection that sends nothing (`TCP_DEFER_ACCEPT`):
+    /// one accepted with nothing to read connected that much earlier.
+    accept_deferral: Duration,
     /// A second SIGTERM/SIGINT stops at once (off under a master, which escalates with SIGQUIT).
     repeat_stops_at_once: bool,
     /// Last, so that it drops last: producers may take sockets out of it until the
@@ -162,6 +165,7 @@ impl<D: Dispatcher> Server<D> {
     ) -> io::Result<Server<D>> {
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let accept_deferral = listener.accept_deferral();
         let mut signals = signals;
         poll.registry()
             .register(&mut signals.reader, SIGNALS, Interest::READABLE)?;
@@ -193,6 +197,7 @@ impl<D: Dispatcher> Server<D> {
             read_again: Vec::new(),
             queue_full_logged: None,
             conn_limit_logged: None,
+            accept_deferral,
             repeat_stops_at_once: true,
         })
     }
@@ -326,8 +331,10 @@ impl<D: Dispatcher> Server<D> {
     /// Takes an accepted connection in: a slot, its head timer, a first read, and its place
     /// in the epoll set when it needs one.
     ///
-    /// A frontend has usually sent its whole request by the time its connection is accepted
-    /// (the loop accepts in batches, behind the connections queued before). Such a request
+    /// A frontend sends its request as it connects, so over a TCP listener that defers
+    /// accepting until the first bytes arrive (the default, see `listen::DEFER_ACCEPT_SECS`)
+    /// the request is nearly always whole by the time its connection is accepted; elsewhere it
+    /// is when the loop comes to it behind connections queued before it. Such a request
     /// goes to the app at once, and its socket never joins the epoll set: the worker writes
     /// the response and ends the connection itself, so the loop has no event to wait for, and
     /// registering and removing it would cost two system calls per request. A connection
@@ -344,6 +351,19 @@ impl<D: Dispatcher> Server<D> {
         self.timers
             .push((now + self.limits.head_timeout, key, serial), &self.conns);
         let outcome = self.read_from(key);
+        if matches!(outcome, ReadOutcome::Pending) && !self.accept_deferral.is_zero() {
+            let conn = &mut self.conns[key];
+            if conn.bytes_received() == 0 {
+                // The kernel let it through only once it had sent nothing for the deferral:
+                // its head timeout counts from when it connected.
+                if let Some(connected) = now.checked_sub(self.accept_deferral) {
+                    conn.accepted = connected;
+                    if let Some(deadline) = conn.deadline(&self.limits) {
+                        self.timers.push((deadline, key, serial), &self.conns);
+                    }
+                }
+            }
+        }
         // `on_read` registers the socket when it must wait for input.
         self.on_read(key, Phase::Head, outcome);
         key

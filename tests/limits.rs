@@ -136,7 +136,15 @@ fn a_client_that_leaves_mid_response_stops_the_app() {
 #[test]
 fn max_connections_leaves_the_rest_in_the_backlog() {
     let server = start(&["--max-connections", "2", "--head-timeout", "30"]);
-    let idle: Vec<Stream> = (0..2).map(|_| server.connect()).collect();
+    // Each sends a first byte of its head, so the listener (deferring accepts until data
+    // comes) lets it through and it holds a slot.
+    let idle: Vec<Stream> = (0..2)
+        .map(|_| {
+            let mut stream = server.connect();
+            stream.write_all(b"1").unwrap();
+            stream
+        })
+        .collect();
     let mut third = server.connect();
     third.write_all(&ScgiRequest::get("/sleep?s=0").encode()).unwrap();
     let (early, _) = third
@@ -152,6 +160,63 @@ fn max_connections_leaves_the_rest_in_the_backlog() {
     let (late, end) = third.read_until_eof(Duration::from_secs(10));
     assert_eq!(end, ReadEnd::Eof);
     assert_eq!(Response::parse(late).status, 200);
+}
+
+#[test]
+fn a_silent_connection_waits_in_the_kernel_unless_accepts_are_not_deferred() {
+    // By default the kernel holds a connection back until its first bytes come (for about a
+    // second), so one that sends nothing takes no slot meanwhile.
+    let server = start(&["--max-connections", "1", "--head-timeout", "30"]);
+    let _silent = server.connect();
+    thread::sleep(Duration::from_millis(100));
+    let started = Instant::now();
+    assert_eq!(server.get("/sleep?s=0").status, 200);
+    assert!(
+        started.elapsed() < Duration::from_millis(700),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // --no-defer-accept: it is accepted at once and holds the only slot.
+    let server = start(&[
+        "--no-defer-accept",
+        "--max-connections",
+        "1",
+        "--head-timeout",
+        "30",
+    ]);
+    let silent = server.connect();
+    thread::sleep(Duration::from_millis(100));
+    let mut next = server.connect();
+    next.write_all(&ScgiRequest::get("/sleep?s=0").encode()).unwrap();
+    let (early, _) = next
+        .try_clone()
+        .unwrap()
+        .read_until_eof(Duration::from_millis(700));
+    assert!(
+        early.is_empty(),
+        "served a second connection beyond --max-connections 1"
+    );
+    drop(silent);
+    let (late, end) = next.read_until_eof(Duration::from_secs(10));
+    assert_eq!(end, ReadEnd::Eof);
+    assert_eq!(Response::parse(late).status, 200);
+}
+
+#[test]
+fn a_silent_connection_is_closed_at_its_head_timeout_counted_from_connecting() {
+    // The kernel lets it through after about a second of silence; the head timeout still
+    // counts from the connect, not from then.
+    let server = start(&["--head-timeout", "2"]);
+    let started = Instant::now();
+    let silent = server.connect();
+    assert!(wait_until(Duration::from_secs(10), || silent
+        .peer_closed(Duration::from_millis(20))));
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(1900) && took < Duration::from_millis(2800),
+        "closed after {took:?}, with --head-timeout 2"
+    );
 }
 
 #[test]

@@ -50,6 +50,23 @@ fn main() -> ExitCode {
     }
 }
 
+/// Sets TCP_DEFER_ACCEPT (one second) on the listener: the kernel hands over a connection
+/// once its first bytes arrive.
+fn defer_accept(listener: &TcpListener) {
+    use std::os::fd::AsRawFd;
+    let secs: libc::c_int = 1;
+    // SAFETY: a valid socket descriptor and a pointer to an int of the size given.
+    unsafe {
+        libc::setsockopt(
+            listener.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            (&secs as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
 fn run() -> Result<(), String> {
     let flags = Flags::parse(std::env::args().skip(1), &[])?;
     if let Some(bad) = flags.unknown(&["listen"]).first() {
@@ -59,6 +76,8 @@ fn run() -> Result<(), String> {
     scgi_bench::raise_fd_limit();
     let big: &'static [u8] = vec![b'x'; routes::BIG_LEN].leak();
     let mut listener = TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    // Connections come through once their request has (as uWSGI's and scgi-wsgi's do).
+    defer_accept(&listener);
     let local = listener.local_addr().map_err(|e| e.to_string())?;
     let mut poll = Poll::new().map_err(|e| e.to_string())?;
     poll.registry()
