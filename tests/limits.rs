@@ -145,19 +145,25 @@ fn max_connections_leaves_the_rest_in_the_backlog() {
             stream
         })
         .collect();
-    let mut third = server.connect();
-    third.write_all(&ScgiRequest::get("/sleep?s=0").encode()).unwrap();
-    let (early, _) = third
+    waits_for_a_slot(&server, idle, 2);
+}
+
+/// With `holders` in every one of the `limit` connection slots, a request on a new connection
+/// waits (and the limit is logged); once they close, it is served.
+fn waits_for_a_slot(server: &Server, holders: Vec<Stream>, limit: usize) {
+    let mut next = server.connect();
+    next.write_all(&ScgiRequest::get("/sleep?s=0").encode()).unwrap();
+    let (early, _) = next
         .try_clone()
         .unwrap()
         .read_until_eof(Duration::from_millis(700));
     assert!(
         early.is_empty(),
-        "served a third connection beyond --max-connections 2"
+        "served a connection beyond --max-connections {limit}"
     );
     assert!(server.wait_for_log("--max-connections", Duration::from_secs(5)));
-    drop(idle);
-    let (late, end) = third.read_until_eof(Duration::from_secs(10));
+    drop(holders);
+    let (late, end) = next.read_until_eof(Duration::from_secs(10));
     assert_eq!(end, ReadEnd::Eof);
     assert_eq!(Response::parse(late).status, 200);
 }
@@ -187,20 +193,7 @@ fn a_silent_connection_waits_in_the_kernel_unless_accepts_are_not_deferred() {
     ]);
     let silent = server.connect();
     thread::sleep(Duration::from_millis(100));
-    let mut next = server.connect();
-    next.write_all(&ScgiRequest::get("/sleep?s=0").encode()).unwrap();
-    let (early, _) = next
-        .try_clone()
-        .unwrap()
-        .read_until_eof(Duration::from_millis(700));
-    assert!(
-        early.is_empty(),
-        "served a second connection beyond --max-connections 1"
-    );
-    drop(silent);
-    let (late, end) = next.read_until_eof(Duration::from_secs(10));
-    assert_eq!(end, ReadEnd::Eof);
-    assert_eq!(Response::parse(late).status, 200);
+    waits_for_a_slot(&server, vec![silent], 1);
 }
 
 #[test]
