@@ -348,22 +348,17 @@ impl<D: Dispatcher> Server<D> {
         let entry = self.conns.vacant_entry();
         let key = entry.key();
         entry.insert(Conn::new(stream, serial, now));
-        self.timers
-            .push((now + self.limits.head_timeout, key, serial), &self.conns);
         let outcome = self.read_from(key);
-        if matches!(outcome, ReadOutcome::Pending) && !self.accept_deferral.is_zero() {
-            let conn = &mut self.conns[key];
-            if conn.bytes_received() == 0 {
-                // The kernel let it through only once it had sent nothing for the deferral:
-                // its head timeout counts from when it connected.
-                if let Some(connected) = now.checked_sub(self.accept_deferral) {
-                    conn.accepted = connected;
-                    if let Some(deadline) = conn.deadline(&self.limits) {
-                        self.timers.push((deadline, key, serial), &self.conns);
-                    }
-                }
+        let conn = &mut self.conns[key];
+        if matches!(outcome, ReadOutcome::Pending) && conn.bytes_received() == 0 {
+            // Through a deferring listener, it came only once it had sent nothing for the
+            // deferral: its head timeout counts from when it connected.
+            if let Some(connected) = now.checked_sub(self.accept_deferral) {
+                conn.accepted = connected;
             }
         }
+        let head_deadline = conn.accepted + self.limits.head_timeout;
+        self.timers.push((head_deadline, key, serial), &self.conns);
         // `on_read` registers the socket when it must wait for input.
         self.on_read(key, Phase::Head, outcome);
         key
