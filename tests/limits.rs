@@ -587,6 +587,21 @@ fn send_behind_a_full_queue(
     (stream, writer, [busy, queued])
 }
 
+/// Reads the response on `stream` to its end (which must be a clean one), checks that the
+/// two requests that kept the server busy were served, and returns the response.
+fn served_behind_a_full_queue(
+    server: &Server,
+    stream: &mut Stream,
+    others: [thread::JoinHandle<Response>; 2],
+) -> Response {
+    let (raw, end) = stream.read_until_eof(Duration::from_secs(20));
+    assert_eq!(end, ReadEnd::Eof, "{}", server.stderr_text());
+    for other in others {
+        assert_eq!(other.join().unwrap().status, 200);
+    }
+    Response::parse(raw)
+}
+
 /// A request taken whole from the backlog with bytes past it (8 MiB of them, more than the
 /// socket buffers hold): the loop must start watching the socket once the response is out,
 /// to read and drop the rest; otherwise the client's writes stall, and the close resets the
@@ -598,19 +613,14 @@ fn a_request_taken_whole_from_the_backlog_with_bytes_past_it_is_served_and_drain
     let mut bytes = ScgiRequest::post("/digest", "application/octet-stream", &body).encode();
     bytes.extend(std::iter::repeat_n(b'x', 8 << 20));
     let (mut stream, writer, others) = send_behind_a_full_queue(&server, bytes);
-    let (raw, end) = stream.read_until_eof(Duration::from_secs(20));
+    let response = served_behind_a_full_queue(&server, &mut stream, others);
     let written = writer.join().unwrap();
-    assert_eq!(end, ReadEnd::Eof, "{}", server.stderr_text());
-    let response = Response::parse(raw);
     assert_eq!(response.status, 200);
     assert_eq!(response.text(), digest(&body));
     assert!(
         written.is_ok(),
         "the server did not take the bytes past the request: {written:?}"
     );
-    for other in others {
-        assert_eq!(other.join().unwrap().status, 200);
-    }
 }
 
 /// A request taken whole from the backlog whose response the client does not read at first:
@@ -624,14 +634,9 @@ fn a_request_taken_whole_from_the_backlog_gets_a_response_larger_than_the_socket
     writer.join().unwrap().unwrap();
     // The worker is free after about a second; by 1.5 s the response has filled the socket.
     thread::sleep(Duration::from_millis(1500));
-    let (raw, end) = stream.read_until_eof(Duration::from_secs(20));
-    assert_eq!(end, ReadEnd::Eof, "{}", server.stderr_text());
-    let response = Response::parse(raw);
+    let response = served_behind_a_full_queue(&server, &mut stream, others);
     assert_eq!(response.status, 200);
     assert_eq!(response.body.len(), 8 << 20);
-    for other in others {
-        assert_eq!(other.join().unwrap().status, 200);
-    }
 }
 
 /// A request taken whole from the backlog that runs a while, and bytes the client sends past it
@@ -652,15 +657,11 @@ fn bytes_sent_past_a_running_request_taken_whole_are_drained() {
             stream.write_all(&vec![b'x'; 8 << 20])
         })
     };
-    let (raw, end) = stream.read_until_eof(Duration::from_secs(20));
+    let response = served_behind_a_full_queue(&server, &mut stream, others);
     let written = late.join().unwrap();
-    assert_eq!(end, ReadEnd::Eof, "{}", server.stderr_text());
-    assert_eq!(Response::parse(raw).status, 200);
+    assert_eq!(response.status, 200);
     assert!(
         written.is_ok(),
         "the server did not take the bytes past the request: {written:?}"
     );
-    for other in others {
-        assert_eq!(other.join().unwrap().status, 200);
-    }
 }
