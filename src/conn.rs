@@ -431,6 +431,11 @@ impl Conn {
         }
     }
 
+    /// Input arrived past the request (seen by whoever held the connection): close gently.
+    pub fn note_extra_input(&mut self) {
+        self.extra_input = true;
+    }
+
     /// Takes the complete request's bytes and body out of the connection; it is now Running.
     pub fn take_request(&mut self) -> (Vec<u8>, std::ops::Range<usize>, Body) {
         let head = self.head.as_ref().expect("take_request after a complete head");

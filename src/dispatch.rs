@@ -122,7 +122,7 @@ pub enum End {
 pub struct ClientGone;
 
 /// Identifies a connection slot and its occupant, so a stale notification is recognised.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ConnId {
     /// Slot in the loop's connection table.
     pub key: usize,
@@ -161,6 +161,13 @@ impl std::fmt::Debug for RoomWaiter {
 
 #[derive(Debug, Default)]
 struct OutState {
+    /// The connection, as the loop knows it (see [`Outbox::rebind`]).
+    id: ConnId,
+    /// A worker holds the connection, which the loop does not know (see `doorway`): telling
+    /// the loop anything means handing it over first ([`Outbox::attach`]).
+    detached: bool,
+    /// The producer ended the connection alone while detached: the worker closes it.
+    ended_detached: bool,
     chunks: VecDeque<Chunk>,
     /// Bytes handed over and not yet written to the socket (file chunks count too).
     unsent: usize,
@@ -193,9 +200,19 @@ struct OutState {
     room_waiters: usize,
 }
 
+/// Hands a worker's connection to the loop (see [`Outbox::detach`]).
+pub type AttachHook = Box<dyn FnOnce() + Send>;
+
+/// How a producer tells the loop about an outbox: by its id, or by handing its connection
+/// over (which makes the loop look at it).
+enum Contact {
+    Notify(ConnId),
+    Attach(Option<AttachHook>),
+}
+
 /// One response's queue from a worker to the event loop.
 pub struct Outbox {
-    id: ConnId,
+    attach_hook: Mutex<Option<AttachHook>>,
     /// The client's socket, for direct writes (see [`Outbox::send_slices`]); `None` when the
     /// outbox is not tied to a socket. Valid only while `revoked` is false, checked under the lock.
     socket: Option<RawFd>,
@@ -209,7 +226,7 @@ pub struct Outbox {
 impl std::fmt::Debug for Outbox {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Outbox")
-            .field("id", &self.id)
+            .field("id", &self.lock().id)
             .field("high_water", &self.high_water)
             .finish()
     }
@@ -221,9 +238,12 @@ impl Outbox {
     /// until the loop calls [`Outbox::revoke`] (it must, before it closes the descriptor).
     pub fn new(id: ConnId, notifier: Arc<Notifier>, high_water: usize, socket: Option<RawFd>) -> Arc<Outbox> {
         Arc::new(Outbox {
-            id,
+            attach_hook: Mutex::new(None),
             socket,
-            state: Mutex::new(OutState::default()),
+            state: Mutex::new(OutState {
+                id,
+                ..OutState::default()
+            }),
             room: Condvar::new(),
             notifier,
             high_water,
@@ -251,6 +271,56 @@ impl Outbox {
     fn lock(&self) -> MutexGuard<'_, OutState> {
         // A panic while holding this lock leaves plain data behind; keep going with it.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Marks the outbox's connection as held by a worker, not the loop: `hook` hands it to
+    /// the loop the first time the loop is needed (see `doorway`).
+    pub fn detach(&self, hook: AttachHook) {
+        *self.attach_hook.lock().unwrap_or_else(|e| e.into_inner()) = Some(hook);
+        self.lock().detached = true;
+    }
+
+    /// Hands a detached outbox's connection to the loop now (nothing if it is not detached).
+    pub fn attach(&self) {
+        let contact = {
+            let mut state = self.lock();
+            if !state.detached {
+                return;
+            }
+            self.contact_under_lock(&mut state)
+        };
+        self.contact(contact, false);
+    }
+
+    /// Whether the producer ended the connection while a worker held it: the response went
+    /// out whole and the worker only has to close the socket.
+    pub fn ended_alone(&self) -> bool {
+        self.lock().ended_detached
+    }
+
+    /// Loop side: the connection now has slot `id`.
+    pub(crate) fn rebind(&self, id: ConnId) {
+        self.lock().id = id;
+    }
+
+    /// Under the lock: how to tell the loop about this outbox.
+    fn contact_under_lock(&self, state: &mut OutState) -> Contact {
+        if std::mem::replace(&mut state.detached, false) {
+            Contact::Attach(self.attach_hook.lock().unwrap_or_else(|e| e.into_inner()).take())
+        } else {
+            Contact::Notify(state.id)
+        }
+    }
+
+    /// Tells the loop (after the lock is released): `quiet` for a connection that only needs
+    /// its descriptor closed (see [`Notifier::notify_quiet`]).
+    fn contact(&self, contact: Contact, quiet: bool) {
+        match contact {
+            Contact::Notify(id) if quiet => self.notifier.notify_quiet(id),
+            Contact::Notify(id) => self.notifier.notify(id),
+            Contact::Attach(Some(hook)) => hook(),
+            Contact::Attach(None) => {}
+        }
     }
 
     /// Sends bytes to the client, and (optionally) the end of the response with them, in one
@@ -363,8 +433,10 @@ impl Outbox {
                     if let Some(observer) = self.observer.get() {
                         observer(OutboxEvent::ClientGone);
                     }
-                    if wake {
-                        self.notifier.notify(self.id);
+                    // A worker holding the connection gives it to the loop when the app is
+                    // done (`doorway::Direct::finish`), which is soon: the app's writes fail.
+                    if wake && !state.detached {
+                        self.notifier.notify(state.id);
                     }
                     return Err(ClientGone);
                 }
@@ -428,10 +500,16 @@ impl Outbox {
         }
         // A notification already on its way shows the loop the end as well.
         let work = !state.chunks.is_empty() || end.is_some();
-        let wake = work && !state.notified;
+        let mut wake = work && !state.notified;
         if wake {
             state.notified = true;
         }
+        if ended_alone && state.detached {
+            // The worker holding the connection closes it: the loop need not hear of it.
+            state.ended_detached = true;
+            wake = false;
+        }
+        let contact = wake.then(|| self.contact_under_lock(&mut state));
         let total = state.written_total;
         drop(state);
         if written > 0 {
@@ -439,11 +517,10 @@ impl Outbox {
                 observer(OutboxEvent::Written(total));
             }
         }
-        match (wake, ended_alone) {
-            (true, false) => self.notifier.notify(self.id),
-            // Only the descriptor is left to close: no need to wake the loop for that.
-            (true, true) => self.notifier.notify_quiet(self.id),
-            (false, _) => {}
+        if let Some(contact) = contact {
+            // Only the descriptor is left to close when it ended alone: no need to wake the
+            // loop for that.
+            self.contact(contact, ended_alone);
         }
     }
 
@@ -528,12 +605,13 @@ impl Outbox {
         let wake = !state.notified;
         state.notified = true;
         let hook = state.room_waiter.0.take();
+        let contact = wake.then(|| self.contact_under_lock(&mut state));
         drop(state);
         if let Some(hook) = hook {
             hook();
         }
-        if wake {
-            self.notifier.notify(self.id);
+        if let Some(contact) = contact {
+            self.contact(contact, false);
         }
         answered
     }
@@ -793,6 +871,13 @@ pub trait Dispatcher {
     }
     /// Gives the dispatcher a way to wake the loop when it has room again after refusing.
     fn set_waker(&mut self, _notifier: Arc<Notifier>) {}
+
+    /// Offers the dispatcher a doorway (see `doorway`): its idle workers may accept
+    /// connections themselves. Returns whether it takes it; if not, the loop accepts every
+    /// connection.
+    fn set_doorway(&mut self, _doorway: Arc<crate::doorway::Doorway>) -> bool {
+        false
+    }
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use pyo3::Python;
 
 use crate::dispatch::{Dispatcher, HoldBack, LoopWaker, Notifier, Request, READ_AHEAD};
+use crate::doorway::{Direct, Doorway, Woke};
 use crate::error::ConfigError;
 
 /// Default thread bound for `free` (the original has none; an unbounded default is not safe).
@@ -144,7 +145,12 @@ pub trait RequestHandler: Send + Sync + 'static {
 struct Queue {
     pending: VecDeque<(Request, Instant)>,
     threads: usize,
+    /// Idle threads waiting on `work`.
     idle: usize,
+    /// Idle threads waiting in the doorway (for a connection, or a kick when work is queued).
+    door_waiters: usize,
+    /// Since when no thread waits in the doorway (see [`GRACE`]).
+    door_unattended_since: Option<Instant>,
     /// Threads running a request now.
     running: usize,
     /// How many requests may run at once now (see [`Shared::adjust`]): between 1 and the
@@ -195,6 +201,10 @@ struct Shared {
     shared_listener: bool,
     /// Every live worker thread, for the monitor's census.
     slots: Mutex<Vec<Arc<WorkerSlot>>>,
+    /// Where idle threads accept connections themselves, when the loop offered one.
+    doorway: std::sync::OnceLock<Arc<Doorway>>,
+    /// rplex: responses outlive their app call, so no doorway.
+    rplex: bool,
 }
 
 /// A pool of Python worker threads that takes requests from the event loop.
@@ -231,6 +241,8 @@ impl WorkerPool {
                 pending: VecDeque::new(),
                 threads: 0,
                 idle: 0,
+                door_waiters: 0,
+                door_unattended_since: None,
                 running: 0,
                 allowed: 1,
                 completed: 0,
@@ -249,6 +261,8 @@ impl WorkerPool {
             loop_waker: LoopWaker::default(),
             shared_listener,
             slots: Mutex::new(Vec::new()),
+            doorway: std::sync::OnceLock::new(),
+            rplex: model.multiplexes_responses(),
         });
         if max_threads > 1 {
             let monitored = Arc::clone(&shared);
@@ -290,7 +304,12 @@ impl Shared {
 
     /// Waits (the caller has released the GIL) for the next request; `None` tells the thread
     /// to end. `finished` says the thread has just finished one.
-    fn next_request(&self, slot: &WorkerSlot, finished: bool) -> Option<Request> {
+    fn next_request(
+        &self,
+        slot: &WorkerSlot,
+        finished: bool,
+        scratch: &mut [u8],
+    ) -> Option<(Request, Option<Direct>)> {
         let mut queue = self.lock();
         if finished {
             queue.running -= 1;
@@ -320,7 +339,7 @@ impl Shared {
                     if wake_loop {
                         self.wake_loop();
                     }
-                    return Some(request);
+                    return Some((request, None));
                 }
             }
             if queue.pending.is_empty() {
@@ -335,6 +354,17 @@ impl Shared {
                     return None;
                 }
             }
+            let door = self.doorway.get().filter(|d| d.accepting() && !queue.stopping);
+            if let Some(door) = door.filter(|_| queue.running < queue.allowed && queue.pending.is_empty()) {
+                match self.wait_in_doorway(queue, door, slot, scratch) {
+                    Ok(taken) => return Some(taken),
+                    Err(Some(guard)) => {
+                        queue = guard;
+                        continue;
+                    }
+                    Err(None) => return None,
+                }
+            }
             queue.idle += 1;
             let (guard, waited) = self
                 .work
@@ -345,6 +375,67 @@ impl Shared {
             if waited.timed_out() && queue.pending.is_empty() && queue.threads > 1 {
                 queue.threads -= 1;
                 return None;
+            }
+        }
+    }
+
+    /// An idle thread waits in the doorway: for a connection to serve, or work queued. The
+    /// first thread there leaves accepting to the workers again (see `doorway`). Returns a
+    /// request to run, or the queue to look at again (`None`: the thread retires).
+    #[allow(clippy::type_complexity)]
+    fn wait_in_doorway<'a>(
+        &'a self,
+        mut queue: MutexGuard<'a, Queue>,
+        door: &Doorway,
+        slot: &WorkerSlot,
+        scratch: &mut [u8],
+    ) -> Result<(Request, Option<Direct>), Option<MutexGuard<'a, Queue>>> {
+        queue.door_waiters += 1;
+        queue.door_unattended_since = None;
+        if door.set_loop_mode(false) {
+            crate::debug!("server", "a worker is idle: workers accept new connections again");
+        }
+        drop(queue);
+        let woke = door.wait(self.idle_retire);
+        let mut queue = self.lock();
+        queue.door_waiters -= 1;
+        if queue.door_waiters == 0 {
+            queue.door_unattended_since = Some(Instant::now());
+            if std::mem::replace(&mut queue.monitor_parked, false) {
+                // It watches how long the doorway goes unattended.
+                self.monitor.notify_one();
+            }
+        }
+        match woke {
+            Woke::Timeout if queue.pending.is_empty() && queue.threads > 1 => {
+                queue.threads -= 1;
+                return Err(None);
+            }
+            Woke::Connection if queue.pending.is_empty() && queue.running < queue.allowed => {}
+            _ => return Err(Some(queue)),
+        }
+        queue.running += 1;
+        slot.set(RUNNING);
+        drop(queue);
+        let Some(doorway) = self.doorway.get() else {
+            unreachable!("waited in a doorway that is not set")
+        };
+        if let Some((request, direct)) = doorway.take(scratch) {
+            return Ok((request, Some(direct)));
+        }
+        let mut queue = self.lock();
+        queue.running -= 1;
+        slot.set(IDLE);
+        Err(Some(queue))
+    }
+
+    /// Wakes one idle thread for queued work: one waiting on `work`, else one in the doorway.
+    fn wake_idle(&self, queue: &Queue) {
+        if queue.idle > 0 {
+            self.work.notify_one();
+        } else if queue.door_waiters > 0 {
+            if let Some(door) = self.doorway.get() {
+                door.kick();
             }
         }
     }
@@ -375,7 +466,8 @@ impl Shared {
             .pending
             .len()
             .min(queue.allowed.saturating_sub(queue.running));
-        for _ in queue.idle..want {
+        let idle = queue.idle + queue.door_waiters;
+        for _ in idle..want {
             if queue.threads >= self.max_threads {
                 break;
             }
@@ -383,6 +475,11 @@ impl Shared {
         }
         for _ in 0..want.min(queue.idle) {
             self.work.notify_one();
+        }
+        if let Some(door) = self.doorway.get() {
+            for _ in 0..want.saturating_sub(queue.idle).min(queue.door_waiters) {
+                door.kick();
+            }
         }
     }
 
@@ -461,6 +558,9 @@ impl Shared {
 
 /// How often the monitor looks while requests wait for a thread.
 const TICK: Duration = Duration::from_millis(5);
+/// How long every worker may be busy, with new connections left in the listen backlog for
+/// them, before the event loop accepts them (and a backlog shows, which calls for threads).
+const GRACE: Duration = Duration::from_millis(5);
 /// Quiet ticks (no backlog, at most one request running) before the monitor parks.
 const QUIET_TICKS: u32 = 20;
 /// Ticks between two looks for GIL contention while several requests run.
@@ -484,7 +584,11 @@ fn monitor_main(shared: &Arc<Shared>) {
                 if queue.stopping {
                     return;
                 }
-                if quiet < QUIET_TICKS || queue.backlogged() || queue.running > 1 {
+                if quiet < QUIET_TICKS
+                    || queue.backlogged()
+                    || queue.running > 1
+                    || queue.door_unattended_since.is_some()
+                {
                     break;
                 }
                 queue.monitor_parked = true;
@@ -501,6 +605,17 @@ fn monitor_main(shared: &Arc<Shared>) {
                 last_completion = Instant::now();
             }
             let backlog = queue.backlogged() && queue.emptied == emptied;
+            if let Some(door) = shared.doorway.get() {
+                let unattended = queue.door_unattended_since.is_some_and(|t| t.elapsed() >= GRACE);
+                if unattended && door.is_open() && door.set_loop_mode(true) {
+                    crate::debug!(
+                        "server",
+                        "every worker has been busy for {} ms: the event loop accepts new connections",
+                        GRACE.as_millis()
+                    );
+                    shared.wake_loop();
+                }
+            }
             if queue.running == 0 && queue.pending.is_empty() {
                 // A lull: whatever blocked before may not come back; start again from one.
                 queue.allowed = 1;
@@ -640,8 +755,18 @@ fn worker_main(shared: Arc<Shared>) {
     CURRENT_SLOT.with(|current| *current.borrow_mut() = Some(Arc::clone(&slot)));
     Python::attach(|py| {
         let mut finished = false;
-        while let Some(request) = py.detach(|| shared.next_request(&slot, finished)) {
+        // For the first read of connections this thread accepts (see `doorway`).
+        let mut scratch = Vec::new();
+        while let Some((request, direct)) = py.detach(|| {
+            if scratch.is_empty() && shared.doorway.get().is_some() {
+                scratch.resize(crate::conn::HEAD_READ, 0);
+            }
+            shared.next_request(&slot, finished, &mut scratch)
+        }) {
             shared.handler.handle(py, request);
+            if let Some(direct) = direct {
+                direct.finish();
+            }
             finished = true;
         }
     });
@@ -712,9 +837,10 @@ impl Dispatcher for WorkerPool {
         if queue.pending.len() <= queue.allowed.saturating_sub(queue.running) {
             // It can run now: no backlog. A busy worker would take it only after its request.
             queue.emptied += 1;
-            if queue.idle >= queue.pending.len() || queue.threads >= self.shared.max_threads {
-                drop(queue);
-                self.shared.work.notify_one();
+            if queue.idle + queue.door_waiters >= queue.pending.len()
+                || queue.threads >= self.shared.max_threads
+            {
+                self.shared.wake_idle(&queue);
             } else {
                 self.shared.spawn_worker(&mut queue);
             }
@@ -760,11 +886,30 @@ impl Dispatcher for WorkerPool {
     fn set_waker(&mut self, notifier: Arc<Notifier>) {
         self.shared.loop_waker.set(notifier);
     }
+
+    fn set_doorway(&mut self, doorway: Arc<Doorway>) -> bool {
+        // rplex: responses outlive their app call. One thread: no monitor to call the loop in
+        // when it is busy, and the model's queue (and its wedge rule) would never be used.
+        if self.shared.rplex || self.shared.max_threads < 2 || self.shared.doorway.set(doorway).is_err() {
+            return false;
+        }
+        // Nothing else starts the first thread: the loop dispatches nothing until its
+        // workers are busy past the grace period.
+        let mut queue = self.shared.lock();
+        queue.door_unattended_since = Some(Instant::now());
+        if queue.threads == 0 {
+            self.shared.spawn_worker(&mut queue);
+        }
+        true
+    }
 }
 
 impl Drop for WorkerPool {
     fn drop(&mut self) {
         self.shared.lock().stopping = true;
+        if let Some(door) = self.shared.doorway.get() {
+            door.kick_all();
+        }
         self.shared.work.notify_all();
         self.shared.monitor.notify_all();
     }

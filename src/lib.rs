@@ -7,6 +7,7 @@ pub mod access;
 pub mod cli;
 pub mod conn;
 pub mod dispatch;
+pub mod doorway;
 pub mod error;
 pub mod external;
 pub mod handling;

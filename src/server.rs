@@ -16,6 +16,7 @@ use slab::Slab;
 use crate::cli::Limits;
 use crate::conn::{Conn, Phase, ReadOutcome, Refusal, Watching};
 use crate::dispatch::{ConnId, Dispatcher, End, Notifier, Outbox, Request, QUIET_CLOSE_DELAY};
+use crate::doorway::{Doorway, Handed};
 use crate::listen::{Listener, Stream};
 use crate::{debug, error, info, warning};
 
@@ -33,7 +34,7 @@ const ACCEPT_BATCH: usize = 64;
 /// socket anyway: long enough that most requests end first (and never cost the loop a system
 /// call), short enough that a client resetting a long request frees its slot, and input
 /// arriving past a request is read and noted (so the end lingers instead of resetting).
-const WATCH_AFTER: Duration = Duration::from_millis(20);
+pub(crate) const WATCH_AFTER: Duration = Duration::from_millis(20);
 /// How long to stop accepting after the process ran out of file descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -147,6 +148,13 @@ pub struct Server<D: Dispatcher> {
     accept_deferral: Duration,
     /// A second SIGTERM/SIGINT stops at once (off under a master, which escalates with SIGQUIT).
     repeat_stops_at_once: bool,
+    /// Idle workers accept connections themselves (see `doorway`); the loop accepts only in
+    /// loop mode.
+    doorway: Option<Arc<Doorway>>,
+    /// The listener is in the loop's epoll set.
+    listening: bool,
+    /// Connections workers handed over, taken in at the next round (reused).
+    handed: Vec<Handed>,
     /// Last, so that it drops last: producers may take sockets out of it until the
     /// connections (dropped before it) revoke their outboxes.
     poll: Poll,
@@ -163,8 +171,6 @@ impl<D: Dispatcher> Server<D> {
         limits: Limits,
         graceful_timeout: Duration,
     ) -> io::Result<Server<D>> {
-        poll.registry()
-            .register(&mut listener, LISTENER, Interest::READABLE)?;
         let accept_deferral = listener.accept_deferral();
         let mut signals = signals;
         poll.registry()
@@ -173,6 +179,24 @@ impl<D: Dispatcher> Server<D> {
         let notifier = Notifier::new(waker, Some(poll.as_raw_fd()));
         let mut dispatcher = dispatcher;
         dispatcher.set_waker(Arc::clone(&notifier));
+        // Workers accept themselves only where requests come whole at accept: over a TCP
+        // socket that defers accepting until the first bytes (otherwise they would mostly
+        // hand connections on to the loop).
+        let mut doorway = None;
+        if let (Listener::Tcp(_), false) = (&listener, accept_deferral.is_zero()) {
+            let door = Arc::new(Doorway::new(
+                listener.raw_fd(),
+                limits.clone(),
+                Arc::clone(&notifier),
+            )?);
+            if dispatcher.set_doorway(Arc::clone(&door)) {
+                doorway = Some(door);
+            }
+        }
+        if doorway.is_none() {
+            poll.registry()
+                .register(&mut listener, LISTENER, Interest::READABLE)?;
+        }
         Ok(Server {
             poll,
             listener: Some(listener),
@@ -199,6 +223,9 @@ impl<D: Dispatcher> Server<D> {
             conn_limit_logged: None,
             accept_deferral,
             repeat_stops_at_once: true,
+            listening: doorway.is_none(),
+            doorway,
+            handed: Vec::new(),
         })
     }
 
@@ -235,6 +262,7 @@ impl<D: Dispatcher> Server<D> {
             if self.notifier.has_quiet() {
                 self.collect_completions();
             }
+            self.follow_doorway();
             self.read_more();
             self.expire_timers();
             if self.accept_pending
@@ -245,7 +273,7 @@ impl<D: Dispatcher> Server<D> {
                 self.accept_all();
             }
             if let Some(since) = self.draining_since {
-                if self.conns.is_empty() {
+                if self.conns.is_empty() && self.workers_hold() == 0 {
                     return Ok(Exit::Drained);
                 }
                 if since.elapsed() >= self.graceful_timeout {
@@ -253,7 +281,7 @@ impl<D: Dispatcher> Server<D> {
                         "server",
                         "graceful timeout ({:.0} s) ran out with {} connection(s) still open; exiting",
                         self.graceful_timeout.as_secs_f64(),
-                        self.conns.len()
+                        self.conns.len() + self.workers_hold()
                     );
                     return Ok(Exit::GracefulTimeout);
                 }
@@ -278,7 +306,7 @@ impl<D: Dispatcher> Server<D> {
             next = Some(next.map_or(candidate, |n| n.min(candidate)));
         }
         let timeout = next.map(|t| t.saturating_duration_since(now) + Duration::from_millis(1));
-        if self.conns.is_empty() {
+        if self.conns.is_empty() && (self.draining_since.is_none() || self.workers_hold() == 0) {
             timeout
         } else {
             // A producer may end a connection without waking the loop.
@@ -312,13 +340,21 @@ impl<D: Dispatcher> Server<D> {
             info!(
                 "server",
                 "{name}: no longer accepting; finishing {} open connection(s) (up to {:.0} s)",
-                self.conns.len(),
+                self.conns.len() + self.workers_hold(),
                 self.graceful_timeout.as_secs_f64()
             );
             self.draining_since = Some(Instant::now());
+            if let Some(door) = &self.doorway {
+                door.close();
+            }
             self.take_backlog();
             if let Some(mut listener) = self.listener.take() {
-                let _ = self.poll.registry().deregister(&mut listener);
+                if self.listening && self.doorway.is_some() {
+                    Doorway::unwatch_in(self.poll.as_raw_fd(), listener.raw_fd());
+                } else if self.listening {
+                    let _ = self.poll.registry().deregister(&mut listener);
+                }
+                self.listening = false;
                 // Dropping closes our descriptor and removes a socket file we created.
             }
             self.accept_pending = false;
@@ -428,6 +464,18 @@ impl<D: Dispatcher> Server<D> {
     fn accept_all(&mut self) {
         self.accept_pending = false;
         self.accept_more = false;
+        if !self.listening {
+            // Idle workers accept (doorway mode), or the listener is closed.
+            return;
+        }
+        self.accept_some();
+        if let Some(door) = &self.doorway {
+            door.loop_holds(self.conns.len());
+        }
+    }
+
+    /// Accepts what the listener has, up to [`ACCEPT_BATCH`] and within the limits.
+    fn accept_some(&mut self) {
         let mut accepted = 0;
         // Taken in this round with their head in and their body still to read: requests this
         // process has taken on that its dispatcher does not know of yet. (A complete request
@@ -439,7 +487,11 @@ impl<D: Dispatcher> Server<D> {
                 self.accept_more = true;
                 return;
             }
-            if self.conns.len() >= self.limits.max_connections {
+            let may_hold_more = match &self.doorway {
+                Some(door) => door.loop_may_accept(self.conns.len()),
+                None => self.conns.len() < self.limits.max_connections,
+            };
+            if !may_hold_more {
                 // Leave the rest in the kernel's backlog until a slot frees up.
                 self.accept_pending = true;
                 if overload_log_due(&mut self.conn_limit_logged) {
@@ -772,7 +824,10 @@ impl<D: Dispatcher> Server<D> {
 
     fn collect_completions(&mut self) {
         let mut ready = std::mem::take(&mut self.ready);
+        // First, as it re-arms the wake-up: a connection handed over after `take_handed`
+        // looked wakes the loop again.
         self.notifier.drain(&mut ready);
+        self.take_handed();
         for id in ready.drain(..) {
             let current = self.conns.get(id.key).is_some_and(|c| c.serial == id.serial);
             if current {
@@ -786,6 +841,76 @@ impl<D: Dispatcher> Server<D> {
         }
         if !self.deferred.is_empty() {
             self.resume_deferred();
+        }
+    }
+
+    /// Connections workers hold (see `doorway`), or handed over and not taken in yet.
+    fn workers_hold(&self) -> usize {
+        self.doorway.as_ref().map_or(0, |door| door.held())
+    }
+
+    /// Takes in the connections workers handed over: a fresh one goes on from its first
+    /// read, as one the loop accepted would; a running one's outbox is told its slot, and
+    /// its output pumped.
+    fn take_handed(&mut self) {
+        let Some(door) = &self.doorway else { return };
+        door.take_handed(&mut self.handed);
+        let door = Arc::clone(door);
+        for handed in std::mem::take(&mut self.handed) {
+            let conn = match &handed {
+                Handed::Fresh(conn, _) | Handed::Running(conn) => conn,
+            };
+            let serial = conn.serial;
+            let key = match handed {
+                Handed::Fresh(mut conn, outcome) => {
+                    if matches!(outcome, ReadOutcome::Pending) && conn.bytes_received() == 0 {
+                        // Held back by the kernel for sending nothing, as in `adopt`.
+                        if let Some(connected) = conn.accepted.checked_sub(self.accept_deferral) {
+                            conn.accepted = connected;
+                        }
+                    }
+                    let head_deadline = conn.accepted + self.limits.head_timeout;
+                    let key = self.conns.insert(conn);
+                    door.loop_holds(self.conns.len());
+                    door.taken_in();
+                    self.timers.push((head_deadline, key, serial), &self.conns);
+                    self.on_read(key, Phase::Head, outcome);
+                    continue;
+                }
+                Handed::Running(conn) => self.conns.insert(conn),
+            };
+            door.loop_holds(self.conns.len());
+            door.taken_in();
+            if let Some(outbox) = &self.conns[key].outbox {
+                outbox.rebind(ConnId { key, serial });
+            }
+            self.timers
+                .push((Instant::now() + WATCH_AFTER, key, serial), &self.conns);
+            self.pump_output(key);
+        }
+    }
+
+    /// Follows the doorway's mode: the loop accepts only in loop mode (see `doorway`).
+    fn follow_doorway(&mut self) {
+        let Some(door) = &self.doorway else { return };
+        let wanted = door.loop_mode() && self.listener.is_some();
+        if wanted == self.listening {
+            return;
+        }
+        let Some(listener) = &self.listener else { return };
+        let fd = listener.raw_fd();
+        if wanted {
+            if let Err(e) = Doorway::watch_in(self.poll.as_raw_fd(), fd, LISTENER.0 as u64) {
+                error!("server", "cannot watch the listening socket: {e}");
+                return;
+            }
+            self.listening = true;
+            self.accept_all();
+        } else {
+            Doorway::unwatch_in(self.poll.as_raw_fd(), fd);
+            self.listening = false;
+            self.accept_pending = false;
+            self.accept_more = false;
         }
     }
 
@@ -916,6 +1041,9 @@ impl<D: Dispatcher> Server<D> {
         // and saves a system call per connection. A stale event for the slot is harmless (a
         // read that would block).
         let conn = self.conns.remove(key);
+        if let Some(door) = &self.doorway {
+            door.loop_holds(self.conns.len());
+        }
         if let Some(outbox) = &conn.outbox {
             // A response still being produced has nobody to go to any more.
             if conn.end().is_none() {
