@@ -615,6 +615,11 @@ fn monitor_main(shared: &Arc<Shared>) {
                     );
                     shared.wake_loop();
                 }
+                if unattended && queue.idle > 0 && queue.running < queue.allowed && door.accepting() {
+                    // Threads that stepped aside from the doorway (see `Doorway::step_aside`)
+                    // wait for work on `work`: send them back to it.
+                    shared.work.notify_all();
+                }
             }
             if queue.running == 0 && queue.pending.is_empty() {
                 // A lull: whatever blocked before may not come back; start again from one.
