@@ -71,6 +71,8 @@ pub struct Doorway {
     /// The loop accepts as well (the workers have been busy past the grace period).
     loop_mode: AtomicBool,
     open: AtomicBool,
+    /// For the first read of a connection a worker accepts.
+    scratch: Mutex<Vec<u8>>,
     /// Workers stay out of the doorway until then (see [`Doorway::step_aside`]).
     starved: AtomicBool,
     starved_until: Mutex<Option<Instant>>,
@@ -140,6 +142,7 @@ impl Doorway {
                 open: AtomicBool::new(true),
                 starved: AtomicBool::new(false),
                 starved_until: Mutex::new(None),
+                scratch: Mutex::new(vec![0; crate::conn::HEAD_READ]),
             })
         }
     }
@@ -318,7 +321,7 @@ impl Doorway {
     /// returned, with its connection in the slot its outbox hands it to the loop from should
     /// the response need the loop. Anything else is handed to the loop, and `None` returned,
     /// as when there is no connection to take or the connection limit is reached.
-    pub fn take(self: &Arc<Self>, scratch: &mut [u8]) -> Option<(Request, Direct)> {
+    pub fn take(self: &Arc<Self>) -> Option<(Request, Direct)> {
         let held = self.held.fetch_add(1, Ordering::SeqCst) + 1;
         if held + self.loop_held.load(Ordering::SeqCst) > self.limits.max_connections {
             // At --max-connections: the loop leaves the rest in the backlog until a slot frees.
@@ -354,7 +357,12 @@ impl Doorway {
         let stream = Stream::Tcp(unsafe { mio::net::TcpStream::from_raw_fd(accepted) });
         let serial = self.serial.fetch_add(1, Ordering::Relaxed);
         let mut conn = Conn::new(stream, serial, Instant::now());
-        let outcome = conn.on_readable(scratch, &self.limits, &mut || true);
+        // One buffer for every worker (they rarely accept at the same moment), rather than
+        // one per thread, of which there may be many.
+        let outcome = {
+            let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+            conn.on_readable(&mut scratch, &self.limits, &mut || true)
+        };
         if !matches!(outcome, ReadOutcome::Complete) {
             self.hand_over(Handed::Fresh(conn, outcome));
             return None;
@@ -483,7 +491,7 @@ mod tests {
     /// Takes a connection once the doorway reports it.
     fn take(door: &Arc<Doorway>) -> Option<(Request, Direct)> {
         assert_eq!(door.wait(Duration::from_secs(5)), Woke::Connection);
-        door.take(&mut [0u8; 8192])
+        door.take()
     }
 
     #[test]
@@ -576,6 +584,6 @@ mod tests {
         door.close();
         assert!(!door.accepting());
         assert_eq!(door.wait(Duration::from_secs(5)), Woke::Kicked);
-        assert!(door.take(&mut [0u8; 64]).is_none());
+        assert!(door.take().is_none());
     }
 }

@@ -304,12 +304,7 @@ impl Shared {
 
     /// Waits (the caller has released the GIL) for the next request; `None` tells the thread
     /// to end. `finished` says the thread has just finished one.
-    fn next_request(
-        &self,
-        slot: &WorkerSlot,
-        finished: bool,
-        scratch: &mut [u8],
-    ) -> Option<(Request, Option<Direct>)> {
+    fn next_request(&self, slot: &WorkerSlot, finished: bool) -> Option<(Request, Option<Direct>)> {
         let mut queue = self.lock();
         if finished {
             queue.running -= 1;
@@ -356,7 +351,7 @@ impl Shared {
             }
             let door = self.doorway.get().filter(|d| d.accepting() && !queue.stopping);
             if let Some(door) = door.filter(|_| queue.running < queue.allowed && queue.pending.is_empty()) {
-                match self.wait_in_doorway(queue, door, slot, scratch) {
+                match self.wait_in_doorway(queue, door, slot) {
                     Ok(taken) => return Some(taken),
                     Err(Some(guard)) => {
                         queue = guard;
@@ -388,7 +383,6 @@ impl Shared {
         mut queue: MutexGuard<'a, Queue>,
         door: &Doorway,
         slot: &WorkerSlot,
-        scratch: &mut [u8],
     ) -> Result<(Request, Option<Direct>), Option<MutexGuard<'a, Queue>>> {
         queue.door_waiters += 1;
         queue.door_unattended_since = None;
@@ -420,7 +414,7 @@ impl Shared {
         let Some(doorway) = self.doorway.get() else {
             unreachable!("waited in a doorway that is not set")
         };
-        if let Some((request, direct)) = doorway.take(scratch) {
+        if let Some((request, direct)) = doorway.take() {
             return Ok((request, Some(direct)));
         }
         let mut queue = self.lock();
@@ -760,14 +754,7 @@ fn worker_main(shared: Arc<Shared>) {
     CURRENT_SLOT.with(|current| *current.borrow_mut() = Some(Arc::clone(&slot)));
     Python::attach(|py| {
         let mut finished = false;
-        // For the first read of connections this thread accepts (see `doorway`).
-        let mut scratch = Vec::new();
-        while let Some((request, direct)) = py.detach(|| {
-            if scratch.is_empty() && shared.doorway.get().is_some() {
-                scratch.resize(crate::conn::HEAD_READ, 0);
-            }
-            shared.next_request(&slot, finished, &mut scratch)
-        }) {
+        while let Some((request, direct)) = py.detach(|| shared.next_request(&slot, finished)) {
             shared.handler.handle(py, request);
             if let Some(direct) = direct {
                 direct.finish();
