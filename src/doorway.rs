@@ -301,19 +301,15 @@ impl Doorway {
         self.held.load(Ordering::SeqCst)
     }
 
-    /// Loop side: one handed connection is the loop's now.
-    pub fn taken_in(&self) {
-        self.held.fetch_sub(1, Ordering::SeqCst);
-    }
-
     /// Gives a connection to the loop (it stays counted as held until the loop takes it in).
     pub fn hand_over(&self, handed: Handed) {
         self.handed.lock().unwrap_or_else(|e| e.into_inner()).push(handed);
         self.notifier.wake();
     }
 
-    /// Worker side: a connection it held is closed.
-    pub fn closed(&self) {
+    /// A connection counted as held is no longer: its worker closed it, or the loop took it
+    /// in (it is the loop's to count then).
+    pub fn let_go(&self) {
         self.held.fetch_sub(1, Ordering::SeqCst);
     }
 
@@ -402,7 +398,7 @@ impl Doorway {
         Some((
             request,
             Direct {
-                started: Instant::now(),
+                started: accepted_at,
                 outbox,
                 slot,
                 doorway: Arc::clone(self),
@@ -413,6 +409,7 @@ impl Doorway {
 
 /// A connection a worker accepted and serves, until it closes it or hands it to the loop.
 pub struct Direct {
+    /// When its connection was accepted (its request came whole with it).
     started: Instant,
     outbox: Arc<Outbox>,
     slot: Arc<Mutex<Option<Conn>>>,
@@ -439,7 +436,7 @@ impl Direct {
             return;
         }
         drop(conn);
-        self.doorway.closed();
+        self.doorway.let_go();
     }
 }
 
@@ -488,6 +485,13 @@ mod tests {
         format!("{}:{head},", head.len()).into_bytes()
     }
 
+    /// A client that has sent `bytes`.
+    fn client_sending(listener: &TcpListener, bytes: &[u8]) -> TcpStream {
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        client.write_all(bytes).unwrap();
+        client
+    }
+
     /// Takes a connection once the doorway reports it.
     fn take(door: &Arc<Doorway>) -> Option<(Request, Direct)> {
         assert_eq!(door.wait(Duration::from_secs(5)), Woke::Connection);
@@ -497,8 +501,7 @@ mod tests {
     #[test]
     fn a_whole_request_is_served_and_closed_by_the_worker_alone() {
         let (_poll, listener, door) = doorway(10);
-        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        client.write_all(&scgi("/whole")).unwrap();
+        let mut client = client_sending(&listener, &scgi("/whole"));
         let (request, direct) = take(&door).expect("a whole request");
         assert_eq!(request.header(b"PATH_INFO"), Some(&b"/whole"[..]));
         assert_eq!(door.held(), 1);
@@ -520,9 +523,7 @@ mod tests {
     #[test]
     fn a_partial_request_goes_to_the_loop_with_what_was_read() {
         let (_poll, listener, door) = doorway(10);
-        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let whole = scgi("/partial");
-        client.write_all(&whole[..10]).unwrap();
+        let _client = client_sending(&listener, &scgi("/partial")[..10]);
         assert!(take(&door).is_none());
         let mut handed = Vec::new();
         door.take_handed(&mut handed);
@@ -531,15 +532,14 @@ mod tests {
             _ => panic!("one fresh connection, waiting for more of its head"),
         }
         assert_eq!(door.held(), 1, "counted until the loop takes it in");
-        door.taken_in();
+        door.let_go();
         assert_eq!(door.held(), 0);
     }
 
     #[test]
     fn a_response_the_socket_does_not_take_hands_the_connection_to_the_loop() {
         let (_poll, listener, door) = doorway(10);
-        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        client.write_all(&scgi("/big")).unwrap();
+        let _client = client_sending(&listener, &scgi("/big"));
         let (request, direct) = take(&door).expect("a whole request");
         // Far more than a loopback socket takes while the client reads nothing.
         let body = vec![b'x'; 32 << 20];
@@ -562,7 +562,7 @@ mod tests {
     fn at_the_connection_limit_connections_stay_in_the_backlog_for_the_loop() {
         let (_poll, listener, door) = doorway(1);
         door.loop_holds(1);
-        let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let _client = client_sending(&listener, b"");
         assert!(take(&door).is_none());
         assert_eq!(door.held(), 0);
         assert!(door.loop_mode(), "the loop accepts when a slot frees");

@@ -381,7 +381,7 @@ impl Shared {
     fn wait_in_doorway<'a>(
         &'a self,
         mut queue: MutexGuard<'a, Queue>,
-        door: &Doorway,
+        door: &Arc<Doorway>,
         slot: &WorkerSlot,
     ) -> Result<(Request, Option<Direct>), Option<MutexGuard<'a, Queue>>> {
         queue.door_waiters += 1;
@@ -411,10 +411,7 @@ impl Shared {
         queue.running += 1;
         slot.set(RUNNING);
         drop(queue);
-        let Some(doorway) = self.doorway.get() else {
-            unreachable!("waited in a doorway that is not set")
-        };
-        if let Some((request, direct)) = doorway.take() {
+        if let Some((request, direct)) = door.take() {
             return Ok((request, Some(direct)));
         }
         let mut queue = self.lock();

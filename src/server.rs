@@ -378,26 +378,30 @@ impl<D: Dispatcher> Server<D> {
     /// registration reports what is already there) and read as its data comes. Returns its
     /// slot.
     fn adopt(&mut self, stream: Stream) -> usize {
-        let now = Instant::now();
         let serial = self.next_serial;
         self.next_serial += 1;
-        let entry = self.conns.vacant_entry();
-        let key = entry.key();
-        entry.insert(Conn::new(stream, serial, now));
+        let key = self.conns.insert(Conn::new(stream, serial, Instant::now()));
         let outcome = self.read_from(key);
+        self.after_first_read(key, outcome);
+        key
+    }
+
+    /// Goes on with connection `key` from what its first read (at accept) brought: its head
+    /// timer, then what the read calls for (see `on_read`, which registers the socket when
+    /// it must wait for input).
+    fn after_first_read(&mut self, key: usize, outcome: ReadOutcome) {
         let conn = &mut self.conns[key];
         if matches!(outcome, ReadOutcome::Pending) && conn.bytes_received() == 0 {
             // Through a deferring listener, it came only once it had sent nothing for the
             // deferral: its head timeout counts from when it connected.
-            if let Some(connected) = now.checked_sub(self.accept_deferral) {
+            if let Some(connected) = conn.accepted.checked_sub(self.accept_deferral) {
                 conn.accepted = connected;
             }
         }
         let head_deadline = conn.accepted + self.limits.head_timeout;
+        let serial = conn.serial;
         self.timers.push((head_deadline, key, serial), &self.conns);
-        // `on_read` registers the socket when it must wait for input.
         self.on_read(key, Phase::Head, outcome);
-        key
     }
 
     /// Makes sure connection `key`'s socket is watched for at least `wanted` (see
@@ -853,41 +857,32 @@ impl<D: Dispatcher> Server<D> {
     /// read, as one the loop accepted would; a running one's outbox is told its slot, and
     /// its output pumped.
     fn take_handed(&mut self) {
-        let Some(door) = &self.doorway else { return };
-        door.take_handed(&mut self.handed);
-        let door = Arc::clone(door);
-        for handed in std::mem::take(&mut self.handed) {
-            let conn = match &handed {
-                Handed::Fresh(conn, _) | Handed::Running(conn) => conn,
-            };
-            let serial = conn.serial;
-            let key = match handed {
-                Handed::Fresh(mut conn, outcome) => {
-                    if matches!(outcome, ReadOutcome::Pending) && conn.bytes_received() == 0 {
-                        // Held back by the kernel for sending nothing, as in `adopt`.
-                        if let Some(connected) = conn.accepted.checked_sub(self.accept_deferral) {
-                            conn.accepted = connected;
-                        }
-                    }
-                    let head_deadline = conn.accepted + self.limits.head_timeout;
+        let Some(door) = self.doorway.clone() else { return };
+        let mut handed = std::mem::take(&mut self.handed);
+        door.take_handed(&mut handed);
+        for connection in handed.drain(..) {
+            match connection {
+                Handed::Fresh(conn, outcome) => {
                     let key = self.conns.insert(conn);
                     door.loop_holds(self.conns.len());
-                    door.taken_in();
-                    self.timers.push((head_deadline, key, serial), &self.conns);
-                    self.on_read(key, Phase::Head, outcome);
-                    continue;
+                    door.let_go();
+                    self.after_first_read(key, outcome);
                 }
-                Handed::Running(conn) => self.conns.insert(conn),
-            };
-            door.loop_holds(self.conns.len());
-            door.taken_in();
-            if let Some(outbox) = &self.conns[key].outbox {
-                outbox.rebind(ConnId { key, serial });
+                Handed::Running(conn) => {
+                    let serial = conn.serial;
+                    let key = self.conns.insert(conn);
+                    door.loop_holds(self.conns.len());
+                    door.let_go();
+                    if let Some(outbox) = &self.conns[key].outbox {
+                        outbox.rebind(ConnId { key, serial });
+                    }
+                    self.timers
+                        .push((Instant::now() + WATCH_AFTER, key, serial), &self.conns);
+                    self.pump_output(key);
+                }
             }
-            self.timers
-                .push((Instant::now() + WATCH_AFTER, key, serial), &self.conns);
-            self.pump_output(key);
         }
+        self.handed = handed;
     }
 
     /// Follows the doorway's mode: the loop accepts only in loop mode (see `doorway`).
