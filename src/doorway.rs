@@ -419,6 +419,7 @@ pub struct Direct {
 impl Direct {
     /// After the app: closes the connection when its response went out whole and ended,
     /// otherwise gives it to the loop (to send the rest, linger, or reset it).
+    #[inline(never)] // Its locals stay off the stack the app runs on (see handling::worker_main).
     pub fn finish(self) {
         if !self.outbox.ended_alone() {
             self.outbox.attach();

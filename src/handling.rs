@@ -304,6 +304,7 @@ impl Shared {
 
     /// Waits (the caller has released the GIL) for the next request; `None` tells the thread
     /// to end. `finished` says the thread has just finished one.
+    #[inline(never)] // Its locals stay off the stack the app runs on (see worker_main).
     fn next_request(&self, slot: &WorkerSlot, finished: bool) -> Option<(Request, Option<Direct>)> {
         let mut queue = self.lock();
         if finished {
@@ -741,6 +742,10 @@ pub fn waiting_on_client<R>(wait: impl FnOnce() -> R) -> R {
     result
 }
 
+/// A worker thread's life. What it needs between requests (waiting, the doorway, handing a
+/// connection back) lives in functions kept out of line, so the app is called with a short
+/// stack under it: with a small app, a thread then touches two stack pages instead of three,
+/// 4 KiB less per thread (128 KiB at 32 threads).
 fn worker_main(shared: Arc<Shared>) {
     let slot = Arc::new(WorkerSlot::for_current_thread());
     shared
