@@ -59,7 +59,7 @@ fn raise_fd_limit() {
 /// Each heap keeping that much makes their number matter: glibc makes up to 8 per CPU, one
 /// for each new thread, each with pages of its own. No more threads than CPUs run at once, so
 /// one heap per CPU is kept, plus the event loop's. With 32 threads on 2 CPUs that is about
-/// 0.1 MiB less resident, and a bound of 3 MiB instead of 16 on what the heaps keep free.
+/// 0.1 MiB less resident, and 3 heaps instead of 16 that may each keep 1 MiB free.
 ///
 /// A threshold or heap count set in the environment (`MALLOC_TRIM_THRESHOLD_` and the like,
 /// `GLIBC_TUNABLES`) leaves malloc as it is.
