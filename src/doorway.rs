@@ -318,6 +318,12 @@ impl Doorway {
     /// the response need the loop. Anything else is handed to the loop, and `None` returned,
     /// as when there is no connection to take or the connection limit is reached.
     pub fn take(self: &Arc<Self>) -> Option<(Request, Direct)> {
+        if crate::supervisor::replacing() {
+            // This process asked to be replaced (--max-requests, --request-timeout): it takes
+            // no more connections, even before its loop has begun the drain.
+            self.close();
+            return None;
+        }
         let held = self.held.fetch_add(1, Ordering::SeqCst) + 1;
         if held + self.loop_held.load(Ordering::SeqCst) > self.limits.max_connections {
             // At --max-connections: the loop leaves the rest in the backlog until a slot frees.

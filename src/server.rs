@@ -472,6 +472,11 @@ impl<D: Dispatcher> Server<D> {
             // Idle workers accept (doorway mode), or the listener is closed.
             return;
         }
+        if crate::supervisor::replacing() {
+            // This process asked to be replaced: the SIGTERM it sent itself is on its way to
+            // the signal pipe, and the drain that follows takes the backlog in one go.
+            return;
+        }
         self.accept_some();
         if let Some(door) = &self.doorway {
             door.loop_holds(self.conns.len());

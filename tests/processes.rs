@@ -548,7 +548,7 @@ fn max_requests_recycles_workers_without_failures() {
     let pids: Vec<&String> = per_worker.keys().copied().collect();
     let busiest = per_worker.values().copied().max().unwrap_or(0);
     eprintln!(
-        "max-requests under load: {sent} requests in {secs:.1} s, {} failed, {} distinct workers",
+        "max-requests under load: {sent} requests in {secs:.1} s, {} failed, {} distinct workers, the busiest served {busiest}",
         failures.len(),
         pids.len()
     );
