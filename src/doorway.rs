@@ -70,6 +70,8 @@ pub struct Doorway {
     loop_held: AtomicUsize,
     /// The loop accepts as well (the workers have been busy past the grace period).
     loop_mode: AtomicBool,
+    /// Loop mode came on since the loop last looked (see [`Doorway::take_loop_call`]).
+    loop_called: AtomicBool,
     open: AtomicBool,
     /// For the first read of a connection a worker accepts.
     scratch: Mutex<Vec<u8>>,
@@ -139,6 +141,7 @@ impl Doorway {
                 held: AtomicUsize::new(0),
                 loop_held: AtomicUsize::new(0),
                 loop_mode: AtomicBool::new(false),
+                loop_called: AtomicBool::new(false),
                 open: AtomicBool::new(true),
                 starved: AtomicBool::new(false),
                 starved_until: Mutex::new(None),
@@ -259,7 +262,19 @@ impl Doorway {
     /// Lets the loop accept (the workers stayed busy), or leaves accepting to idle workers
     /// again. Returns whether that changed.
     pub fn set_loop_mode(&self, on: bool) -> bool {
-        self.loop_mode.swap(on, Ordering::AcqRel) != on
+        let changed = self.loop_mode.swap(on, Ordering::AcqRel) != on;
+        if changed && on {
+            self.loop_called.store(true, Ordering::Release);
+        }
+        changed
+    }
+
+    /// Loop side: whether loop mode came on since the last call. The loop then accepts even
+    /// if its registration on the listener is still there from before: the listener's
+    /// wake-ups are exclusive, and a worker woken for a connection it did not take (it had to
+    /// wait its turn) took the edge the loop would otherwise have seen.
+    pub fn take_loop_call(&self) -> bool {
+        self.loop_called.swap(false, Ordering::AcqRel)
     }
 
     /// A connection waits that workers may not take (at the connection limit, or out of
@@ -575,6 +590,18 @@ mod tests {
         assert!(door.loop_mode(), "the loop accepts when a slot frees");
         assert!(!door.accepting(), "workers stay away meanwhile");
         assert!(listener.accept().is_ok(), "still in the backlog");
+    }
+
+    #[test]
+    fn loop_mode_coming_on_calls_the_loop_once() {
+        let (_poll, _listener, door) = doorway(10);
+        assert!(!door.take_loop_call());
+        assert!(door.set_loop_mode(true));
+        assert!(!door.set_loop_mode(true), "already on");
+        assert!(door.take_loop_call());
+        assert!(!door.take_loop_call(), "once");
+        assert!(door.set_loop_mode(false));
+        assert!(!door.take_loop_call(), "going off calls nobody");
     }
 
     #[test]

@@ -893,8 +893,14 @@ impl<D: Dispatcher> Server<D> {
     /// Follows the doorway's mode: the loop accepts only in loop mode (see `doorway`).
     fn follow_doorway(&mut self) {
         let Some(door) = &self.doorway else { return };
+        let called = door.take_loop_call();
         let wanted = door.loop_mode() && self.listener.is_some();
         if wanted == self.listening {
+            if called && wanted {
+                // Still registered from before: a connection a worker was woken for and left
+                // announces itself no more (see `Doorway::take_loop_call`).
+                self.accept_all();
+            }
             return;
         }
         let Some(listener) = &self.listener else { return };
