@@ -274,7 +274,9 @@ impl Doorway {
     /// wake-ups are exclusive, and a worker woken for a connection it did not take (it had to
     /// wait its turn) took the edge the loop would otherwise have seen.
     pub fn take_loop_call(&self) -> bool {
-        self.loop_called.swap(false, Ordering::AcqRel)
+        // Looked at every loop round: read first, so the line the workers' counters share
+        // is written only when the call is there.
+        self.loop_called.load(Ordering::Acquire) && self.loop_called.swap(false, Ordering::AcqRel)
     }
 
     /// A connection waits that workers may not take (at the connection limit, or out of
