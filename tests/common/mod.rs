@@ -616,37 +616,82 @@ pub enum Listen {
 }
 
 /// Output of a child process collected by a background thread.
-#[derive(Default)]
 struct Captured {
     data: Vec<u8>,
     eof: bool,
+    /// The pipe's read end, open for as long as `eof` is false (the thread closes it only
+    /// after setting `eof`, under the lock).
+    fd: RawFd,
 }
 
 /// A shared, growing capture buffer.
 type Capture = Arc<Mutex<Captured>>;
 
 /// Starts a thread copying `src` into a new capture buffer until end of file.
-fn capture(mut src: impl Read + Send + 'static) -> Capture {
-    let buf: Capture = Arc::default();
+///
+/// The thread waits for data without the lock, then reads and appends under it: whoever
+/// holds the lock and finds the pipe empty has everything the child wrote before that.
+fn capture<S: Read + AsRawFd + Send + 'static>(mut src: S) -> Capture {
+    let fd = src.as_raw_fd();
+    let buf: Capture = Arc::new(Mutex::new(Captured {
+        data: Vec::new(),
+        eof: false,
+        fd,
+    }));
     let sink = Arc::clone(&buf);
     thread::spawn(move || {
         let mut chunk = [0u8; 8192];
         loop {
+            let mut pollfd = libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd; `src` keeps `fd` open.
+            if unsafe { libc::poll(&mut pollfd, 1, -1) } < 0 {
+                if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                break;
+            }
+            let mut captured = sink.lock().unwrap();
             match src.read(&mut chunk) {
                 Ok(0) => break,
-                Ok(n) => sink.lock().unwrap().data.extend_from_slice(&chunk[..n]),
+                Ok(n) => captured.data.extend_from_slice(&chunk[..n]),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => break,
             }
         }
         sink.lock().unwrap().eof = true;
+        drop(src);
     });
     buf
 }
 
-/// The captured text so far, as lossy UTF-8.
+/// Bytes written to the pipe `fd` and not read yet.
+fn pipe_pending(fd: RawFd) -> usize {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int; the caller holds the capture lock, so `fd` is open.
+    let rc = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) };
+    if rc == 0 {
+        n.max(0) as usize
+    } else {
+        0
+    }
+}
+
+/// The captured text so far, as lossy UTF-8: everything the child wrote before the call
+/// (it waits, up to 10 s, for the capture thread to drain the pipe).
 fn capture_text(c: &Capture) -> String {
-    String::from_utf8_lossy(&c.lock().unwrap().data).into_owned()
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let captured = c.lock().unwrap();
+        if captured.eof || pipe_pending(captured.fd) == 0 || Instant::now() >= deadline {
+            return String::from_utf8_lossy(&captured.data).into_owned();
+        }
+        drop(captured);
+        thread::sleep(Duration::from_millis(1));
+    }
 }
 
 /// Waits up to `timeout` for the capture thread to reach end of file.
