@@ -522,6 +522,13 @@ mod tests {
         door.take()
     }
 
+    /// What the doorway has handed to the loop since it was last asked.
+    fn handed(door: &Doorway) -> Vec<Handed> {
+        let mut handed = Vec::new();
+        door.take_handed(&mut handed);
+        handed
+    }
+
     #[test]
     fn a_whole_request_is_served_and_closed_by_the_worker_alone() {
         let (_poll, listener, door) = doorway(10);
@@ -539,9 +546,7 @@ mod tests {
         let mut got = Vec::new();
         client.read_to_end(&mut got).unwrap();
         assert_eq!(got, b"Status: 200 OK\r\n\r\nhi");
-        let mut handed = Vec::new();
-        door.take_handed(&mut handed);
-        assert!(handed.is_empty(), "the loop never heard of it");
+        assert!(handed(&door).is_empty(), "the loop never heard of it");
     }
 
     #[test]
@@ -549,9 +554,7 @@ mod tests {
         let (_poll, listener, door) = doorway(10);
         let _client = client_sending(&listener, &scgi("/partial")[..10]);
         assert!(take(&door).is_none());
-        let mut handed = Vec::new();
-        door.take_handed(&mut handed);
-        match handed.as_slice() {
+        match handed(&door).as_slice() {
             [Handed::Fresh(conn, ReadOutcome::Pending)] => assert_eq!(conn.bytes_received(), 10),
             _ => panic!("one fresh connection, waiting for more of its head"),
         }
@@ -569,17 +572,13 @@ mod tests {
         let body = vec![b'x'; 32 << 20];
         request.outbox.send(body, Some(End::Complete)).unwrap();
         assert!(!request.outbox.ended_alone());
-        let mut handed = Vec::new();
-        door.take_handed(&mut handed);
         assert!(
-            matches!(handed.as_slice(), [Handed::Running(_)]),
+            matches!(handed(&door).as_slice(), [Handed::Running(_)]),
             "handed over as soon as output was queued"
         );
         // The worker then has nothing left to do with it.
         direct.finish();
-        let mut more = Vec::new();
-        door.take_handed(&mut more);
-        assert!(more.is_empty(), "handed over once");
+        assert!(handed(&door).is_empty(), "handed over once");
     }
 
     #[test]
