@@ -1,5 +1,5 @@
 //! The `scgi-wsgi` binary: see the library for everything it does.
 
 fn main() -> std::process::ExitCode {
-    scgi_wsgi::main_entry()
+    scgi_wsgi::main()
 }

@@ -651,7 +651,7 @@ fn unix_socket_replaces_a_stale_file_and_refuses_a_live_one() {
     );
     assert_eq!(run.status.and_then(|s| s.code()), Some(1));
     assert!(run.stderr.contains("in use"), "{}", run.stderr);
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    kill(child.id(), libc::SIGTERM);
     let status = wait_child(&mut child, Duration::from_secs(10)).expect("exits");
     assert_eq!(status.code(), Some(0));
     assert!(!path.exists(), "the socket file is removed at exit");

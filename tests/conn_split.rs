@@ -8,10 +8,7 @@ use std::os::unix::net::UnixStream as StdUnixStream;
 use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
-use scgi_wsgi::cli::Limits;
-use scgi_wsgi::conn::{Conn, Phase, ReadOutcome, Refusal};
-use scgi_wsgi::dispatch::Body;
-use scgi_wsgi::listen::Stream;
+use scgi_wsgi::{Answer, Body, Conn, Limits, Phase, ReadOutcome, Stream};
 
 /// What a connection made of its input, in a comparable form.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,7 +20,7 @@ enum Outcome {
         spilled: bool,
     },
     /// Refused with this status and cause.
-    Refused(Refusal),
+    Refused(Answer),
     /// Still reading when the client ended its side, in this phase, with this many bytes in.
     ClosedWhile(Phase, usize),
 }

@@ -134,7 +134,7 @@ fn a_stop_signal_sent_to_every_process_still_lets_the_request_in_flight_finish()
     std::thread::sleep(Duration::from_millis(300));
     // As Ctrl-C or systemd's default KillMode do: the front and its worker process both get it.
     for sig in [libc::SIGUSR1, libc::SIGHUP, libc::SIGINT] {
-        unsafe { libc::kill(worker as i32, sig) };
+        kill(worker, sig);
     }
     server.signal(libc::SIGINT);
     let (raw, _) = stream.read_until_eof(Duration::from_secs(10));

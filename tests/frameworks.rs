@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use common::{apps_dir, apps_dir_str, Response, ScgiRequest, Server};
+use common::{apps_dir, apps_dir_str, kill, Response, ScgiRequest, Server};
 
 /// One request, given to both the server (over SCGI) and the test client.
 struct Case {
@@ -139,7 +139,7 @@ fn test_client_results(framework: &str, cases: &[Case]) -> Vec<Expected> {
         Ok(output) => output.unwrap(),
         Err(_) => {
             // SAFETY: kill(2) has no memory-safety preconditions; the helper is our child.
-            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+            kill(pid, libc::SIGKILL);
             panic!("the {framework} test-client helper did not finish within 60 s");
         }
     };

@@ -233,14 +233,14 @@ impl Drop for Frontend {
         let pid = self.child.id();
         let workers = descendants(pid);
         // SAFETY: kill(2) has no memory-safety preconditions.
-        unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+        kill(pid, libc::SIGTERM);
         if wait_child(&mut self.child, Duration::from_secs(10)).is_none() {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
         for worker in workers {
             // SAFETY: as above; the frontend's own workers, by pid.
-            unsafe { libc::kill(worker as libc::pid_t, libc::SIGKILL) };
+            kill(worker, libc::SIGKILL);
         }
         if std::thread::panicking() {
             eprintln!("{}", self.logs());
@@ -718,7 +718,7 @@ impl CallScgi {
     /// callscgi's end: SIGTERM, and the server exits cleanly.
     fn terminate(mut self) {
         // SAFETY: kill(2) has no memory-safety preconditions.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        kill(self.child.id(), libc::SIGTERM);
         let status = wait_child(&mut self.child, Duration::from_secs(20));
         assert_eq!(
             status.map(|s| s.success()),

@@ -12,8 +12,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{
-    apps_dir_str, descendants, wait_child, wait_until, Addr, ReadEnd, Response, ScgiRequest, Server, Stream,
-    TempDir, REQUEST_TIMEOUT,
+    apps_dir_str, descendants, kill, wait_child, wait_until, Addr, ReadEnd, Response, ScgiRequest, Server,
+    Stream, TempDir, REQUEST_TIMEOUT,
 };
 
 const LOG_WAIT: Duration = Duration::from_secs(10);
@@ -588,7 +588,7 @@ fn file_wrapper_uses_sendfile() {
     // Stop the traced server by its pid; strace then exits by itself.
     for pid in server_pids {
         // SAFETY: kill(2) has no memory-safety preconditions.
-        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+        kill(pid, libc::SIGKILL);
     }
     if wait_child(&mut strace, Duration::from_secs(10)).is_none() {
         let _ = strace.kill();

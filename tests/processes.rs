@@ -196,7 +196,7 @@ fn stalled_connections_in_the_backlog_do_not_hold_up_the_request_behind_them() {
         // Stopped, the server accepts nothing: everything below waits in the backlog.
         for pid in &acceptors {
             // SAFETY: signals a process this test started.
-            unsafe { libc::kill(*pid as i32, libc::SIGSTOP) };
+            kill(*pid, libc::SIGSTOP);
         }
         let stalled: Vec<Stream> = (0..600)
             .map(|_| {
@@ -210,7 +210,7 @@ fn stalled_connections_in_the_backlog_do_not_hold_up_the_request_behind_them() {
         let resumed = Instant::now();
         for pid in &acceptors {
             // SAFETY: as above.
-            unsafe { libc::kill(*pid as i32, libc::SIGCONT) };
+            kill(*pid, libc::SIGCONT);
         }
         let (raw, end) = behind.read_until_eof(Duration::from_secs(20));
         let took = resumed.elapsed();
@@ -264,7 +264,7 @@ fn every_listener_kind_is_shared() {
         // A worker that stops must not remove the master's socket file.
         let mut server = server;
         let victim = pids[0];
-        unsafe { libc::kill(victim as i32, libc::SIGKILL) };
+        kill(victim, libc::SIGKILL);
         wait_for_workers(&server, 2, &[victim]);
         assert!(path.exists(), "{listen:?}: socket file gone after a worker died");
         assert_eq!(server.get("/env").status, 200);
@@ -325,7 +325,7 @@ fn a_killed_worker_is_replaced_under_load() {
     let load = Load::start(&server.addr, "/pid", clients);
     load.wait_for_more(50, Duration::from_secs(60), &server);
     let victim = before[0];
-    unsafe { libc::kill(victim as i32, libc::SIGKILL) };
+    kill(victim, libc::SIGKILL);
     assert!(
         server.wait_for_log(
             &format!("worker {victim} was killed by signal 9 (SIGKILL); starting a replacement"),
@@ -473,7 +473,7 @@ fn sigterm_drains(to_every_process: bool) {
     );
     if to_every_process {
         for pid in &pids {
-            unsafe { libc::kill(*pid as i32, libc::SIGTERM) };
+            kill(*pid, libc::SIGTERM);
         }
     }
     server.signal(libc::SIGTERM);
@@ -647,6 +647,7 @@ fn start_activated(extra: &[&str]) -> (Server, SocketAddr) {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    // SAFETY: only async-signal-safe calls (fcntl, dup2) between fork and exec.
     unsafe {
         command.pre_exec(move || {
             if fd == 3 {
@@ -700,7 +701,7 @@ fn the_socket_file_belongs_to_the_user_and_group_switched_to() {
         "-A",
         "procapp",
     ];
-    if unsafe { libc::geteuid() } != 0 {
+    if euid() != 0 {
         let run = run_raw(&args, &[], Duration::from_secs(20));
         assert_eq!(run.status.and_then(|s| s.code()), Some(1), "{}", run.stderr);
         return;
@@ -743,7 +744,7 @@ fn privileges_are_dropped_after_binding() {
         "-A",
         "procapp",
     ];
-    if unsafe { libc::geteuid() } != 0 {
+    if euid() != 0 {
         let run = run_raw(&args, &[], Duration::from_secs(20));
         assert_eq!(run.status.and_then(|s| s.code()), Some(1));
         assert!(
@@ -1054,7 +1055,7 @@ fn sigusr1_without_an_access_log_is_ignored_with_a_note() {
         let mut pids = descendants(server.pid());
         pids.push(server.pid());
         for pid in pids {
-            unsafe { libc::kill(pid as i32, libc::SIGUSR1) };
+            kill(pid, libc::SIGUSR1);
         }
         assert!(server.wait_for_log(
             "SIGUSR1 ignored: there is no --access-log to reopen",

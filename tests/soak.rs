@@ -225,7 +225,6 @@ fn soak_mixed_load() {
     ]);
     let pid = server.pid();
     let tally = Tally::default();
-    let stop = AtomicBool::new(false);
     let before = sample(pid);
     let unit = if period >= Duration::from_secs(60) {
         "minute"
@@ -233,10 +232,34 @@ fn soak_mixed_load() {
         "period"
     };
     println!("soak: {periods} {unit}s of {period:?}; server pid {pid}; at start {before:?}");
+    let samples = run_load(&server, &tally, periods, period, unit);
+
+    let failures = tally.first_failures.lock().unwrap().clone();
+    assert_eq!(
+        tally.good_failed.load(Ordering::Relaxed),
+        0,
+        "failed good requests, first ones:\n{}\nserver stderr (end):\n{}",
+        failures.join("\n"),
+        tail(&server.stderr_text(), 4000)
+    );
+    assert!(
+        tally.good_ok.load(Ordering::Relaxed) > 0,
+        "no good request went through"
+    );
+
+    assert_flat(&samples, before, pid);
+    assert_eq!(server.get("/ok").text(), "ok");
+}
+
+/// Runs the mixed load for `periods` periods of `period`, sampling the server at the end of
+/// each.
+fn run_load(server: &Server, tally: &Tally, periods: u32, period: Duration, unit: &str) -> Vec<Sample> {
+    let pid = server.pid();
+    let stop = AtomicBool::new(false);
     let mut samples = Vec::new();
     thread::scope(|s| {
         for i in 0..GOOD_CLIENTS {
-            let (server, stop, tally) = (&server, &stop, &tally);
+            let stop = &stop;
             s.spawn(move || {
                 let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ i as u64);
                 while !stop.load(Ordering::Relaxed) {
@@ -247,14 +270,14 @@ fn soak_mixed_load() {
         s.spawn(|| {
             let mut rng = Rng(0xbad_f00d);
             while !stop.load(Ordering::Relaxed) {
-                malformed_request(&server, &mut rng, &tally);
+                malformed_request(server, &mut rng, tally);
             }
         });
-        s.spawn(|| stall_loop(&server, &stop, &tally));
+        s.spawn(|| stall_loop(server, &stop, tally));
         s.spawn(|| {
             let mut rng = Rng(0xd15c_0111);
             while !stop.load(Ordering::Relaxed) {
-                early_disconnect(&server, &mut rng, &tally);
+                early_disconnect(server, &mut rng, tally);
             }
         });
         let started = Instant::now();
@@ -277,20 +300,12 @@ fn soak_mixed_load() {
         }
         stop.store(true, Ordering::Relaxed);
     });
+    samples
+}
 
-    let failures = tally.first_failures.lock().unwrap().clone();
-    assert_eq!(
-        tally.good_failed.load(Ordering::Relaxed),
-        0,
-        "failed good requests, first ones:\n{}\nserver stderr (end):\n{}",
-        failures.join("\n"),
-        tail(&server.stderr_text(), 4000)
-    );
-    assert!(
-        tally.good_ok.load(Ordering::Relaxed) > 0,
-        "no good request went through"
-    );
-
+/// Checks that RSS and descriptors stayed flat from period 2 to the end, and that every
+/// connection went once the load stopped.
+fn assert_flat(samples: &[Sample], before: Sample, pid: u32) {
     // Flat from period 2 to the end. Descriptors are sampled under load, so they vary with
     // the connections in flight (stalled ones included); RSS must not trend upwards.
     let from = samples[1];
@@ -325,7 +340,6 @@ fn soak_mixed_load() {
         before.fds,
         proc_fd_targets(pid)
     );
-    assert_eq!(server.get("/ok").text(), "ok");
 }
 
 /// The last `n` bytes of a log, for failure messages.

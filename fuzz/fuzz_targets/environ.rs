@@ -10,8 +10,7 @@ use libfuzzer_sys::fuzz_target;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
 use scgi_wsgi::scgi;
-use scgi_wsgi::wsgi::environ::{build, EnvironConsts};
-use scgi_wsgi::wsgi::interp;
+use scgi_wsgi::fuzzing::{build, initialize, EnvironConsts};
 
 static INIT: Once = Once::new();
 
@@ -89,7 +88,7 @@ thread_local! {
 
 fuzz_target!(|data: &[u8]| {
     INIT.call_once(|| {
-        interp::initialize(None, &[]).expect("Python starts");
+        initialize(None, &[]).expect("Python starts");
     });
     Python::attach(|py| {
         CONSTS.with(|cell| {

@@ -5,7 +5,7 @@ use pyo3::exceptions::PyModuleNotFoundError;
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 
-use crate::error::AppError;
+use crate::base::error::AppError;
 
 /// One line describing a Python exception: `Type: message (at file:line)`.
 pub fn one_line(py: Python<'_>, err: &PyErr) -> String {

@@ -14,6 +14,9 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::PyType;
 
+use crate::base::log::warning;
+use crate::base::sys;
+
 /// Block size when the app names none (as in `wsgiref.util.FileWrapper`).
 const DEFAULT_BLKSIZE: usize = 8192;
 
@@ -97,9 +100,10 @@ impl FileWrapper {
             .ok()?
             .extract()
             .ok()?;
-        // SAFETY: fstat writes into a zeroed stat buffer; a bad descriptor only makes it fail.
+        // SAFETY: a zeroed stat is valid to be filled in.
         let mut stat: libc::stat = unsafe { std::mem::zeroed() };
-        if fd < 0 || unsafe { libc::fstat(fd, &mut stat) } != 0 {
+        // SAFETY: fstat writes into `stat`; a bad descriptor only makes it fail.
+        if fd < 0 || sys::check(unsafe { libc::fstat(fd, &mut stat) }).is_err() {
             return None;
         }
         // sendfile reads only from files that support it; regular files always do. A size of
@@ -116,21 +120,22 @@ impl FileWrapper {
             Ok(Some(tell)) => tell.call0().ok()?.extract::<u64>().ok()?,
             _ => {
                 // SAFETY: lseek on a valid descriptor has no memory effects.
-                let pos = unsafe { libc::lseek(fd, 0, libc::SEEK_CUR) };
+                let pos = sys::check(unsafe { libc::lseek(fd, 0, libc::SEEK_CUR) }).ok()?;
                 u64::try_from(pos).ok()?
             }
         };
         let len = u64::try_from(stat.st_size).ok()?.saturating_sub(offset);
         // SAFETY: F_DUPFD_CLOEXEC returns a new descriptor that we own, or -1.
-        let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
-        if dup < 0 {
-            crate::warning!(
-                "wsgi",
-                "cannot duplicate the descriptor of a wrapped file ({}); sending it through Python",
-                std::io::Error::last_os_error()
-            );
-            return None;
-        }
+        let dup = match sys::check(unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) }) {
+            Ok(dup) => dup,
+            Err(e) => {
+                warning!(
+                    "wsgi",
+                    "cannot duplicate the descriptor of a wrapped file ({e}); sending it through Python"
+                );
+                return None;
+            }
+        };
         // SAFETY: `dup` is a fresh descriptor nobody else owns.
         let file = unsafe { File::from_raw_fd(dup) };
         Some(FileSource { file, offset, len })

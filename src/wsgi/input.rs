@@ -8,7 +8,7 @@ use pyo3::exceptions::PyOSError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList};
 
-use crate::dispatch::Body;
+use crate::seam::request::Body;
 
 /// How much of a spilled body to read per step while looking for a line end.
 const LINE_SCAN: usize = 8192;

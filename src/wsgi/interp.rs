@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use pyo3::ffi;
 use pyo3::prelude::*;
 
-use crate::error::AppError;
+use crate::base::error::AppError;
 
 /// The interpreter executable found at build time.
 pub const BUILD_PYTHON: &str = env!("SCGI_WSGI_BUILD_PYTHON");
@@ -47,6 +47,7 @@ fn status_error(status: ffi::PyStatus) -> AppError {
     let message = if status.err_msg.is_null() {
         "unknown error".to_string()
     } else {
+        // SAFETY: a non-NULL err_msg is a static NUL-terminated string set by CPython.
         unsafe { std::ffi::CStr::from_ptr(status.err_msg) }
             .to_string_lossy()
             .into_owned()
@@ -60,6 +61,10 @@ pub fn initialize(program: Option<&Path>, argv: &[String]) -> Result<(), AppErro
     let program = program
         .map(Path::to_path_buf)
         .or_else(|| Some(PathBuf::from(BUILD_PYTHON)).filter(|p| !BUILD_PYTHON.is_empty() && p.exists()));
+    // SAFETY: the PyConfig API used as documented: initialised before use, every string
+    // passed lives until the call that copies it returns, cleared once. Python is not yet
+    // initialised (this runs once, before any thread attaches); afterwards this thread
+    // releases the GIL it holds, as worker threads take it with `Python::attach`.
     unsafe {
         let mut config = MaybeUninit::<ffi::PyConfig>::uninit();
         ffi::PyConfig_InitPythonConfig(config.as_mut_ptr());

@@ -1,5 +1,5 @@
 //! Everything that touches Python: the interpreter, the app, the environ, wsgi.input and the
-//! response. Nothing here knows about sockets beyond the [`Outbox`](crate::dispatch::Outbox)
+//! response. Nothing here knows about sockets beyond the [`Outbox`](crate::seam::outbox::Outbox)
 //! a request carries.
 
 pub mod app;
@@ -7,7 +7,6 @@ pub mod environ;
 pub mod file_wrapper;
 pub mod input;
 pub mod interp;
-pub mod pathinfo;
 pub mod response;
 pub mod rplex;
 pub mod wsgidir;
@@ -16,8 +15,11 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use pyo3::prelude::*;
 
-use crate::dispatch::{End, Request};
-use crate::handling::RequestHandler;
+use crate::base::log::error;
+use crate::pool::RequestHandler;
+use crate::proto::pathinfo;
+use crate::seam::outbox::End;
+use crate::seam::request::Request;
 
 /// Serves requests with one WSGI application object.
 pub struct WsgiHandler {
@@ -70,7 +72,7 @@ impl RequestHandler for WsgiHandler {
             response::serve(py, self.app.bind(py), &self.consts, request, handoff)
         }));
         if served.is_err() {
-            crate::error!(
+            error!(
                 "wsgi",
                 "internal error while serving a request; connection dropped"
             );

@@ -15,14 +15,12 @@ use super::app::traceback_text;
 use super::environ::{self, EnvironConsts};
 use super::file_wrapper::{FileSource, FileWrapper};
 use super::input::InputStream;
-use crate::dispatch::{Chunk, ClientGone, End, Outbox, Request};
-
-/// The response sent when the app fails before sending anything.
-pub const INTERNAL_ERROR: &[u8] = b"Status: 500 Internal Server Error\r\n\
-Content-Type: text/plain; charset=utf-8\r\nContent-Length: 26\r\n\r\n500 Internal Server Error\n";
-
-/// The length of [`INTERNAL_ERROR`]'s body, for the access log.
-pub const INTERNAL_ERROR_BODY: u64 = crate::dispatch::cgi_body_len(INTERNAL_ERROR);
+use crate::base::access;
+use crate::base::log::{self, debug, error, warning};
+use crate::pool::waiting_on_client;
+use crate::proto::cgi::INTERNAL_ERROR;
+use crate::seam::outbox::{Chunk, ClientGone, End, Outbox};
+use crate::seam::request::{Body, Request};
 
 /// From this size on, a response chunk is written to the socket without the GIL, so other
 /// Python threads run meanwhile; below it, releasing and taking the GIL back costs more.
@@ -71,7 +69,7 @@ impl ResponseState {
             let allowed = declared.saturating_sub(self.body_sent);
             if (data.len() as u64) > allowed {
                 if !self.overflow_logged {
-                    crate::warning!(
+                    warning!(
                         "wsgi",
                         "app sent more than its Content-Length of {declared} bytes; the excess is dropped"
                     );
@@ -103,7 +101,7 @@ impl ResponseState {
         if self.outbox.is_full() && !self.multiplexed {
             let outbox = Arc::clone(&self.outbox);
             // Counted as blocked, so the pool may run another request meanwhile.
-            py.detach(move || crate::handling::waiting_on_client(|| outbox.wait_for_room()))
+            py.detach(move || waiting_on_client(|| outbox.wait_for_room()))
                 .map_err(client_gone)?;
         }
         Ok(())
@@ -158,7 +156,7 @@ impl ResponseState {
         }
         match self.content_length {
             Some(declared) if self.body_sent < declared && !self.is_head_request => {
-                crate::warning!(
+                warning!(
                     "wsgi",
                     "response shorter than its Content-Length: {} of {declared} bytes; connection cut",
                     self.body_sent
@@ -357,12 +355,13 @@ fn build_head(status: &Bound<'_, PyAny>, headers: &Bound<'_, PyAny>) -> PyResult
 /// A response iterator handed to rplex's response thread, with what finishing it needs.
 pub struct PlexJob {
     result: Py<PyAny>,
-    iter: Py<PyIterator>,
+    /// The response's iterator (set when the job is handed over).
+    iter: Option<Py<PyIterator>>,
     responder: Py<StartResponse>,
     environ: Py<PyDict>,
     outbox: Arc<Outbox>,
     /// The access log's entry, written when the response is done.
-    access: Option<crate::access::Entry>,
+    access: Option<access::Entry>,
 }
 
 /// Where [`PlexJob::advance`] left a response.
@@ -386,11 +385,13 @@ impl PlexJob {
     pub fn advance(&mut self, py: Python<'_>, budget: usize) -> Step {
         let responder = self.responder.bind(py);
         let environ = self.environ.bind(py);
-        let iter = self.iter.bind(py);
+        let Some(iter) = self.iter.as_ref().map(|iter| iter.bind(py)) else {
+            return Step::Done;
+        };
         let mut outcome = Ok(false);
         for _ in 0..budget {
             if self.outbox.client_gone() {
-                crate::debug!("wsgi", "client went away during {}", request_line(environ));
+                debug!("wsgi", "client went away during {}", request_line(environ));
                 self.outbox.finish(End::Abort);
                 outcome = Ok(true);
                 break;
@@ -421,14 +422,14 @@ impl PlexJob {
 /// What the access log records for a response: the status and body bytes sent, or the 500
 /// page when the app failed before its response began. A request answered 504 for running
 /// too long has its line from the watch that answered it.
-fn record_access(entry: &mut Option<crate::access::Entry>, state: &ResponseState) {
+fn record_access(entry: &mut Option<access::Entry>, state: &ResponseState) {
     let Some(mut entry) = entry.take() else { return };
     if state.outbox.timed_out() {
         entry.discard();
     } else if state.head_sent {
         entry.set_result(state.status, state.body_sent);
     } else {
-        entry.set_result(500, INTERNAL_ERROR_BODY);
+        entry.set_result(INTERNAL_ERROR.code(), INTERNAL_ERROR.body_len());
     }
 }
 
@@ -466,50 +467,23 @@ pub fn serve(
         accepted,
     } = request;
     // Logged when dropped: on every way out of this function.
-    let mut access = crate::access::begin(&buf[payload.clone()], accepted);
+    let mut access = access::begin(&buf[payload.clone()], accepted);
     let environ = match environ::build(py, &buf[payload], consts) {
         Ok(environ) => environ,
         Err(err) => {
-            crate::error!("wsgi", "cannot build the environ: {}", traceback_text(py, &err));
-            let _ = outbox.send(INTERNAL_ERROR.to_vec(), Some(End::Complete));
+            error!("wsgi", "cannot build the environ: {}", traceback_text(py, &err));
+            let _ = outbox.send(INTERNAL_ERROR.response(), Some(End::Complete));
             if let Some(entry) = access.as_mut() {
-                entry.set_result(500, INTERNAL_ERROR_BODY);
+                entry.set_result(INTERNAL_ERROR.code(), INTERNAL_ERROR.body_len());
             }
             return;
         }
     };
-    // The environ holds the first REQUEST_METHOD already: one lookup instead of a second header scan.
-    let is_head_request = environ
-        .get_item(intern!(py, "REQUEST_METHOD"))
-        .ok()
-        .flatten()
-        .is_some_and(|method| {
-            method
-                .cast::<PyString>()
-                .is_ok_and(|m| m.to_str().is_ok_and(|m| m == "HEAD"))
-        });
-    let responder = StartResponse {
-        state: ResponseState {
-            outbox: Arc::clone(&outbox),
-            pending: None,
-            head_sent: false,
-            content_length: None,
-            body_sent: 0,
-            overflow_logged: false,
-            is_head_request,
-            multiplexed: handoff.is_some(),
-            status: 0,
-        },
-    };
-    let prepared = Bound::new(py, InputStream::new(buf, body))
-        .and_then(|input| environ.set_item(intern!(py, "wsgi.input"), input))
-        .and_then(|_| environ.set_item(intern!(py, "wsgi.file_wrapper"), py.get_type::<FileWrapper>()))
-        .and_then(|_| Bound::new(py, responder));
-    let responder = match prepared {
+    let responder = match prepare(py, &environ, buf, body, &outbox, handoff.is_some()) {
         Ok(responder) => responder,
         Err(err) => {
-            crate::error!("wsgi", "cannot prepare the request: {}", traceback_text(py, &err));
-            let _ = outbox.send(INTERNAL_ERROR.to_vec(), Some(End::Complete));
+            error!("wsgi", "cannot prepare the request: {}", traceback_text(py, &err));
+            let _ = outbox.send(INTERNAL_ERROR.response(), Some(End::Complete));
             return;
         }
     };
@@ -522,39 +496,15 @@ pub fn serve(
         }
     };
     if let Some(handoff) = handoff {
-        // A file the event loop can sendfile() needs no iterating: send it from here.
-        if let Some(source) = result
-            .cast::<FileWrapper>()
-            .ok()
-            .and_then(|wrapper| wrapper.borrow().file_source(py))
-        {
-            let sent = responder.borrow_mut().state.send_file(py, source);
-            if let Err(err) = sent {
-                fail(py, &environ, &responder, &err);
-            }
-            record_access(&mut access, &responder.borrow().state);
-            return close_iterable(py, &result, &environ);
-        }
-        let ready = [
-            result.cast::<PyList>().map(|l| l.len()).ok(),
-            result.cast::<PyTuple>().map(|t| t.len()).ok(),
-        ];
-        if !ready.iter().any(|n| n.is_some_and(|n| n <= 1)) {
-            match result.try_iter() {
-                Ok(iter) => {
-                    return handoff(PlexJob {
-                        result: result.unbind(),
-                        iter: iter.unbind(),
-                        responder: responder.unbind(),
-                        environ: environ.unbind(),
-                        outbox,
-                        access: access.take(),
-                    })
-                }
-                Err(err) => fail(py, &environ, &responder, &err),
-            }
-            return close_iterable(py, &result, &environ);
-        }
+        let job = PlexJob {
+            result: result.unbind(),
+            iter: None,
+            responder: responder.unbind(),
+            environ: environ.unbind(),
+            outbox,
+            access,
+        };
+        return hand_off(py, job, handoff);
     }
     if let Err(err) = iterate(py, &result, &responder) {
         fail(py, &environ, &responder, &err);
@@ -562,6 +512,87 @@ pub fn serve(
     // PEP 3333: close() whenever the iterable has one, however the response ended.
     close_iterable(py, &result, &environ);
     record_access(&mut access, &responder.borrow().state);
+}
+
+/// Completes the environ (`wsgi.input`, `wsgi.file_wrapper`) and makes the response's
+/// `start_response` (`multiplexed`: rplex's response thread will iterate it).
+fn prepare<'py>(
+    py: Python<'py>,
+    environ: &Bound<'py, PyDict>,
+    buf: Vec<u8>,
+    body: Body,
+    outbox: &Arc<Outbox>,
+    multiplexed: bool,
+) -> PyResult<Bound<'py, StartResponse>> {
+    // The environ holds the first REQUEST_METHOD already: one lookup instead of a second header scan.
+    let is_head_request = environ
+        .get_item(intern!(py, "REQUEST_METHOD"))
+        .ok()
+        .flatten()
+        .is_some_and(|method| {
+            method
+                .cast::<PyString>()
+                .is_ok_and(|m| m.to_str().is_ok_and(|m| m == "HEAD"))
+        });
+    let responder = StartResponse {
+        state: ResponseState {
+            outbox: Arc::clone(outbox),
+            pending: None,
+            head_sent: false,
+            content_length: None,
+            body_sent: 0,
+            overflow_logged: false,
+            is_head_request,
+            multiplexed,
+            status: 0,
+        },
+    };
+    let input = Bound::new(py, InputStream::new(buf, body))?;
+    environ.set_item(intern!(py, "wsgi.input"), input)?;
+    environ.set_item(intern!(py, "wsgi.file_wrapper"), py.get_type::<FileWrapper>())?;
+    Bound::new(py, responder)
+}
+
+/// rplex: hands a response that is more than one ready chunk to the response thread; sends
+/// the others (a file for the loop to `sendfile`, a list or tuple of at most one item) here.
+fn hand_off(py: Python<'_>, mut job: PlexJob, handoff: &dyn Fn(PlexJob)) {
+    let result = job.result.bind(py).clone();
+    let responder = job.responder.bind(py).clone();
+    let environ = job.environ.bind(py).clone();
+    // A file the event loop can sendfile() needs no iterating: send it from here.
+    if let Some(source) = result
+        .cast::<FileWrapper>()
+        .ok()
+        .and_then(|wrapper| wrapper.borrow().file_source(py))
+    {
+        let sent = responder.borrow_mut().state.send_file(py, source);
+        if let Err(err) = sent {
+            fail(py, &environ, &responder, &err);
+        }
+        record_access(&mut job.access, &responder.borrow().state);
+        return close_iterable(py, &result, &environ);
+    }
+    let ready = [
+        result.cast::<PyList>().map(|l| l.len()).ok(),
+        result.cast::<PyTuple>().map(|t| t.len()).ok(),
+    ];
+    if ready.iter().any(|n| n.is_some_and(|n| n <= 1)) {
+        if let Err(err) = iterate(py, &result, &responder) {
+            fail(py, &environ, &responder, &err);
+        }
+        close_iterable(py, &result, &environ);
+        return record_access(&mut job.access, &responder.borrow().state);
+    }
+    match result.try_iter() {
+        Ok(iter) => {
+            job.iter = Some(iter.unbind());
+            handoff(job)
+        }
+        Err(err) => {
+            fail(py, &environ, &responder, &err);
+            close_iterable(py, &result, &environ);
+        }
+    }
 }
 
 /// Whether a Content-Length may be added to `head`: not to 1xx, 204 and 304 responses,
@@ -672,15 +703,11 @@ fn request_line(environ: &Bound<'_, PyDict>) -> String {
         _ => format!("{}{}", get("SCRIPT_NAME"), get("PATH_INFO")),
     };
     let method = get("REQUEST_METHOD");
-    format!(
-        "{} {}",
-        crate::log::printable(&method, &[]),
-        crate::log::printable(&uri, &[])
-    )
+    format!("{} {}", log::printable(&method, &[]), log::printable(&uri, &[]))
 }
 
 fn log_app_error(py: Python<'_>, environ: &Bound<'_, PyDict>, what: &str, err: &PyErr) {
-    crate::error!(
+    error!(
         "wsgi",
         "{what} for {}:\n{}",
         request_line(environ),
@@ -693,7 +720,7 @@ fn fail(py: Python<'_>, environ: &Bound<'_, PyDict>, responder: &Bound<'_, Start
     let this = responder.borrow();
     let outbox = &this.state.outbox;
     if outbox.client_gone() {
-        crate::debug!("wsgi", "client went away during {}", request_line(environ));
+        debug!("wsgi", "client went away during {}", request_line(environ));
         outbox.finish(End::Abort);
         return;
     }
@@ -707,6 +734,6 @@ fn fail(py: Python<'_>, environ: &Bound<'_, PyDict>, responder: &Bound<'_, Start
         outbox.finish(End::Abort);
     } else {
         log_app_error(py, environ, "the app failed; answering 500", err);
-        let _ = outbox.send(INTERNAL_ERROR.to_vec(), Some(End::Complete));
+        let _ = outbox.send(INTERNAL_ERROR.response(), Some(End::Complete));
     }
 }

@@ -14,7 +14,8 @@ use pyo3::prelude::*;
 use slab::Slab;
 
 use super::response::{PlexJob, Step};
-use crate::dispatch::End;
+use crate::base::log::error;
+use crate::seam::outbox::End;
 
 /// Chunks one response may produce before the others get a turn.
 const TURN_BUDGET: usize = 8;
@@ -94,7 +95,7 @@ fn run(py: Python<'_>, shared: &Arc<Shared>) {
             let job = &mut jobs[key];
             // A panic must not take the thread, and with it every response, down.
             let step = catch_unwind(AssertUnwindSafe(|| job.advance(py, TURN_BUDGET))).unwrap_or_else(|_| {
-                crate::error!(
+                error!(
                     "wsgi",
                     "internal error while iterating a response; connection dropped"
                 );

@@ -44,6 +44,18 @@ pub fn apps_dir_str() -> String {
     apps_dir().to_str().expect("apps dir is UTF-8").to_owned()
 }
 
+/// Sends signal `sig` to process `pid`; whether it was delivered (the process may have gone).
+pub fn kill(pid: u32, sig: i32) -> bool {
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    unsafe { libc::kill(pid as libc::pid_t, sig) == 0 }
+}
+
+/// The effective user id the tests run as.
+pub fn euid() -> u32 {
+    // SAFETY: geteuid(2) has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
 /// Sleeps one poll interval, but never past `deadline`.
 fn poll_sleep(deadline: Instant) {
     let left = deadline.saturating_duration_since(Instant::now());

@@ -8,10 +8,15 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::cli::Limits;
-use crate::dispatch::{Body, Chunk, End, Outbox};
-use crate::listen::Stream;
-use crate::scgi::{self, HeadError, HeadInfo, Status};
+use super::listen::Stream;
+use crate::base::config::Limits;
+use crate::base::log::warning;
+use crate::base::sys;
+use crate::proto::cgi::Answer;
+use crate::proto::scgi::{self, HeadError, HeadInfo, Status};
+use crate::seam::notifier::Notifier;
+use crate::seam::outbox::{Chunk, ConnId, End, Outbox};
+use crate::seam::request::{Body, Request};
 
 /// How long a closing connection may take to send its end of stream after ours.
 pub const LINGER: Duration = Duration::from_secs(2);
@@ -41,55 +46,15 @@ pub enum Phase {
     Lingering,
 }
 
-/// Why a request was refused before it reached the app: an HTTP status and a cause.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refusal {
-    /// Status line text, e.g. `400 Bad Request`.
-    pub status: &'static str,
-    /// The cause, for the log line and the response body.
-    pub cause: String,
-}
-
-impl Refusal {
-    pub fn new(status: &'static str, cause: impl Into<String>) -> Refusal {
-        Refusal {
-            status,
-            cause: cause.into(),
-        }
-    }
-
-    /// The status code, for the access log.
-    pub fn code(&self) -> u16 {
-        self.status.get(..3).and_then(|c| c.parse().ok()).unwrap_or(0)
-    }
-
-    /// The length of [`Refusal::response`]'s body.
-    pub fn body_len(&self) -> u64 {
-        (self.status.len() + 2 + self.cause.len() + 1) as u64
-    }
-
-    /// The CGI-style response that carries this refusal.
-    pub fn response(&self) -> Vec<u8> {
-        let body = format!("{}: {}\n", self.status, self.cause);
-        format!(
-            "Status: {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n\r\n{}",
-            self.status,
-            body.len(),
-            body
-        )
-        .into_bytes()
-    }
-}
-
-impl From<HeadError> for Refusal {
-    fn from(e: HeadError) -> Refusal {
-        // The SCGI reference treats an oversized head as malformed: 400, naming the limit.
-        let cause = match e {
-            HeadError::TooLarge { .. } => format!("{e} (--max-head)"),
-            _ => format!("malformed SCGI request: {e}"),
-        };
-        Refusal::new("400 Bad Request", cause)
-    }
+/// The answer to a request refused before it reached the app (see [`Answer`]), for a head
+/// that can never be valid: 400, naming the limit when it was too large.
+fn refusal(e: HeadError) -> Answer {
+    // The SCGI reference treats an oversized head as malformed: 400, naming the limit.
+    let cause = match e {
+        HeadError::TooLarge { .. } => format!("{e} (--max-head)"),
+        _ => format!("malformed SCGI request: {e}"),
+    };
+    Answer::new("400 Bad Request", cause)
 }
 
 /// What reading produced.
@@ -100,7 +65,7 @@ pub enum ReadOutcome {
     /// Head and body are complete: hand them to the app.
     Complete,
     /// The request cannot be served; answer with this and close.
-    Refuse(Refusal),
+    Refuse(Answer),
     /// The peer closed or reset the connection.
     Closed,
     /// The head is in; the body is left unread (in the kernel's buffer) for now, because
@@ -317,14 +282,14 @@ impl Conn {
             let info = match scgi::parse_head(&self.buf, limits.max_head) {
                 Ok(Status::Partial) => return ReadOutcome::Pending,
                 Ok(Status::Complete(info)) => info,
-                Err(e) => return ReadOutcome::Refuse(e.into()),
+                Err(e) => return ReadOutcome::Refuse(refusal(e)),
             };
             let head_len = info.head_len;
             let content_length = info.content_length;
             // Kept before any refusal, so the access log can name the request.
             self.head = Some(info);
             if content_length > limits.max_body {
-                return ReadOutcome::Refuse(Refusal::new(
+                return ReadOutcome::Refuse(Answer::new(
                     "413 Content Too Large",
                     format!(
                         "request body of {content_length} bytes exceeds the {}-byte limit (--max-body)",
@@ -346,14 +311,14 @@ impl Conn {
                 let mut file = match tempfile::tempfile() {
                     Ok(file) => file,
                     Err(e) => {
-                        return ReadOutcome::Refuse(Refusal::new(
+                        return ReadOutcome::Refuse(Answer::new(
                             "503 Service Unavailable",
                             format!("cannot create a temporary file for a {content_length}-byte body: {e}"),
                         ))
                     }
                 };
                 if let Err(e) = file.write_all(&self.buf[head_len..]) {
-                    return ReadOutcome::Refuse(Refusal::new(
+                    return ReadOutcome::Refuse(Answer::new(
                         "503 Service Unavailable",
                         format!("cannot store the request body in a temporary file: {e}"),
                     ));
@@ -386,10 +351,8 @@ impl Conn {
         let want = (remaining + 1).min(at_most.max(1));
         // SAFETY: `spare` is writable memory of at least `remaining + 1` (>= `want`) bytes owned
         // by `buf`; recv writes at most `want` and reports how many it wrote.
-        let got = unsafe { libc::recv(self.stream.as_raw_fd(), spare.as_mut_ptr().cast(), want, 0) };
-        if got < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let got =
+            sys::check(unsafe { libc::recv(self.stream.as_raw_fd(), spare.as_mut_ptr().cast(), want, 0) })?;
         if got == 0 {
             self.peer_eof = true;
             return Ok(Some(ReadOutcome::Closed));
@@ -415,7 +378,7 @@ impl Conn {
         let chunk = &data[..wanted];
         if let Some(file) = &mut self.spill {
             if let Err(e) = file.write_all(chunk) {
-                return ReadOutcome::Refuse(Refusal::new(
+                return ReadOutcome::Refuse(Answer::new(
                     "503 Service Unavailable",
                     format!("cannot store the request body in a temporary file: {e}"),
                 ));
@@ -451,8 +414,37 @@ impl Conn {
         (std::mem::take(&mut self.buf), payload, body)
     }
 
+    /// Takes the complete request out of the connection, with a fresh outbox for its response
+    /// (tied to this socket, and known to the loop as `id`): the one place a request is
+    /// assembled, for the loop and the doorway alike. The connection is now Running.
+    pub fn start_request(&mut self, id: ConnId, notifier: &Arc<Notifier>, high_water: usize) -> Request {
+        let (buf, payload, body) = self.take_request();
+        let outbox = Outbox::new(
+            id,
+            Arc::clone(notifier),
+            high_water,
+            Some(self.stream.as_raw_fd()),
+        );
+        if self.wants_linger() {
+            outbox.note_extra_input();
+        }
+        if self.watching == Watching::Nothing {
+            // It came whole with its connection: a producer ending it need not leave the
+            // loop's epoll set (see `Outbox::end_alone`).
+            outbox.set_watched(false);
+        }
+        self.outbox = Some(Arc::clone(&outbox));
+        Request {
+            buf,
+            payload,
+            body,
+            outbox,
+            accepted: self.accepted,
+        }
+    }
+
     /// Queues a response the loop made itself and moves to closing.
-    pub fn refuse(&mut self, refusal: &Refusal) {
+    pub fn refuse(&mut self, refusal: &Answer) {
         self.out.clear();
         self.out_pos = 0;
         self.out.push_back(Chunk::Bytes(refusal.response()));
@@ -582,16 +574,13 @@ fn send_file(stream: &Stream, file: &File, offset: u64, len: u64) -> io::Result<
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "file offset out of range"))?;
     let count = len.min(SENDFILE_MAX) as usize;
     // SAFETY: both descriptors are open for the duration of the call; `off` is a valid off_t.
-    let sent = unsafe { libc::sendfile(stream.as_raw_fd(), file.as_raw_fd(), &mut off, count) };
-    match sent {
-        n if n < 0 => Err(io::Error::last_os_error()),
-        0 if count > 0 => {
-            let why = format!("the file being sent ended {len} bytes early (truncated while being sent?)");
-            crate::warning!("server", "{why}; connection cut");
-            Err(io::Error::new(io::ErrorKind::UnexpectedEof, why))
-        }
-        n => Ok(n as usize),
+    let sent = sys::check(unsafe { libc::sendfile(stream.as_raw_fd(), file.as_raw_fd(), &mut off, count) })?;
+    if sent == 0 && count > 0 {
+        let why = format!("the file being sent ended {len} bytes early (truncated while being sent?)");
+        warning!("server", "{why}; connection cut");
+        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, why));
     }
+    Ok(sent as usize)
 }
 
 #[cfg(test)]

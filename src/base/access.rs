@@ -14,6 +14,8 @@ use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use super::log::{debug, error};
+
 enum Message {
     Line(String),
     Flush(SyncSender<()>),
@@ -86,7 +88,7 @@ fn write_lines(mut sink: Sink, receiver: Receiver<Message>, reopen: &AtomicBool)
             if let Sink::File(path, file) = &mut sink {
                 match open_file(path) {
                     Ok(fresh) => *file = fresh,
-                    Err(e) => crate::error!(
+                    Err(e) => error!(
                         "server",
                         "cannot reopen the access log {}: {e}; still writing to the old file",
                         path.display()
@@ -100,7 +102,7 @@ fn write_lines(mut sink: Sink, receiver: Receiver<Message>, reopen: &AtomicBool)
                 Sink::File(_, file) => file.write_all(&batch),
             };
             if let Err(e) = written {
-                crate::error!("server", "cannot write the access log: {e}");
+                error!("server", "cannot write the access log: {e}");
             }
             batch.clear();
         }
@@ -140,7 +142,7 @@ pub struct Entry {
 /// Starts an entry for the request with this SCGI header block, or `None` when there is no
 /// access log and no `-v` (which logs each request at DEBUG level).
 pub fn begin(header_block: &[u8], accepted: Instant) -> Option<Entry> {
-    if LOG.get().is_none() && !crate::log::enabled(crate::log::Level::Debug) {
+    if LOG.get().is_none() && !super::log::enabled(super::log::Level::Debug) {
         return None;
     }
     let mut entry = Entry {
@@ -158,7 +160,7 @@ pub fn begin(header_block: &[u8], accepted: Instant) -> Option<Entry> {
     let mut script_name = String::new();
     let mut path_info = String::new();
     let mut query = String::new();
-    for (name, value) in crate::scgi::headers(header_block) {
+    for (name, value) in crate::proto::scgi::headers(header_block) {
         let slot = match name {
             b"REMOTE_ADDR" => &mut entry.remote,
             b"REQUEST_METHOD" => &mut entry.method,
@@ -204,7 +206,7 @@ impl Drop for Entry {
         if self.discarded {
             return;
         }
-        crate::debug!(
+        debug!(
             "server",
             "{} \"{} {}\" {} {} bytes, {:.1} ms",
             if self.remote.is_empty() { "-" } else { &self.remote },

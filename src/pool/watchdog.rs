@@ -1,6 +1,6 @@
 //! Worker recycling from inside a worker: counts requests for `--max-requests`, and watches
 //! the requests running in the app for `--request-timeout`. Either way the process asks to be
-//! replaced ([`supervisor::request_replacement`]); it then drains like on SIGTERM.
+//! replaced ([`process::request_replacement`]); it then drains like on SIGTERM.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -10,16 +10,13 @@ use std::time::{Duration, Instant};
 
 use pyo3::Python;
 
-use crate::dispatch::{Outbox, Request};
-use crate::handling::RequestHandler;
-use crate::supervisor::{self, Message};
-
-/// What a client gets when the app takes longer than --request-timeout and sent nothing yet.
-pub const GATEWAY_TIMEOUT: &[u8] = b"Status: 504 Gateway Timeout\r\n\
-Content-Type: text/plain; charset=utf-8\r\nContent-Length: 20\r\n\r\n504 Gateway Timeout\n";
-
-/// The length of [`GATEWAY_TIMEOUT`]'s body, for the access log.
-const GATEWAY_TIMEOUT_BODY: u64 = crate::dispatch::cgi_body_len(GATEWAY_TIMEOUT);
+use super::RequestHandler;
+use crate::base::access;
+use crate::base::log::{self, error, info};
+use crate::base::process::{self, Message};
+use crate::proto::cgi::GATEWAY_TIMEOUT;
+use crate::seam::outbox::Outbox;
+use crate::seam::request::Request;
 
 struct Running {
     since: Instant,
@@ -27,7 +24,7 @@ struct Running {
     outbox: Arc<Outbox>,
     cut: bool,
     /// The access log's line for a 504, should it come to that.
-    access: Option<crate::access::Entry>,
+    access: Option<access::Entry>,
 }
 
 struct Shared {
@@ -72,12 +69,12 @@ impl RequestWatch {
         let served = self.shared.served.fetch_add(1, Ordering::Relaxed) + 1;
         if let Some(max) = self.shared.max_requests {
             if served >= max && !self.shared.replacement_asked.swap(true, Ordering::Relaxed) {
-                crate::info!(
+                info!(
                     "server",
                     "worker {} has taken {served} requests (--max-requests); asking to be replaced",
                     std::process::id()
                 );
-                supervisor::request_replacement(Message::Recycle);
+                process::request_replacement(Message::Recycle);
             }
         }
         self.shared.timeout?;
@@ -87,7 +84,7 @@ impl RequestWatch {
             what: describe(request),
             outbox: Arc::clone(&request.outbox),
             cut: false,
-            access: crate::access::begin(request.header_block(), request.accepted),
+            access: access::begin(request.header_block(), request.accepted),
         };
         self.shared.lock().insert(id, entry);
         Some(id)
@@ -166,11 +163,7 @@ fn describe(request: &Request) -> String {
         _ => text(b"SCRIPT_NAME") + &text(b"PATH_INFO"),
     };
     let method = text(b"REQUEST_METHOD");
-    format!(
-        "{} {}",
-        crate::log::printable(&method, &[]),
-        crate::log::printable(&uri, &[])
-    )
+    format!("{} {}", log::printable(&method, &[]), log::printable(&uri, &[]))
 }
 
 fn watch(shared: &Shared, limit: Duration) {
@@ -182,9 +175,9 @@ fn watch(shared: &Shared, limit: Duration) {
             let ran = running.since.elapsed();
             if ran > limit && !running.cut {
                 running.cut = true;
-                let answered = running.outbox.time_out(GATEWAY_TIMEOUT);
+                let answered = running.outbox.time_out(&GATEWAY_TIMEOUT.response());
                 if let Some(mut entry) = running.access.take().filter(|_| answered) {
-                    entry.set_result(504, GATEWAY_TIMEOUT_BODY);
+                    entry.set_result(GATEWAY_TIMEOUT.code(), GATEWAY_TIMEOUT.body_len());
                 }
                 overdue.push((running.what.clone(), ran, answered));
             }
@@ -195,7 +188,7 @@ fn watch(shared: &Shared, limit: Duration) {
             } else {
                 "its response is cut off"
             };
-            crate::error!(
+            error!(
                 "server",
                 "request {what} has been in the app for {:.1} s (--request-timeout {:.1} s): {outcome}; \
                  replacing worker {}",
@@ -205,7 +198,7 @@ fn watch(shared: &Shared, limit: Duration) {
             );
         }
         if !overdue.is_empty() && !shared.replacement_asked.swap(true, Ordering::Relaxed) {
-            supervisor::request_replacement(Message::Hung);
+            process::request_replacement(Message::Hung);
         }
     }
 }

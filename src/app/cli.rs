@@ -1,13 +1,14 @@
-//! The command line (ashd-compatible short flags plus long forms) and its check into a [`Config`].
+//! The command line (ashd-compatible short flags plus long forms) and its check into a
+//! [`Config`]: flags end here, the rest of the program sees only the validated configuration.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
 
-use crate::error::ConfigError;
-use crate::handling::Model;
-use crate::wsgi::pathinfo::Mount;
+use crate::base::config::{Config, Limits, ListenSpec, Model, ProcessConfig};
+use crate::base::error::ConfigError;
+use crate::proto::pathinfo::Mount;
 
 /// Raw command-line arguments, as clap parses them.
 #[derive(Parser, Debug)]
@@ -179,116 +180,6 @@ pub struct Args {
     /// Arguments passed to wmain() as strings
     #[arg(value_name = "ARGS", trailing_var_arg = true, allow_hyphen_values = true)]
     pub args: Vec<String>,
-}
-
-/// Where the server listens.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ListenSpec {
-    /// The socket already open on fd 0 (callscgi's convention).
-    Stdin,
-    /// The socket systemd passed on fd 3 (`LISTEN_FDS`/`LISTEN_PID` name this process).
-    Activated,
-    /// A TCP address: host (a name or an address) and port.
-    Tcp {
-        /// Host name or address to bind.
-        host: String,
-        /// Port number.
-        port: u16,
-    },
-    /// A Unix socket path, with optional permissions.
-    Unix {
-        /// Socket file path.
-        path: PathBuf,
-        /// Permission bits to set on the socket file.
-        mode: Option<u32>,
-    },
-}
-
-/// Limits that keep one connection, or many, from exhausting the server.
-#[derive(Debug, Clone)]
-pub struct Limits {
-    /// Largest header block (netstring payload) accepted.
-    pub max_head: usize,
-    /// Largest request body accepted.
-    pub max_body: u64,
-    /// Bodies above this size spill to a temporary file.
-    pub body_buffer: u64,
-    /// Time allowed from accept to a complete head.
-    pub head_timeout: Duration,
-    /// Longest stall allowed while the body arrives.
-    pub body_timeout: Duration,
-    /// Longest stall allowed while the response is written.
-    pub write_timeout: Duration,
-    /// Most connections held at once.
-    pub max_connections: usize,
-    /// Bytes of response queued per connection before the app is made to wait.
-    pub write_buffer: usize,
-    /// Requests waiting for a worker thread (models other than pool, which has its own `queue=`).
-    pub max_queue: usize,
-}
-
-/// How the process (or processes) run: workers, recycling, identity, files.
-#[derive(Debug, Clone)]
-pub struct ProcessConfig {
-    /// Worker processes; 1 means no master process.
-    pub processes: usize,
-    /// Requests after which a worker is replaced.
-    pub max_requests: Option<u64>,
-    /// Random extra requests added to `max_requests` per worker.
-    pub max_requests_jitter: u64,
-    /// Longest time the app may take over one request.
-    pub request_timeout: Option<Duration>,
-    /// Access log file; `-` is standard output.
-    pub access_log: Option<PathBuf>,
-    /// Pid file to write.
-    pub pid_file: Option<PathBuf>,
-    /// Directory to change to at start.
-    pub chdir: Option<PathBuf>,
-    /// User to switch to after binding.
-    pub user: Option<String>,
-    /// Group to switch to after binding.
-    pub group: Option<String>,
-    /// umask to set at start.
-    pub umask: Option<u32>,
-}
-
-/// The validated configuration the rest of the program runs on.
-#[derive(Debug, Clone)]
-pub struct Config {
-    /// Use `application` instead of calling `wmain`.
-    pub use_application: bool,
-    /// Leave Python's logging unconfigured.
-    pub no_logging: bool,
-    /// Directories prepended to sys.path.
-    pub module_paths: Vec<PathBuf>,
-    /// The handling model and its parameters.
-    pub model: Model,
-    /// Where to listen.
-    pub listen: ListenSpec,
-    /// Listen backlog for sockets we create.
-    pub backlog: i32,
-    /// Whether TCP sockets we create accept a connection only once its first bytes arrive.
-    pub defer_accept: bool,
-    /// PDM debugging socket spec, if any.
-    pub pdm: Option<String>,
-    /// Virtualenv to run in, if any.
-    pub virtualenv: Option<PathBuf>,
-    /// External interpreter command, when the app runs outside this process.
-    pub interpreter: Option<String>,
-    /// Bound on the wait for requests in flight at shutdown.
-    pub graceful_timeout: Duration,
-    /// Size and time limits.
-    pub limits: Limits,
-    /// The mount point from `--script-name`: overrides the frontend's SCRIPT_NAME/PATH_INFO split.
-    pub mount: Option<Mount>,
-    /// Debug-level logging.
-    pub verbose: bool,
-    /// Handler module name.
-    pub module: String,
-    /// Arguments for wmain().
-    pub args: Vec<String>,
-    /// Worker processes, recycling and process identity.
-    pub process: ProcessConfig,
 }
 
 impl Args {

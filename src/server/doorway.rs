@@ -9,6 +9,14 @@
 //! when none waits. While workers are all busy, the loop leaves new connections in the
 //! backlog for them (doorway mode); when they stay busy past a grace period, the worker
 //! pool's monitor lets the loop accept again (loop mode) until a worker is idle once more.
+//!
+//! Who accepts, in one place: workers accept only where requests come whole with their
+//! connection, a TCP listener that defers accepting until the first bytes arrive
+//! ([`Doorway::for_listener`]; elsewhere they would mostly hand connections on to the loop),
+//! and only when the dispatcher takes the doorway up (`Dispatcher::set_doorway`: the worker
+//! pool does, with two threads or more and not under rplex, whose responses outlive the app
+//! call). Otherwise the loop accepts every connection. Either side stops accepting at once
+//! when the process asks to be replaced (`process::replacing`).
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -16,17 +24,21 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::cli::Limits;
-use crate::conn::{Conn, ReadOutcome};
-use crate::dispatch::{ConnId, Notifier, Outbox, Request};
-use crate::listen::Stream;
+use crate::base::config::Limits;
+use crate::base::process;
+use crate::base::sys;
+use crate::net::conn::{Conn, ReadOutcome, HEAD_READ};
+use crate::net::listen::{Listener, Stream};
+use crate::seam::notifier::Notifier;
+use crate::seam::outbox::{ConnId, Outbox};
+use crate::seam::request::Request;
 
 /// How long workers leave accepting to the loop when they may not take a connection that
 /// waits (see [`Doorway::step_aside`]).
 const STEP_ASIDE: Duration = Duration::from_millis(100);
 
 /// How long a request runs before the loop would watch its socket (`server::WATCH_AFTER`).
-const WATCH_AFTER: Duration = crate::server::WATCH_AFTER;
+const WATCH_AFTER: Duration = super::WATCH_AFTER;
 
 const KICK: u64 = 1;
 const LISTENER: u64 = 2;
@@ -89,23 +101,28 @@ impl std::fmt::Debug for Doorway {
     }
 }
 
-fn cvt(result: libc::c_int) -> io::Result<libc::c_int> {
-    if result < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(result)
-    }
-}
-
 impl Doorway {
+    /// A doorway on `listener` when workers may accept there: a TCP listener that defers
+    /// accepting until a connection's first bytes arrive (see the module documentation).
+    pub fn for_listener(
+        listener: &Listener,
+        limits: &Limits,
+        notifier: &Arc<Notifier>,
+    ) -> io::Result<Option<Doorway>> {
+        if !matches!(listener, Listener::Tcp(_)) || listener.accept_deferral().is_zero() {
+            return Ok(None);
+        }
+        Doorway::new(listener.raw_fd(), limits.clone(), Arc::clone(notifier)).map(Some)
+    }
+
     /// A doorway on `listener` (the loop's; it is duplicated). The caller then adds the
     /// listener to the loop's epoll set with [`Doorway::watch_in`], after this one.
     pub fn new(listener: RawFd, limits: Limits, notifier: Arc<Notifier>) -> io::Result<Doorway> {
         // SAFETY: plain system calls; every descriptor returned is owned at once.
         unsafe {
-            let epoll = OwnedFd::from_raw_fd(cvt(libc::epoll_create1(libc::EPOLL_CLOEXEC))?);
-            let dup = OwnedFd::from_raw_fd(cvt(libc::fcntl(listener, libc::F_DUPFD_CLOEXEC, 0))?);
-            let kick = OwnedFd::from_raw_fd(cvt(libc::eventfd(
+            let epoll = OwnedFd::from_raw_fd(sys::check(libc::epoll_create1(libc::EPOLL_CLOEXEC))?);
+            let dup = OwnedFd::from_raw_fd(sys::check(libc::fcntl(listener, libc::F_DUPFD_CLOEXEC, 0))?);
+            let kick = OwnedFd::from_raw_fd(sys::check(libc::eventfd(
                 0,
                 libc::EFD_CLOEXEC | libc::EFD_NONBLOCK | libc::EFD_SEMAPHORE,
             ))?);
@@ -114,7 +131,7 @@ impl Doorway {
                 events: (libc::EPOLLIN | libc::EPOLLEXCLUSIVE) as u32,
                 u64: LISTENER,
             };
-            cvt(libc::epoll_ctl(
+            sys::check(libc::epoll_ctl(
                 epoll.as_raw_fd(),
                 libc::EPOLL_CTL_ADD,
                 dup.as_raw_fd(),
@@ -124,7 +141,7 @@ impl Doorway {
                 events: libc::EPOLLIN as u32,
                 u64: KICK,
             };
-            cvt(libc::epoll_ctl(
+            sys::check(libc::epoll_ctl(
                 epoll.as_raw_fd(),
                 libc::EPOLL_CTL_ADD,
                 kick.as_raw_fd(),
@@ -145,7 +162,7 @@ impl Doorway {
                 open: AtomicBool::new(true),
                 starved: AtomicBool::new(false),
                 starved_until: Mutex::new(None),
-                scratch: Mutex::new(vec![0; crate::conn::HEAD_READ]),
+                scratch: Mutex::new(vec![0; HEAD_READ]),
             })
         }
     }
@@ -158,14 +175,17 @@ impl Doorway {
             u64: token,
         };
         // SAFETY: plain system call on descriptors the caller owns.
-        cvt(unsafe { libc::epoll_ctl(poller, libc::EPOLL_CTL_ADD, listener, &mut event) }).map(|_| ())
+        sys::check(unsafe { libc::epoll_ctl(poller, libc::EPOLL_CTL_ADD, listener, &mut event) }).map(|_| ())
     }
 
     /// Takes `listener` out of the epoll set `poller` (added with [`Doorway::watch_in`], so
     /// not through mio, which would refuse: it did not register it).
     pub fn unwatch_in(poller: RawFd, listener: RawFd) {
-        // SAFETY: plain system call on descriptors the caller owns.
-        unsafe { libc::epoll_ctl(poller, libc::EPOLL_CTL_DEL, listener, std::ptr::null_mut()) };
+        // SAFETY: plain system call on descriptors the caller owns. A failure means it was
+        // not in the set: nothing to undo.
+        let _ = sys::check(unsafe {
+            libc::epoll_ctl(poller, libc::EPOLL_CTL_DEL, listener, std::ptr::null_mut())
+        });
     }
 
     fn lock_listener(&self) -> MutexGuard<'_, Option<OwnedFd>> {
@@ -203,15 +223,16 @@ impl Doorway {
     pub fn close(&self) {
         self.open.store(false, Ordering::Release);
         if let Some(listener) = self.lock_listener().take() {
-            // SAFETY: both descriptors are open; the duplicate closes as it drops.
-            unsafe {
+            // SAFETY: both descriptors are open; the duplicate closes as it drops (which
+            // takes it out of the set anyway, should this fail).
+            let _ = sys::check(unsafe {
                 libc::epoll_ctl(
                     self.epoll.as_raw_fd(),
                     libc::EPOLL_CTL_DEL,
                     listener.as_raw_fd(),
                     std::ptr::null_mut(),
                 )
-            };
+            });
         }
         self.kick_all();
     }
@@ -221,16 +242,22 @@ impl Doorway {
         let mut events = [libc::epoll_event { events: 0, u64: 0 }; 2];
         let millis = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
         // SAFETY: `events` has room for the 2 events asked for.
-        let n = unsafe { libc::epoll_wait(self.epoll.as_raw_fd(), events.as_mut_ptr(), 2, millis) };
-        if n <= 0 {
-            return Woke::Timeout;
-        }
+        let waited =
+            sys::check(unsafe { libc::epoll_wait(self.epoll.as_raw_fd(), events.as_mut_ptr(), 2, millis) });
+        // A signal or an error ends the wait as a timeout does: the caller looks again.
+        let n = match waited {
+            Ok(n) if n > 0 => n,
+            _ => return Woke::Timeout,
+        };
         let mut woke = Woke::Timeout;
         for event in &events[..n as usize] {
             if event.u64 == KICK {
                 let mut count = 0u64;
-                // SAFETY: an eventfd read is 8 bytes into a u64.
-                unsafe { libc::read(self.kick.as_raw_fd(), (&mut count as *mut u64).cast(), 8) };
+                // SAFETY: an eventfd read is 8 bytes into a u64. It fails (EAGAIN) only when
+                // another waiter took the kick first, which is as good.
+                let _ = sys::check(unsafe {
+                    libc::read(self.kick.as_raw_fd(), (&mut count as *mut u64).cast(), 8)
+                });
                 return Woke::Kicked;
             }
             woke = Woke::Connection;
@@ -251,7 +278,7 @@ impl Doorway {
     fn add_kicks(&self, count: u64) {
         // SAFETY: an eventfd write is 8 bytes from a u64. A full counter (it cannot be, in
         // practice) only means waiters are already woken.
-        unsafe { libc::write(self.kick.as_raw_fd(), (&count as *const u64).cast(), 8) };
+        let _ = sys::check(unsafe { libc::write(self.kick.as_raw_fd(), (&count as *const u64).cast(), 8) });
     }
 
     /// Whether the loop accepts too.
@@ -335,7 +362,7 @@ impl Doorway {
     /// the response need the loop. Anything else is handed to the loop, and `None` returned,
     /// as when there is no connection to take or the connection limit is reached.
     pub fn take(self: &Arc<Self>) -> Option<(Request, Direct)> {
-        if crate::supervisor::replacing() {
+        if process::replacing() {
             // This process asked to be replaced (--max-requests, --request-timeout): it takes
             // no more connections, even before its loop has begun the drain.
             self.close();
@@ -350,28 +377,30 @@ impl Doorway {
         }
         let accepted = match self.lock_listener().as_ref() {
             // SAFETY: the descriptor is open while the lock is held.
-            Some(listener) => unsafe {
+            Some(listener) => sys::check(unsafe {
                 libc::accept4(
                     listener.as_raw_fd(),
                     std::ptr::null_mut(),
                     std::ptr::null_mut(),
                     libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
                 )
-            },
-            None => -1,
+            }),
+            None => Err(io::ErrorKind::WouldBlock.into()),
         };
-        if accepted < 0 {
-            let error = io::Error::last_os_error();
-            self.held.fetch_sub(1, Ordering::SeqCst);
-            if !matches!(
-                error.raw_os_error(),
-                Some(libc::EAGAIN | libc::ECONNABORTED | libc::EINTR | libc::EPROTO) | None
-            ) {
-                // Out of descriptors or memory: the loop logs it, backs off and retries.
-                self.step_aside();
+        let accepted = match accepted {
+            Ok(fd) => fd,
+            Err(error) => {
+                self.held.fetch_sub(1, Ordering::SeqCst);
+                if !matches!(
+                    error.raw_os_error(),
+                    Some(libc::EAGAIN | libc::ECONNABORTED | libc::EINTR | libc::EPROTO) | None
+                ) {
+                    // Out of descriptors or memory: the loop logs it, backs off and retries.
+                    self.step_aside();
+                }
+                return None;
             }
-            return None;
-        }
+        };
         // SAFETY: accept4 returned a new descriptor, owned from here on.
         let stream = Stream::Tcp(unsafe { mio::net::TcpStream::from_raw_fd(accepted) });
         let serial = self.serial.fetch_add(1, Ordering::Relaxed);
@@ -387,21 +416,12 @@ impl Doorway {
             return None;
         }
         let accepted_at = conn.accepted;
-        let (buf, payload, body) = conn.take_request();
-        let outbox = Outbox::new(
-            ConnId {
-                key: usize::MAX,
-                serial,
-            },
-            Arc::clone(&self.notifier),
-            self.limits.write_buffer,
-            Some(accepted),
-        );
-        outbox.set_watched(false);
-        if conn.wants_linger() {
-            outbox.note_extra_input();
-        }
-        conn.outbox = Some(Arc::clone(&outbox));
+        let id = ConnId {
+            key: usize::MAX,
+            serial,
+        };
+        let request = conn.start_request(id, &self.notifier, self.limits.write_buffer);
+        let outbox = Arc::clone(&request.outbox);
         let slot = Arc::new(Mutex::new(Some(conn)));
         let doorway = Arc::clone(self);
         let in_slot = Arc::clone(&slot);
@@ -411,13 +431,6 @@ impl Doorway {
                 doorway.hand_over(Handed::Running(conn));
             }
         }));
-        let request = Request {
-            buf,
-            payload,
-            body,
-            outbox: Arc::clone(&outbox),
-            accepted: accepted_at,
-        };
         Some((
             request,
             Direct {
@@ -468,14 +481,14 @@ impl Direct {
 fn unread_input(conn: &Conn) -> bool {
     let mut waiting: libc::c_int = 0;
     // SAFETY: FIONREAD writes one int.
-    let rc = unsafe { libc::ioctl(conn.stream.as_raw_fd(), libc::FIONREAD, &mut waiting) };
-    rc == 0 && waiting > 0
+    let asked = sys::check(unsafe { libc::ioctl(conn.stream.as_raw_fd(), libc::FIONREAD, &mut waiting) });
+    asked.is_ok() && waiting > 0
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dispatch::End;
+    use crate::seam::outbox::End;
     use std::io::{Read, Write};
     use std::net::{TcpListener, TcpStream};
 

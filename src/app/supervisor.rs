@@ -2,8 +2,7 @@
 //! processes that each run the whole single-process server (event loop and Python), restarts
 //! workers that die, reloads on SIGHUP, drains on SIGTERM. It never initialises Python.
 //!
-//! Workers talk back through one pipe shared by all of them: five-byte messages (a kind byte
-//! and the sender's pid), which the kernel writes atomically (under `PIPE_BUF`).
+//! Workers talk back through one pipe shared by all of them (see `base::process`).
 //!
 //! Signals to the master: SIGTERM/SIGINT drain every worker (bounded by --graceful-timeout),
 //! a second one or SIGQUIT stops them at once; SIGHUP starts a fresh set of workers (which
@@ -16,9 +15,10 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::listen::Listener;
-use crate::setup::signal_name;
-use crate::{error, info, warning};
+use crate::base::log::{debug, error, info, warning};
+use crate::base::process::{self, Message};
+use crate::base::sys::{self, signal_name};
+use crate::net::listen::Listener;
 
 /// Extra time past --graceful-timeout before a worker that has not exited is killed.
 const KILL_GRACE: Duration = Duration::from_secs(5);
@@ -27,75 +27,8 @@ const QUIT_GRACE: Duration = Duration::from_secs(2);
 /// Longest wait between restarts of a worker that keeps failing at start-up.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
-/// A worker's message to the master.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Message {
-    /// The app is loaded and the worker accepts connections.
-    Ready = b'U' as isize,
-    /// The worker reached --max-requests: replace it.
-    Recycle = b'R' as isize,
-    /// A request ran past --request-timeout: replace the worker.
-    Hung = b'T' as isize,
-}
-
-/// Write end of the pipe to the master, in a worker; -1 without a master.
-static MASTER_PIPE: AtomicI32 = AtomicI32::new(-1);
 /// Write end of the master's signal pipe; -1 in a worker.
 static SIGNAL_PIPE: AtomicI32 = AtomicI32::new(-1);
-
-/// Whether this process is a worker under a master.
-pub fn has_master() -> bool {
-    MASTER_PIPE.load(Ordering::Relaxed) >= 0
-}
-
-/// Tells the master something; `false` without a master (a single process).
-pub fn tell_master(message: Message) -> bool {
-    let fd = MASTER_PIPE.load(Ordering::Relaxed);
-    if fd < 0 {
-        return false;
-    }
-    let mut bytes = [0u8; 5];
-    bytes[0] = message as u8;
-    bytes[1..].copy_from_slice(&std::process::id().to_le_bytes());
-    loop {
-        let n = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
-        if n == bytes.len() as isize {
-            return true;
-        }
-        if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
-            continue;
-        }
-        error!(
-            "server",
-            "cannot reach the master process: {}",
-            io::Error::last_os_error()
-        );
-        return true;
-    }
-}
-
-/// Asks to be replaced: the master starts a replacement; this process stops accepting at
-/// once and drains as on SIGTERM (so it takes no more than a few requests past its limit).
-/// Without a master, whatever started the process (callscgi, systemd) starts a fresh one.
-pub fn request_replacement(message: Message) {
-    if !tell_master(message) {
-        info!(
-            "server",
-            "no master process (--processes 1): finishing open requests and exiting"
-        );
-    }
-    // Under a master the worker gets SIGTERM from it too, which only continues the drain.
-    REPLACING.store(true, std::sync::atomic::Ordering::Relaxed);
-    unsafe { libc::kill(libc::getpid(), libc::SIGTERM) };
-}
-
-/// Set when this process sent itself SIGTERM to be replaced (see [`request_replacement`]).
-static REPLACING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// Whether a SIGTERM came from this process asking to be replaced, not from someone stopping it.
-pub fn replacing() -> bool {
-    REPLACING.load(std::sync::atomic::Ordering::Relaxed)
-}
 
 /// What [`run`] returns: the master's exit, or, in a freshly forked worker, the listener to
 /// serve on (the caller then runs the single-process server).
@@ -146,7 +79,8 @@ extern "C" fn on_signal(signal: libc::c_int) {
     let fd = SIGNAL_PIPE.load(Ordering::Relaxed);
     if fd >= 0 {
         let byte = signal as u8;
-        // Only write(2) here: it is async-signal-safe. A full pipe loses nothing that matters.
+        // SAFETY: only write(2) here, which is async-signal-safe, from a live local byte. A
+        // full pipe loses nothing that matters: the master reads it empty anyway.
         unsafe { libc::write(fd, (&byte as *const u8).cast(), 1) };
     }
 }
@@ -161,24 +95,53 @@ const MASTER_SIGNALS: [libc::c_int; 6] = [
 ];
 
 fn set_handler(signal: libc::c_int, handler: libc::sighandler_t) -> io::Result<()> {
-    unsafe {
-        let mut action: libc::sigaction = std::mem::zeroed();
-        action.sa_sigaction = handler;
-        action.sa_flags = libc::SA_RESTART;
-        libc::sigemptyset(&mut action.sa_mask);
-        if libc::sigaction(signal, &action, std::ptr::null_mut()) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
+    // SAFETY: a zeroed sigaction is valid; the handler only writes to a pipe (see `on_signal`).
+    let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
+    action.sa_sigaction = handler;
+    action.sa_flags = libc::SA_RESTART;
+    // SAFETY: `action.sa_mask` is a live sigset_t.
+    unsafe { libc::sigemptyset(&mut action.sa_mask) };
+    // SAFETY: `action` is fully set; the old action is not asked for.
+    sys::check(unsafe { libc::sigaction(signal, &action, std::ptr::null_mut()) })?;
     Ok(())
 }
 
 fn pipe() -> io::Result<(RawFd, RawFd)> {
     let mut fds = [0; 2];
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+    sys::check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) })?;
     Ok((fds[0], fds[1]))
+}
+
+/// Sends `signal` to process `pid`. One that has exited meanwhile (and is reaped soon) is no
+/// error worth reporting.
+fn send_signal(pid: libc::pid_t, signal: libc::c_int) {
+    // SAFETY: kill has no memory-safety requirement.
+    let _ = sys::check(unsafe { libc::kill(pid, signal) });
+}
+
+/// Sets the calling thread's blocked signals to `set`, returning the ones blocked before.
+fn set_signal_mask(set: &libc::sigset_t) -> libc::sigset_t {
+    // SAFETY: a zeroed sigset_t is valid; both pointers are to live sigset_t values.
+    unsafe {
+        let mut previous: libc::sigset_t = std::mem::zeroed();
+        libc::sigprocmask(libc::SIG_SETMASK, set, &mut previous);
+        previous
+    }
+}
+
+/// The set of all signals (`all`) or of none.
+fn signal_set(all: bool) -> libc::sigset_t {
+    // SAFETY: a zeroed sigset_t is valid, and filled or emptied in place.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        if all {
+            libc::sigfillset(&mut set);
+        } else {
+            libc::sigemptyset(&mut set);
+        }
+        set
+    }
 }
 
 /// Runs the master until it is told to stop; in each forked worker, returns
@@ -188,10 +151,10 @@ pub fn run(plan: Plan, listener: Listener) -> Role {
         let (signal_read, signal_write) = pipe()?;
         let (message_read, message_write) = pipe()?;
         // Workers block on a full pipe rather than lose a message.
-        unsafe {
-            let flags = libc::fcntl(message_write, libc::F_GETFL);
-            libc::fcntl(message_write, libc::F_SETFL, flags & !libc::O_NONBLOCK);
-        }
+        // SAFETY: fcntl on a descriptor just made; no memory is passed.
+        let flags = sys::check(unsafe { libc::fcntl(message_write, libc::F_GETFL) })?;
+        // SAFETY: as above.
+        sys::check(unsafe { libc::fcntl(message_write, libc::F_SETFL, flags & !libc::O_NONBLOCK) })?;
         SIGNAL_PIPE.store(signal_write, Ordering::Relaxed);
         for signal in MASTER_SIGNALS {
             set_handler(
@@ -266,10 +229,13 @@ impl Master {
                     left.as_millis().min(60_000) as libc::c_int
                 })
                 .unwrap_or(60_000);
-            let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout) };
-            if n < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
-                error!("server", "master: poll failed: {}", io::Error::last_os_error());
-                return Role::Master(ExitCode::from(1));
+            // SAFETY: `fds` holds the two pollfd entries asked for.
+            match sys::check(unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout) }) {
+                Err(e) if e.kind() != io::ErrorKind::Interrupted => {
+                    error!("server", "master: poll failed: {e}");
+                    return Role::Master(ExitCode::from(1));
+                }
+                _ => {}
             }
             self.read_messages();
             self.read_signals();
@@ -304,26 +270,22 @@ impl Master {
         for _ in current..self.plan.processes {
             // Signals wait until the child has dropped the master's handlers: one arriving in
             // between would otherwise be written to the master's signal pipe as its own.
-            let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
-            let mut previous: libc::sigset_t = unsafe { std::mem::zeroed() };
-            unsafe {
-                libc::sigfillset(&mut all);
-                libc::sigprocmask(libc::SIG_SETMASK, &all, &mut previous);
+            let previous = set_signal_mask(&signal_set(true));
+            // SAFETY: the master is single-threaded, so the child may run on (see
+            // `become_worker`).
+            let forked = sys::check(unsafe { libc::fork() });
+            if !matches!(forked, Ok(0)) {
+                set_signal_mask(&previous);
             }
-            let pid = unsafe { libc::fork() };
-            if pid != 0 {
-                unsafe { libc::sigprocmask(libc::SIG_SETMASK, &previous, std::ptr::null_mut()) };
-            }
-            match pid {
-                0 => return Some(self.become_worker()),
-                -1 => {
-                    let e = io::Error::last_os_error();
+            match forked {
+                Ok(0) => return Some(self.become_worker()),
+                Err(e) => {
                     error!("server", "cannot start a worker process: {e}; retrying in 1 s");
                     self.next_start = Some(Instant::now() + Duration::from_secs(1));
                     return None;
                 }
-                pid => {
-                    crate::debug!("server", "started worker {pid}");
+                Ok(pid) => {
+                    debug!("server", "started worker {pid}");
                     self.workers.push(Worker {
                         pid,
                         generation: self.generation,
@@ -338,24 +300,24 @@ impl Master {
 
     /// In the child right after fork: drop everything of the master, keep the listener.
     fn become_worker(&mut self) -> Listener {
-        unsafe {
-            for signal in MASTER_SIGNALS {
-                libc::signal(signal, libc::SIG_DFL);
-            }
-            let mut none: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut none);
-            libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
-            let signal_write = SIGNAL_PIPE.swap(-1, Ordering::Relaxed);
-            libc::close(signal_write);
-            libc::close(self.signal_read);
-            libc::close(self.message_read);
-            // A terminal's Ctrl-C goes to the master, which passes the stop on: a worker
-            // hit by both would take the second as "stop at once".
-            libc::setpgid(0, 0);
-            // If the master dies, drain and exit rather than serve on unsupervised.
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+        for signal in MASTER_SIGNALS {
+            // SAFETY: restoring the default action has no memory-safety requirement.
+            unsafe { libc::signal(signal, libc::SIG_DFL) };
         }
-        MASTER_PIPE.store(self.message_write, Ordering::Relaxed);
+        set_signal_mask(&signal_set(false));
+        let signal_write = SIGNAL_PIPE.swap(-1, Ordering::Relaxed);
+        for fd in [signal_write, self.signal_read, self.message_read] {
+            // SAFETY: the master's own descriptors, which this process no longer uses.
+            let _ = sys::check(unsafe { libc::close(fd) });
+        }
+        // A terminal's Ctrl-C goes to the master, which passes the stop on: a worker hit by
+        // both would take the second as "stop at once".
+        // SAFETY: no memory is passed. It fails only for a session leader, which a fork is not.
+        let _ = sys::check(unsafe { libc::setpgid(0, 0) });
+        // If the master dies, drain and exit rather than serve on unsupervised.
+        // SAFETY: no memory is passed.
+        let _ = sys::check(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) });
+        process::set_master_pipe(self.message_write);
         let mut listener = self.listener.take().expect("the master holds the listener");
         listener.forget_socket_file();
         listener
@@ -364,10 +326,13 @@ impl Master {
     fn read_signals(&mut self) {
         let mut buf = [0u8; 64];
         loop {
-            let n = unsafe { libc::read(self.signal_read, buf.as_mut_ptr().cast(), buf.len()) };
-            if n <= 0 {
-                return;
-            }
+            // SAFETY: `buf` is writable for its whole length.
+            let n = match sys::retry(|| unsafe {
+                libc::read(self.signal_read, buf.as_mut_ptr().cast(), buf.len())
+            }) {
+                Ok(n) if n > 0 => n,
+                _ => return,
+            };
             for &signal in &buf[..n as usize] {
                 self.on_signal(signal as libc::c_int);
             }
@@ -384,7 +349,7 @@ impl Master {
         match signal {
             libc::SIGCHLD => {}
             libc::SIGTERM | libc::SIGINT if !self.stopping => {
-                let name = crate::setup::signal_abbrev(signal).unwrap_or("SIGTERM");
+                let name = sys::signal_abbrev(signal).unwrap_or("SIGTERM");
                 info!(
                     "server",
                     "{name}: stopping {} worker(s); they finish open requests (up to {:.0} s)",
@@ -404,7 +369,7 @@ impl Master {
                 self.stop_listening();
                 let deadline = Instant::now() + QUIT_GRACE;
                 for worker in &mut self.workers {
-                    unsafe { libc::kill(worker.pid, libc::SIGQUIT) };
+                    send_signal(worker.pid, libc::SIGQUIT);
                     worker.kill_at = Some(worker.kill_at.map_or(deadline, |t| t.min(deadline)));
                 }
             }
@@ -435,7 +400,7 @@ impl Master {
             libc::SIGUSR1 if self.plan.forward_usr1 => {
                 info!("server", "SIGUSR1: workers reopen the access log");
                 for worker in &self.workers {
-                    unsafe { libc::kill(worker.pid, libc::SIGUSR1) };
+                    send_signal(worker.pid, libc::SIGUSR1);
                 }
             }
             _ => {}
@@ -448,7 +413,7 @@ impl Master {
         if let Some(worker) = self.workers.iter_mut().find(|w| w.pid == pid) {
             if worker.kill_at.is_none() {
                 worker.kill_at = Some(deadline);
-                unsafe { libc::kill(pid, libc::SIGTERM) };
+                send_signal(pid, libc::SIGTERM);
             }
         }
     }
@@ -456,21 +421,26 @@ impl Master {
     fn read_messages(&mut self) {
         let mut buf = [0u8; 5];
         loop {
-            let n = unsafe { libc::read(self.message_read, buf.as_mut_ptr().cast(), buf.len()) };
-            if n != 5 {
+            // SAFETY: `buf` is writable for its whole length.
+            let read =
+                sys::retry(|| unsafe { libc::read(self.message_read, buf.as_mut_ptr().cast(), buf.len()) });
+            if read.ok() != Some(buf.len() as isize) {
                 return;
             }
-            let pid = u32::from_le_bytes([buf[1], buf[2], buf[3], buf[4]]) as libc::pid_t;
+            let Some((message, pid)) = Message::decode(buf) else {
+                continue;
+            };
+            let pid = pid as libc::pid_t;
             if !self.workers.iter().any(|w| w.pid == pid) {
                 continue;
             }
-            match buf[0] {
-                b'U' => self.on_ready(pid),
-                b'R' if !self.stopping => {
+            match message {
+                Message::Ready => self.on_ready(pid),
+                Message::Recycle if !self.stopping => {
                     info!("server", "worker {pid} reached --max-requests; replacing it");
                     self.retire(pid);
                 }
-                b'T' if !self.stopping => {
+                Message::Hung if !self.stopping => {
                     warning!(
                         "server",
                         "worker {pid} has a request past --request-timeout; replacing it"
@@ -520,10 +490,11 @@ impl Master {
     fn reap(&mut self) {
         loop {
             let mut status = 0;
-            let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
-            if pid <= 0 {
-                return;
-            }
+            // SAFETY: `status` is a live int for waitpid to fill.
+            let pid = match sys::check(unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) }) {
+                Ok(pid) if pid > 0 => pid,
+                _ => return,
+            };
             let Some(index) = self.workers.iter().position(|w| w.pid == pid) else {
                 continue;
             };
@@ -544,7 +515,7 @@ impl Master {
             || (!worker.ready && libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGTERM);
         if worker.kill_at.is_some() {
             if clean {
-                crate::debug!("server", "worker {pid} finished and exited");
+                debug!("server", "worker {pid} finished and exited");
             } else {
                 warning!("server", "worker {pid}, told to stop, {how}");
             }
@@ -597,7 +568,7 @@ impl Master {
             self.stopping = true;
             let deadline = Instant::now() + QUIT_GRACE;
             for worker in &mut self.workers {
-                unsafe { libc::kill(worker.pid, libc::SIGQUIT) };
+                send_signal(worker.pid, libc::SIGQUIT);
                 worker.kill_at = Some(deadline);
             }
             return;
@@ -622,7 +593,7 @@ impl Master {
                     "worker {} did not exit in time; killing it (SIGKILL)",
                     worker.pid
                 );
-                unsafe { libc::kill(worker.pid, libc::SIGKILL) };
+                send_signal(worker.pid, libc::SIGKILL);
                 // Reaping will remove it; do not kill it again meanwhile.
                 worker.kill_at = Some(now + Duration::from_secs(3600));
             }

@@ -14,8 +14,10 @@ use mio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use mio::{Interest, Registry, Token};
 use socket2::{Domain, Socket, Type};
 
-use crate::cli::ListenSpec;
-use crate::error::ListenError;
+use crate::base::config::ListenSpec;
+use crate::base::error::ListenError;
+use crate::base::log::{info, warning};
+use crate::base::sys;
 
 /// A listening socket.
 #[derive(Debug)]
@@ -120,7 +122,7 @@ impl Listener {
             match std::fs::remove_file(&*path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => crate::warning!(
+                Err(e) => warning!(
                     "server",
                     "cannot remove the socket file {}: {e} (after --user, its directory must be writable by that user)",
                     path.display()
@@ -244,23 +246,18 @@ fn io_error(what: impl Into<String>) -> impl FnOnce(io::Error) -> ListenError {
 fn set_sockopt_int(fd: RawFd, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> io::Result<()> {
     let len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: `value` is an int that outlives the call, and `len` is its size.
-    let rc = unsafe { libc::setsockopt(fd, level, name, (&value as *const libc::c_int).cast(), len) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    sys::check(unsafe { libc::setsockopt(fd, level, name, (&value as *const libc::c_int).cast(), len) })
+        .map(|_| ())
 }
 
 fn sockopt_int(fd: RawFd, level: libc::c_int, name: libc::c_int) -> io::Result<libc::c_int> {
     let mut value: libc::c_int = 0;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    let rc = unsafe { libc::getsockopt(fd, level, name, (&mut value as *mut libc::c_int).cast(), &mut len) };
-    if rc == 0 {
-        Ok(value)
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    // SAFETY: `value` is an int that outlives the call, and `len` holds its size.
+    sys::check(unsafe {
+        libc::getsockopt(fd, level, name, (&mut value as *mut libc::c_int).cast(), &mut len)
+    })?;
+    Ok(value)
 }
 
 /// The first descriptor systemd's socket activation passes (`SD_LISTEN_FDS_START`).
@@ -286,7 +283,8 @@ fn adopt(fd: RawFd, not_listening: fn(String) -> ListenError) -> Result<Listener
     }
     let domain = sockopt_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN)
         .map_err(io_error(format!("cannot query fd {fd}")))?;
-    // The fd stays open for the life of the process; from here on the listener owns it.
+    // SAFETY: `fd` is an open socket (SO_ACCEPTCONN answered), passed to this process; from
+    // here on the listener owns it, for the life of the process.
     let socket = unsafe { Socket::from_raw_fd(fd) };
     socket
         .set_nonblocking(true)
@@ -380,7 +378,7 @@ fn bind_unix(path: &Path, mode: Option<u32>, backlog: i32) -> Result<Listener, L
             match StdUnixStream::connect(path) {
                 Ok(_) => return Err(ListenError::UnixInUse(path.to_path_buf())),
                 Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-                    crate::info!("server", "removing stale socket {}", path.display());
+                    info!("server", "removing stale socket {}", path.display());
                     std::fs::remove_file(path)
                         .map_err(io_error(format!("cannot remove stale socket {}", path.display())))?;
                 }

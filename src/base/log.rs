@@ -6,6 +6,8 @@
 use std::fmt::{self, Write as _};
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
+use super::sys::retry;
+
 /// Severity of a log line; names match Python's `logging` level names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Level {
@@ -46,6 +48,7 @@ static MIN_LEVEL: AtomicU8 = AtomicU8::new(Level::Info as u8);
 pub fn use_syslog() {
     // openlog keeps the pointer: the identity must live for the rest of the process.
     static IDENT: &[u8] = b"scgi-wsgi\0";
+    // SAFETY: IDENT is NUL-terminated and static; openlog has no other requirement.
     unsafe { libc::openlog(IDENT.as_ptr().cast(), libc::LOG_PID, libc::LOG_DAEMON) };
     USE_SYSLOG.store(true, Ordering::Relaxed);
 }
@@ -72,6 +75,7 @@ pub fn write(level: Level, name: &str, args: fmt::Arguments<'_>) {
             let text = format!("[{name}]: {}: {}", level.name(), printable(line, &['\t'])).replace('\0', " ");
             if let Ok(text) = std::ffi::CString::new(text) {
                 let priority = libc::LOG_DAEMON | level.syslog_priority();
+                // SAFETY: a constant "%s" format with one NUL-terminated string argument.
                 unsafe { libc::syslog(priority, c"%s".as_ptr(), text.as_ptr()) };
             }
         }
@@ -114,41 +118,36 @@ pub fn printable<'a>(text: &'a str, keep: &[char]) -> std::borrow::Cow<'a, str> 
 /// Writes bytes to fd 2 in as few calls as the kernel allows, ignoring failures (nowhere to report them).
 pub fn write_stderr(mut bytes: &[u8]) {
     while !bytes.is_empty() {
-        let n = unsafe { libc::write(2, bytes.as_ptr().cast(), bytes.len()) };
-        if n > 0 {
-            bytes = &bytes[n as usize..];
-        } else if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
-            continue;
-        } else {
-            return;
+        // SAFETY: the pointer and length describe the live slice `bytes`.
+        let written = retry(|| unsafe { libc::write(2, bytes.as_ptr().cast(), bytes.len()) });
+        match written {
+            Ok(n) if n > 0 => bytes = &bytes[n as usize..],
+            _ => return,
         }
     }
 }
 
 /// Logs at INFO under a component name: `info!("server", "listening on {}", addr)`.
-#[macro_export]
 macro_rules! info {
-    ($name:expr, $($arg:tt)+) => { $crate::log::write($crate::log::Level::Info, $name, format_args!($($arg)+)) };
+    ($name:expr, $($arg:tt)+) => { $crate::base::log::write($crate::base::log::Level::Info, $name, format_args!($($arg)+)) };
 }
 /// Logs at WARNING under a component name.
-#[macro_export]
 macro_rules! warning {
-    ($name:expr, $($arg:tt)+) => { $crate::log::write($crate::log::Level::Warning, $name, format_args!($($arg)+)) };
+    ($name:expr, $($arg:tt)+) => { $crate::base::log::write($crate::base::log::Level::Warning, $name, format_args!($($arg)+)) };
 }
 /// Logs at ERROR under a component name.
-#[macro_export]
 macro_rules! error {
-    ($name:expr, $($arg:tt)+) => { $crate::log::write($crate::log::Level::Error, $name, format_args!($($arg)+)) };
+    ($name:expr, $($arg:tt)+) => { $crate::base::log::write($crate::base::log::Level::Error, $name, format_args!($($arg)+)) };
 }
 /// Logs at DEBUG under a component name (skipped cheaply when debug lines are off).
-#[macro_export]
 macro_rules! debug {
     ($name:expr, $($arg:tt)+) => {
-        if $crate::log::enabled($crate::log::Level::Debug) {
-            $crate::log::write($crate::log::Level::Debug, $name, format_args!($($arg)+))
+        if $crate::base::log::enabled($crate::base::log::Level::Debug) {
+            $crate::base::log::write($crate::base::log::Level::Debug, $name, format_args!($($arg)+))
         }
     };
 }
+pub(crate) use {debug, error, info, warning};
 
 #[cfg(test)]
 mod tests {

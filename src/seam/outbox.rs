@@ -1,5 +1,4 @@
-//! The seam between the event loop and whatever runs the app: a complete [`Request`] goes out,
-//! response bytes come back through its [`Outbox`].
+//! One response's way from the app back to the client: the [`Outbox`].
 //!
 //! The loop never waits on a worker. A worker writes its output straight to the client's socket
 //! when the loop has nothing queued for it and the socket takes the bytes at once (one
@@ -15,64 +14,12 @@
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io;
-use std::ops::Range;
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::Instant;
 
-/// The request body, complete.
-#[derive(Debug)]
-pub enum Body {
-    /// The body bytes lie in [`Request::buf`] at this range.
-    InBuffer(Range<usize>),
-    /// The body was large and lies in an unlinked temporary file of this length.
-    File(File, u64),
-}
-
-/// A request whose head and body have fully arrived.
-#[derive(Debug)]
-pub struct Request {
-    /// The bytes read from the client: the netstring head, then (for [`Body::InBuffer`]) the body.
-    pub buf: Vec<u8>,
-    /// The header block (NAME NUL VALUE NUL ...) inside `buf`.
-    pub payload: Range<usize>,
-    /// Where the body is.
-    pub body: Body,
-    /// Where the response goes.
-    pub outbox: Arc<Outbox>,
-    /// When the connection was accepted.
-    pub accepted: Instant,
-}
-
-impl Request {
-    /// The raw header block.
-    pub fn header_block(&self) -> &[u8] {
-        &self.buf[self.payload.clone()]
-    }
-
-    /// The first value of a header, by exact name.
-    pub fn header(&self, name: &[u8]) -> Option<&[u8]> {
-        crate::scgi::headers(self.header_block()).find_map(|(n, v)| (n == name).then_some(v))
-    }
-}
-
-/// The body length of a complete CGI-style response (`Status: ...\r\n...\r\n\r\nbody`), for
-/// the access log lines of the answers the server makes itself.
-pub const fn cgi_body_len(response: &[u8]) -> u64 {
-    let mut i = 0;
-    while i + 4 <= response.len() {
-        if response[i] == b'\r'
-            && response[i + 1] == b'\n'
-            && response[i + 2] == b'\r'
-            && response[i + 3] == b'\n'
-        {
-            return (response.len() - i - 4) as u64;
-        }
-        i += 1;
-    }
-    0
-}
+use super::notifier::Notifier;
+use crate::base::log::debug;
+use crate::base::sys;
 
 /// A piece of a response on its way to the client.
 #[derive(Debug)]
@@ -399,47 +346,41 @@ impl Outbox {
             return Ok(0);
         }
         let mut flags = libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT;
-        if end == Some(End::Complete) && self.notifier.poller.is_some() && !state.extra_input {
+        if end == Some(End::Complete) && self.notifier.poller().is_some() && !state.extra_input {
             // Should ending it alone fail after all, the loop's close or shutdown sends what
             // is held; so does its next write, should the socket not take all of it now.
             flags |= libc::MSG_MORE;
         }
-        let written = loop {
-            // SAFETY: a zeroed msghdr is valid; iov points at `count` slices that outlive the call.
-            let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-            msg.msg_iov = iov.as_mut_ptr();
-            msg.msg_iovlen = count as _;
-            // SAFETY: the descriptor is open: the loop revokes it under this lock (held by the
-            // caller) before closing it, and `revoked` was checked above. MSG_NOSIGNAL: a
-            // vanished client is an error to report, not a SIGPIPE.
-            let n = unsafe { libc::sendmsg(fd, &msg, flags) };
-            if n >= 0 {
-                break n as usize;
-            }
-            let e = io::Error::last_os_error();
-            match e.kind() {
-                io::ErrorKind::Interrupted => continue,
-                io::ErrorKind::WouldBlock => return Ok(0),
-                _ => {
-                    crate::debug!("server", "client went away while receiving the response: {e}");
-                    state.client_gone = true;
-                    state.chunks.clear();
-                    state.unsent = 0;
-                    // The loop closes the connection as it does after its own failed write
-                    // (nothing more will come to tell it to).
-                    state.end.get_or_insert(End::Abort);
-                    let wake = !std::mem::replace(&mut state.notified, true);
-                    Self::wake_waiters(&self.room, state);
-                    if let Some(observer) = self.observer.get() {
-                        observer(OutboxEvent::ClientGone);
-                    }
-                    // A worker holding the connection gives it to the loop when the app is
-                    // done (`doorway::Direct::finish`), which is soon: the app's writes fail.
-                    if wake && !state.detached {
-                        self.notifier.notify(state.id);
-                    }
-                    return Err(ClientGone);
+        // SAFETY: a zeroed msghdr is valid; iov points at `count` slices that outlive the call.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = iov.as_mut_ptr();
+        msg.msg_iovlen = count as _;
+        // SAFETY: the descriptor is open: the loop revokes it under this lock (held by the
+        // caller) before closing it, and `revoked` was checked above. MSG_NOSIGNAL: a
+        // vanished client is an error to report, not a SIGPIPE.
+        let sent = sys::retry(|| unsafe { libc::sendmsg(fd, &msg, flags) });
+        let written = match sent {
+            Ok(n) => n as usize,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
+            Err(e) => {
+                debug!("server", "client went away while receiving the response: {e}");
+                state.client_gone = true;
+                state.chunks.clear();
+                state.unsent = 0;
+                // The loop closes the connection as it does after its own failed write
+                // (nothing more will come to tell it to).
+                state.end.get_or_insert(End::Abort);
+                let wake = !std::mem::replace(&mut state.notified, true);
+                Self::wake_waiters(&self.room, state);
+                if let Some(observer) = self.observer.get() {
+                    observer(OutboxEvent::ClientGone);
                 }
+                // A worker holding the connection gives it to the loop when the app is
+                // done (`doorway::Direct::finish`), which is soon: the app's writes fail.
+                if wake && !state.detached {
+                    self.notifier.notify(state.id);
+                }
+                return Err(ClientGone);
             }
         };
         if written > 0 {
@@ -457,7 +398,7 @@ impl Outbox {
     /// linger because more input arrived, or when the outbox has no socket or no loop to
     /// leave: the caller then wakes the loop as usual.
     fn end_alone(&self, state: &mut MutexGuard<'_, OutState>) -> bool {
-        let (Some(fd), Some(poller)) = (self.socket, self.notifier.poller) else {
+        let (Some(fd), Some(poller)) = (self.socket, self.notifier.poller()) else {
             return false;
         };
         if state.loop_busy
@@ -468,15 +409,17 @@ impl Outbox {
         {
             return false;
         }
-        // SAFETY: the descriptor is open (not revoked, under the lock, as for `write_direct`);
-        // `poller` is the loop's epoll descriptor, which outlives every connection's.
-        if !state.unwatched
-            && unsafe { libc::epoll_ctl(poller, libc::EPOLL_CTL_DEL, fd, std::ptr::null_mut()) } != 0
-        {
-            return false;
+        if !state.unwatched {
+            // SAFETY: the descriptor is open (not revoked, under the lock, as for
+            // `write_direct`); `poller` is the loop's epoll descriptor, which outlives every
+            // connection's.
+            let removed = unsafe { libc::epoll_ctl(poller, libc::EPOLL_CTL_DEL, fd, std::ptr::null_mut()) };
+            if sys::check(removed).is_err() {
+                return false;
+            }
         }
         // SAFETY: as above. A failure (the client reset meanwhile) leaves the loop to close.
-        unsafe { libc::shutdown(fd, libc::SHUT_WR) };
+        let _ = sys::check(unsafe { libc::shutdown(fd, libc::SHUT_WR) });
         true
     }
 
@@ -709,189 +652,10 @@ impl Outbox {
     }
 }
 
-/// Carries "this connection has output" from workers to the event loop and wakes it.
-#[derive(Debug)]
-pub struct Notifier {
-    ready: Mutex<Vec<ConnId>>,
-    waker: mio::Waker,
-    /// Set while a wake-up is pending, so a burst of completions costs one wake-up.
-    woken: AtomicBool,
-    /// Set while ids wait that were queued without a wake-up ([`Notifier::notify_quiet`]).
-    quiet: AtomicBool,
-    /// The loop's epoll descriptor, when producers may take sockets out of it
-    /// ([`Outbox::end_alone`]).
-    poller: Option<RawFd>,
-}
-
-impl Notifier {
-    /// Wraps the loop's waker. `poller` is the loop's epoll descriptor, which lets producers
-    /// end connections themselves; it must stay open as long as any outbox with a socket.
-    pub fn new(waker: mio::Waker, poller: Option<RawFd>) -> Arc<Notifier> {
-        Arc::new(Notifier {
-            ready: Mutex::new(Vec::with_capacity(64)),
-            waker,
-            woken: AtomicBool::new(false),
-            quiet: AtomicBool::new(false),
-            poller,
-        })
-    }
-
-    /// Queues `id` for the loop without waking it: it is a connection whose producer ended it
-    /// ([`Outbox::end_alone`]), which only needs its descriptor closed. The loop looks after
-    /// every round of events, and sleeps at most [`QUIET_CLOSE_DELAY`] while connections are
-    /// open.
-    pub fn notify_quiet(&self, id: ConnId) {
-        self.ready.lock().unwrap_or_else(|e| e.into_inner()).push(id);
-        self.quiet.store(true, Ordering::Release);
-    }
-
-    /// Loop side: whether ids wait that came without a wake-up.
-    pub(crate) fn has_quiet(&self) -> bool {
-        self.quiet.load(Ordering::Acquire)
-    }
-
-    /// Queues `id` for the loop and wakes it if it is not already awake for this purpose.
-    pub fn notify(&self, id: ConnId) {
-        self.ready.lock().unwrap_or_else(|e| e.into_inner()).push(id);
-        if !self.woken.swap(true, Ordering::AcqRel) {
-            if let Err(e) = self.waker.wake() {
-                crate::error!("server", "cannot wake the event loop: {e}");
-            }
-        }
-    }
-
-    /// Wakes the loop with no connection to name: a full request queue has room again.
-    pub fn wake(&self) {
-        if !self.woken.swap(true, Ordering::AcqRel) {
-            if let Err(e) = self.waker.wake() {
-                crate::error!("server", "cannot wake the event loop: {e}");
-            }
-        }
-    }
-
-    /// Loop side: takes the queued ids into `into` (which it reuses).
-    pub(crate) fn drain(&self, into: &mut Vec<ConnId>) {
-        self.woken.store(false, Ordering::Release);
-        self.quiet.store(false, Ordering::Release);
-        let mut ready = self.ready.lock().unwrap_or_else(|e| e.into_inner());
-        std::mem::swap(&mut *ready, into);
-    }
-}
-
-/// A dispatcher's way to wake the event loop from its threads, once the loop has handed it one
-/// ([`Dispatcher::set_waker`]): when a full queue gets room again, or when a worker takes a
-/// request after the loop held back.
-#[derive(Default)]
-pub struct LoopWaker(Mutex<Option<Arc<Notifier>>>);
-
-impl LoopWaker {
-    /// Keeps the loop's notifier.
-    pub fn set(&self, notifier: Arc<Notifier>) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(notifier);
-    }
-
-    /// Wakes the loop (nothing before [`LoopWaker::set`]).
-    pub fn wake(&self) {
-        let notifier = self.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        if let Some(notifier) = notifier {
-            notifier.wake();
-        }
-    }
-}
-
-/// The longest the loop sleeps while connections are open, so that one a producer ended by
-/// itself ([`Notifier::notify_quiet`]) is closed soon even when nothing else happens.
-pub const QUIET_CLOSE_DELAY: std::time::Duration = std::time::Duration::from_millis(100);
-
-/// How many complete requests may wait for a worker before the loop stops reading further
-/// request bodies into memory ([`Dispatcher::wants_bodies`]): enough to keep workers fed, few
-/// enough that a crowd of uploads waits in the kernel's socket buffers, not in ours.
-pub const READ_AHEAD: usize = 4;
-
-/// Once the loop has held back, a worker taking a request wakes it when at most this many
-/// wait: each wake-up then lets the loop read several bodies, not one (a wake-up per request
-/// cost about a tenth of the CPU time of a 64 KiB upload, see `benches/RESULTS.md`).
-pub const RESUME_AT: usize = 1;
-
-/// A dispatcher's record of the loop holding back (request bodies left unread, connections
-/// left to sibling processes) because enough requests wait, and of when to wake it again.
-#[derive(Debug, Default)]
-pub struct HoldBack {
-    held: bool,
-}
-
-impl HoldBack {
-    /// Whether the loop may take one more, with `waiting` requests waiting and `limit` the
-    /// most; a refusal is recorded, for [`HoldBack::resumes`].
-    pub fn admits(&mut self, waiting: usize, limit: usize) -> bool {
-        let admits = waiting < limit;
-        if !admits {
-            self.held = true;
-        }
-        admits
-    }
-
-    /// Worker side, as a request is taken with `waiting` left: whether to wake the loop
-    /// (once per hold, when the queue has run down to [`RESUME_AT`]).
-    pub fn resumes(&mut self, waiting: usize) -> bool {
-        let resumes = self.held && waiting <= RESUME_AT;
-        if resumes {
-            self.held = false;
-        }
-        resumes
-    }
-}
-
-/// Runs complete requests. The event loop calls it and never waits on it.
-pub trait Dispatcher {
-    /// Hands over a request. Returns it back when no more can be queued (the loop answers 503).
-    fn dispatch(&mut self, request: Request) -> Result<(), Request>;
-    /// Whether another request can be taken now; the loop stops accepting while not. The loop
-    /// asks only when it has a connection it would accept.
-    fn has_room(&self) -> bool {
-        true
-    }
-    /// Whether to take another connection now although there is room, `incoming` requests
-    /// having been taken in this round that are not in the queue yet (their bodies still to
-    /// read): false when processes share the listening socket and this one's workers are
-    /// busy, so that a sibling takes it. The dispatcher wakes the loop (see
-    /// [`Dispatcher::set_waker`]) when that changes.
-    fn wants_more(&self, _incoming: usize) -> bool {
-        true
-    }
-    /// Whether the loop may read another request body into memory now: false while enough
-    /// complete requests already wait for a worker. The loop then leaves bodies in the kernel
-    /// and the dispatcher wakes it (see [`Dispatcher::set_waker`]) when a worker takes one.
-    fn wants_bodies(&self) -> bool {
-        true
-    }
-    /// How many requests may wait for a worker (for log lines).
-    fn queue_limit(&self) -> usize {
-        usize::MAX
-    }
-    /// Gives the dispatcher a way to wake the loop when it has room again after refusing.
-    fn set_waker(&mut self, _notifier: Arc<Notifier>) {}
-
-    /// Offers the dispatcher a doorway (see `doorway`): its idle workers may accept
-    /// connections themselves. Returns whether it takes it; if not, the loop accepts every
-    /// connection.
-    fn set_doorway(&mut self, _doorway: Arc<crate::doorway::Doorway>) -> bool {
-        false
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_body_length_of_a_made_up_response_is_what_follows_its_head() {
-        assert_eq!(cgi_body_len(b"Status: 200 OK\r\nContent-Length: 3\r\n\r\nabc"), 3);
-        assert_eq!(cgi_body_len(b"Status: 204 No Content\r\n\r\n"), 0);
-        assert_eq!(cgi_body_len(b"no head end"), 0);
-        assert_eq!(crate::wsgi::response::INTERNAL_ERROR_BODY, 26);
-    }
-    use std::sync::atomic::AtomicUsize;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn outbox(high_water: usize) -> (mio::Poll, Arc<Outbox>) {
         let poll = mio::Poll::new().unwrap();
@@ -942,20 +706,6 @@ mod tests {
             !outbox.call_when_room(counting_hook(&calls)),
             "nothing to wait for"
         );
-    }
-
-    #[test]
-    fn a_held_back_loop_is_woken_once_when_the_queue_has_run_down() {
-        let mut hold = HoldBack::default();
-        assert!(hold.admits(READ_AHEAD - 1, READ_AHEAD));
-        assert!(!hold.resumes(0), "nothing was held back");
-        assert!(!hold.admits(READ_AHEAD, READ_AHEAD));
-        assert!(!hold.admits(READ_AHEAD + 1, READ_AHEAD));
-        for waiting in (RESUME_AT + 1..=READ_AHEAD).rev() {
-            assert!(!hold.resumes(waiting), "woken with {waiting} still waiting");
-        }
-        assert!(hold.resumes(RESUME_AT));
-        assert!(!hold.resumes(0), "one wake-up per hold");
     }
 
     /// A connected pair: the server end (non-blocking, small send buffer) and the client end.

@@ -1,0 +1,153 @@
+//! Start-up: the command line, the master process, process set-up, and what the pieces
+//! below are put together into. The top layer: everything may be used from here, and
+//! nothing below imports it.
+
+mod cli;
+mod serve;
+mod setup;
+mod supervisor;
+
+use std::process::ExitCode;
+
+use crate::base::access;
+use crate::base::config::{Config, ListenSpec};
+use crate::base::log::{self, warning};
+use crate::base::sys;
+use crate::external;
+use crate::net::listen::Listener;
+use crate::server::SignalPipe;
+use crate::wsgi;
+
+/// Prints a start-up failure on one line and gives exit status 1.
+pub(crate) fn fatal(message: impl std::fmt::Display) -> ExitCode {
+    log::write_stderr(format!("scgi-wsgi: {message}\n").as_bytes());
+    ExitCode::from(1)
+}
+
+/// The whole program: parse, listen, load the app, serve until told to stop.
+pub fn main() -> ExitCode {
+    let args = match cli::parse_args(std::env::args_os()) {
+        Ok(args) => args,
+        Err(e) => {
+            let code = if e.use_stderr() { 1 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    let config = match args.into_config() {
+        Ok(config) => config,
+        Err(e) => return fatal(e),
+    };
+    if let Err(message) = setup::early(config.process.umask, config.process.chdir.as_deref()) {
+        return fatal(message);
+    }
+    if std::env::var_os("ASHD_USESYSLOG").is_some() {
+        // Without a syslog daemon (a container, say) every line would be lost: stay on stderr.
+        if std::path::Path::new("/dev/log").exists() {
+            log::use_syslog();
+        } else {
+            warning!(
+                "server",
+                "ASHD_USESYSLOG is set but there is no /dev/log: logging to stderr"
+            );
+        }
+    }
+    if config.verbose {
+        log::set_min_level(log::Level::Debug);
+    }
+    setup::raise_fd_limit();
+    // Before anything slow: a stop signal during start-up then ends in an orderly exit. With
+    // a master, the supervisor owns signals until each worker installs its own after the fork.
+    let early_signals = if config.process.processes > 1 {
+        None
+    } else {
+        match SignalPipe::install() {
+            Ok(signals) => Some(signals),
+            Err(e) => return fatal(format!("cannot install signal handlers: {e}")),
+        }
+    };
+    let listener = match Listener::open(&config.listen, config.backlog, config.defer_accept) {
+        Ok(listener) => listener,
+        Err(e) => return fatal(e),
+    };
+    if config.listen == ListenSpec::Activated {
+        if std::env::var("LISTEN_FDS").is_ok_and(|n| n.trim() != "1") {
+            warning!(
+                "server",
+                "LISTEN_FDS={}: serving only the first passed socket (fd 3)",
+                std::env::var("LISTEN_FDS").unwrap_or_default()
+            );
+        }
+        // Consumed: the app and its child processes must not take the socket for theirs.
+        std::env::remove_var("LISTEN_PID");
+        std::env::remove_var("LISTEN_FDS");
+        std::env::remove_var("LISTEN_FDNAMES");
+    }
+    let pid_file = match prepare_process(&config, &listener) {
+        Ok(pid_file) => pid_file,
+        Err(message) => return fatal(message),
+    };
+    let code = if config.process.processes > 1 {
+        let plan = supervisor::Plan {
+            processes: config.process.processes,
+            graceful_timeout: config.graceful_timeout,
+            forward_usr1: config.process.access_log.is_some(),
+        };
+        match supervisor::run(plan, listener) {
+            supervisor::Role::Master(code) => code,
+            // A worker: the single-process server from here on; the master owns the pid file.
+            supervisor::Role::Worker(listener) => return serve::run_server(config, listener, None),
+        }
+    } else {
+        serve::run_server(config, listener, early_signals)
+    };
+    if let Some(pid_file) = pid_file {
+        pid_file.remove();
+    }
+    code
+}
+
+/// Pid file, access log file and privileges: everything done once the socket is open and
+/// before any worker or Python starts.
+fn prepare_process(config: &Config, listener: &Listener) -> Result<Option<setup::PidFile>, String> {
+    let process = &config.process;
+    let identity = setup::resolve(process.user.as_deref(), process.group.as_deref())?;
+    if let (Some(id), Some(path)) = (&identity, listener.created_socket_file()) {
+        // The frontend connects as --user or --group (with --unix-mode 660, say): the socket
+        // file is theirs, as gunicorn and uWSGI make it.
+        if sys::euid() == 0 {
+            std::os::unix::fs::chown(path, id.uid, Some(id.gid)).map_err(|e| {
+                format!(
+                    "cannot hand the socket file {} to --user/--group: {e}",
+                    path.display()
+                )
+            })?;
+        }
+    }
+    let pid_file = process
+        .pid_file
+        .as_deref()
+        .map(setup::PidFile::write)
+        .transpose()?;
+    if let Some(path) = &process.access_log {
+        let owner = identity
+            .as_ref()
+            .filter(|_| sys::euid() == 0)
+            .map(|id| (id.uid.unwrap_or(0), id.gid));
+        access::prepare(path, owner)
+            .map_err(|e| format!("cannot open the access log {}: {e}", path.display()))?;
+    }
+    if let Some(identity) = &identity {
+        // Which interpreter is found on PATH is settled before the switch, as root sees it.
+        let python = match (&config.interpreter, &config.virtualenv) {
+            (Some(command), _) => external::resolve_command(command),
+            (None, Some(dir)) => Some(dir.join("bin").join("python")),
+            (None, None) => Some(std::path::PathBuf::from(wsgi::interp::BUILD_PYTHON)),
+        };
+        setup::drop_privileges(identity)?;
+        if let Some(python) = python {
+            setup::check_python_reachable(&python)?;
+        }
+    }
+    Ok(pid_file)
+}
