@@ -1,9 +1,10 @@
 //! The house rules of `src/`, read from the source: the layers of `src/lib.rs` (each module
-//! imports only from the layers below it, and `wsgi` and `external` not from each other), and
-//! no source file over 800 lines of non-test code. (Clippy holds the others: a `// SAFETY:`
+//! imports only from the layers below it, and `wsgi` and `external` not from each other), no
+//! import circle among any of the crate's modules (files), and no source file over 800 lines
+//! of non-test code. (Clippy holds the others: a `// SAFETY:`
 //! reason for every `unsafe` block, no function over 100 lines; see Cargo.toml's `[lints]`.)
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -168,4 +169,191 @@ fn no_source_file_is_over_800_lines_of_non_test_code() {
         "files over {MAX_FILE_LINES} lines:\n{}",
         long.join("\n")
     );
+}
+
+/// The module path of a file under `src/` (`server::accept`; `server` for `server/mod.rs`),
+/// or `None` for the binaries.
+fn module_path(src: &Path, file: &Path) -> Option<Vec<String>> {
+    let relative = file.strip_prefix(src).ok()?;
+    let mut parts: Vec<String> = relative
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect();
+    if parts.first().is_some_and(|p| p == "bin" || p == "main.rs") {
+        return None;
+    }
+    let last = parts.pop()?;
+    match last.as_str() {
+        "mod.rs" | "lib.rs" => {}
+        other => parts.push(other.trim_end_matches(".rs").to_string()),
+    }
+    Some(parts)
+}
+
+/// A line of code with its comment and the contents of its string literals taken out.
+fn code_only(line: &str) -> String {
+    let mut out = String::new();
+    let mut in_string = false;
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if in_string => {
+                chars.next();
+            }
+            '"' => {
+                in_string = !in_string;
+                out.push('"');
+            }
+            '/' if !in_string && chars.peek() == Some(&'/') => break,
+            c if !in_string => out.push(c),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// The paths a piece of code names (`a::b::c`), with `use` groups spelled out one level
+/// (`use super::{x, y::z}` names `super::x` and `super::y::z`).
+fn named_paths(code: &str) -> Vec<Vec<String>> {
+    let mut paths = Vec::new();
+    let trimmed = code.trim();
+    if let Some(rest) = trimmed
+        .strip_prefix("pub use ")
+        .or_else(|| trimmed.strip_prefix("pub(crate) use "))
+        .or_else(|| trimmed.strip_prefix("pub(super) use "))
+        .or_else(|| trimmed.strip_prefix("use "))
+    {
+        if let Some((prefix, group)) = rest.split_once("::{") {
+            for item in group.split([',', '}', ';']) {
+                let item = item.trim();
+                if !item.is_empty() {
+                    paths.push(format!("{prefix}::{item}"));
+                }
+            }
+        }
+    }
+    let mut current = String::new();
+    let mut words = Vec::new();
+    for c in code.chars().chain(std::iter::once(' ')) {
+        if c.is_ascii_alphanumeric() || c == '_' || c == ':' || c == '$' {
+            current.push(c);
+        } else if !current.is_empty() {
+            words.push(std::mem::take(&mut current));
+        }
+    }
+    paths.extend(words.into_iter().filter(|w| w.contains("::")));
+    paths
+        .into_iter()
+        .map(|p| {
+            p.split("::")
+                .map(|s| s.trim().trim_start_matches('$').to_string())
+                .filter(|s| !s.is_empty())
+                .collect()
+        })
+        .collect()
+}
+
+/// The module a path names from module `from`, if it is one of `modules` (the longest prefix
+/// that is a module).
+fn resolve(from: &[String], path: &[String], modules: &BTreeSet<Vec<String>>) -> Option<Vec<String>> {
+    let mut absolute: Vec<String> = match path.first()?.as_str() {
+        "crate" => Vec::new(),
+        "self" => from.to_vec(),
+        "super" => from[..from.len().checked_sub(1)?].to_vec(),
+        first => {
+            // A child module named by its name alone.
+            let mut child = from.to_vec();
+            child.push(first.to_string());
+            if !modules.contains(&child) {
+                return None;
+            }
+            from.to_vec()
+        }
+    };
+    let rest = match path[0].as_str() {
+        "crate" | "self" | "super" => &path[1..],
+        _ => path,
+    };
+    let mut best = modules.contains(&absolute).then(|| absolute.clone());
+    for segment in rest {
+        absolute.push(segment.clone());
+        if modules.contains(&absolute) {
+            best = Some(absolute.clone());
+        }
+    }
+    best
+}
+
+#[test]
+fn no_module_imports_another_that_imports_it_back() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let files: Vec<(Vec<String>, PathBuf)> = sources(&src)
+        .into_iter()
+        .filter_map(|file| module_path(&src, &file).map(|m| (m, file)))
+        .collect();
+    let modules: BTreeSet<Vec<String>> = files.iter().map(|(m, _)| m.clone()).collect();
+    let mut edges: BTreeMap<Vec<String>, BTreeSet<Vec<String>>> = BTreeMap::new();
+    let mut example: BTreeMap<(Vec<String>, Vec<String>), String> = BTreeMap::new();
+    for (module, file) in &files {
+        let text = fs::read_to_string(file).unwrap();
+        for (number, line) in non_test_code(&text) {
+            let code = code_only(line);
+            if code.trim_start().starts_with("mod ") || code.trim_start().starts_with("pub mod ") {
+                continue;
+            }
+            for path in named_paths(&code) {
+                let Some(target) = resolve(module, &path, &modules) else {
+                    continue;
+                };
+                if &target != module {
+                    edges.entry(module.clone()).or_default().insert(target.clone());
+                    example
+                        .entry((module.clone(), target))
+                        .or_insert_with(|| format!("{}:{number}: {}", file.display(), line.trim()));
+                }
+            }
+        }
+    }
+    assert!(
+        edges.values().map(BTreeSet::len).sum::<usize>() > 50,
+        "the import graph was not read"
+    );
+    // A cycle is an edge back to a module on the current search path.
+    fn visit(
+        node: &Vec<String>,
+        edges: &BTreeMap<Vec<String>, BTreeSet<Vec<String>>>,
+        path: &mut Vec<Vec<String>>,
+        done: &mut BTreeSet<Vec<String>>,
+        cycles: &mut Vec<Vec<Vec<String>>>,
+    ) {
+        if let Some(at) = path.iter().position(|n| n == node) {
+            cycles.push(path[at..].to_vec());
+            return;
+        }
+        if !done.insert(node.clone()) {
+            return;
+        }
+        path.push(node.clone());
+        for next in edges.get(node).into_iter().flatten() {
+            visit(next, edges, path, done, cycles);
+        }
+        path.pop();
+    }
+    let mut cycles = Vec::new();
+    let mut done = BTreeSet::new();
+    for node in edges.keys() {
+        visit(node, &edges, &mut Vec::new(), &mut done, &mut cycles);
+    }
+    let described: Vec<String> = cycles
+        .iter()
+        .map(|cycle| {
+            let steps: Vec<String> = cycle
+                .iter()
+                .zip(cycle.iter().cycle().skip(1))
+                .map(|(a, b)| example[&(a.clone(), b.clone())].clone())
+                .collect();
+            format!("  {}", steps.join("\n  "))
+        })
+        .collect();
+    assert!(cycles.is_empty(), "import circles:\n{}", described.join("\n\n"));
 }

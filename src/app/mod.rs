@@ -11,18 +11,12 @@ use std::process::ExitCode;
 
 use crate::base::access;
 use crate::base::config::{Config, ListenSpec};
-use crate::base::log::{self, warning};
+use crate::base::log::{self, fatal, warning};
 use crate::base::sys;
 use crate::external;
 use crate::net::listen::Listener;
 use crate::server::SignalPipe;
 use crate::wsgi;
-
-/// Prints a start-up failure on one line and gives exit status 1.
-pub(crate) fn fatal(message: impl std::fmt::Display) -> ExitCode {
-    log::write_stderr(format!("scgi-wsgi: {message}\n").as_bytes());
-    ExitCode::from(1)
-}
 
 /// The whole program: parse, listen, load the app, serve until told to stop.
 pub fn main() -> ExitCode {

@@ -6,11 +6,10 @@ use std::sync::Arc;
 
 use pyo3::prelude::*;
 
-use super::fatal;
 use super::setup::tune_malloc;
 use crate::base::access;
 use crate::base::config::Config;
-use crate::base::log::{info, warning};
+use crate::base::log::{fatal, info, warning};
 use crate::base::process::{self, Message};
 use crate::base::sys;
 use crate::external::{ExternalDispatcher, WorkerSpec};

@@ -4,6 +4,7 @@
 //! and the Python side's `logging` output (configured to the same format) shares the stream.
 
 use std::fmt::{self, Write as _};
+use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
 use super::sys::retry;
@@ -113,6 +114,12 @@ pub fn printable<'a>(text: &'a str, keep: &[char]) -> std::borrow::Cow<'a, str> 
         }
     }
     out.into()
+}
+
+/// Prints a start-up failure on one line and gives exit status 1.
+pub fn fatal(message: impl std::fmt::Display) -> ExitCode {
+    write_stderr(format!("scgi-wsgi: {message}\n").as_bytes());
+    ExitCode::from(1)
 }
 
 /// Writes bytes to fd 2 in as few calls as the kernel allows, ignoring failures (nowhere to report them).

@@ -14,8 +14,8 @@ use crate::base::log::warning;
 use crate::base::sys;
 use crate::proto::cgi::Answer;
 use crate::proto::scgi::{self, HeadError, HeadInfo, Status};
-use crate::seam::notifier::Notifier;
-use crate::seam::outbox::{Chunk, ConnId, End, Outbox};
+use crate::seam::notifier::{ConnId, Notifier};
+use crate::seam::outbox::{Chunk, End, Outbox};
 use crate::seam::request::{Body, Request};
 
 /// How long a closing connection may take to send its end of stream after ours.

@@ -10,89 +10,30 @@
 //! many run at once. Beside it: the wedge rule of `free timeout=` and `pool abort=` (`wedge`),
 //! and the recycling watch of `--max-requests` and `--request-timeout` (`watchdog`).
 
+mod handler;
 mod monitor;
+mod shared;
+mod slot;
 pub mod watchdog;
 pub mod wedge;
 mod worker;
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use pyo3::Python;
-
-use self::monitor::{monitor_main, WorkerSlot};
+pub use self::handler::RequestHandler;
+use self::monitor::monitor_main;
+use self::shared::{Queue, Shared};
+pub use self::slot::waiting_on_client;
 use self::wedge::{spawn_wedge_watch, Wedge};
-pub use self::worker::waiting_on_client;
 use crate::base::config::Model;
-use crate::base::log::{error, warning};
+use crate::base::log::warning;
 use crate::seam::notifier::{LoopWaker, Notifier};
 use crate::seam::request::Request;
 use crate::server::dispatcher::{Dispatcher, HoldBack, READ_AHEAD};
 use crate::server::doorway::Doorway;
-
-/// Runs one complete request on the calling (attached) thread.
-pub trait RequestHandler: Send + Sync + 'static {
-    /// Runs the app for `request` and sends its response through the request's outbox.
-    fn handle(&self, py: Python<'_>, request: Request);
-}
-
-struct Queue {
-    pending: VecDeque<(Request, Instant)>,
-    threads: usize,
-    /// Idle threads waiting on `work`.
-    idle: usize,
-    /// Idle threads waiting in the doorway (for a connection, or a kick when work is queued).
-    door_waiters: usize,
-    /// Since when no thread waits in the doorway (see [`GRACE`]).
-    door_unattended_since: Option<Instant>,
-    /// Threads running a request now.
-    running: usize,
-    /// How many requests may run at once now (see [`Shared::adjust`]): between 1 and the
-    /// model's maximum.
-    allowed: usize,
-    /// Requests finished so far (the monitor watches it move).
-    completed: u64,
-    /// Times the queue was found with room to run what waits (a backlog that breaks is not one
-    /// that calls for more threads).
-    emptied: u64,
-    /// The monitor sleeps until a backlog or concurrent requests call for it.
-    monitor_parked: bool,
-    /// The loop held back because enough requests wait (a connection left to sibling
-    /// processes, or request bodies left unread): wake it as the queue runs down.
-    held_back: HoldBack,
-    stopping: bool,
-    /// Since when the loop has held a request the full queue refused (pool's `abort=`).
-    refused_since: Option<Instant>,
-}
-
-impl Queue {
-    /// Requests wait while every request allowed to run is running.
-    fn backlogged(&self) -> bool {
-        !self.pending.is_empty() && self.running >= self.allowed
-    }
-}
-
-struct Shared {
-    queue: Mutex<Queue>,
-    work: Condvar,
-    /// Wakes the monitor out of its park.
-    monitor: Condvar,
-    max_threads: usize,
-    queue_limit: usize,
-    idle_retire: Duration,
-    handler: Arc<dyn RequestHandler>,
-    loop_waker: LoopWaker,
-    /// Other processes accept from the same listening socket.
-    shared_listener: bool,
-    /// Every live worker thread, for the monitor's census.
-    slots: Mutex<Vec<Arc<WorkerSlot>>>,
-    /// Where idle threads accept connections themselves, when the loop offered one.
-    doorway: std::sync::OnceLock<Arc<Doorway>>,
-    /// rplex: responses outlive their app call, so no doorway.
-    rplex: bool,
-}
 
 /// A pool of Python worker threads that takes requests from the event loop.
 ///
@@ -171,43 +112,6 @@ impl WorkerPool {
             });
         }
         WorkerPool { shared }
-    }
-}
-
-impl Shared {
-    pub(super) fn lock(&self) -> MutexGuard<'_, Queue> {
-        self.queue.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Wakes one idle thread for queued work: one waiting on `work`, else one in the doorway.
-    pub(super) fn wake_idle(&self, queue: &Queue) {
-        if queue.idle > 0 {
-            self.work.notify_one();
-        } else if queue.door_waiters > 0 {
-            if let Some(door) = self.doorway.get() {
-                door.kick();
-            }
-        }
-    }
-
-    /// Wakes the event loop so that it takes connections again.
-    pub(super) fn wake_loop(&self) {
-        self.loop_waker.wake();
-    }
-
-    /// Starts one more worker thread (the caller holds the queue lock and has checked the maximum).
-    pub(super) fn spawn_worker(self: &Arc<Self>, queue: &mut Queue) {
-        queue.threads += 1;
-        let shared = Arc::clone(self);
-        // Python code may recurse deeply; give it the stack a Python thread would get.
-        let spawned = thread::Builder::new()
-            .name("wsgi-worker".into())
-            .stack_size(8 << 20)
-            .spawn(move || worker::worker_main(shared));
-        if let Err(e) = spawned {
-            queue.threads -= 1;
-            error!("server", "cannot start a worker thread: {e}");
-        }
     }
 }
 

@@ -2,14 +2,13 @@
 //! requests wait or several run) at what each running worker is doing, from its system call,
 //! and lets more run while the GIL would otherwise idle, fewer while they queue for it.
 
-use std::fs::File;
-use std::io::Read;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::{Queue, Shared};
+use super::shared::{Queue, Shared};
+use super::slot::{Activity, RUNNING, WAITING};
 use crate::base::log::debug;
 
 /// How often the monitor looks while requests wait for a thread.
@@ -92,7 +91,7 @@ pub(super) fn monitor_main(shared: &Arc<Shared>) {
         };
         if backlog || contention_check {
             let stalled = last_completion.elapsed() >= STALL;
-            let census = shared.census();
+            let census = Census::of(shared);
             let seen_twice = contended && census.wanting_gil() >= 2;
             if contention_check {
                 contended = census.wanting_gil() >= 2;
@@ -100,7 +99,7 @@ pub(super) fn monitor_main(shared: &Arc<Shared>) {
             let idle_now = backlog && census.wanting_gil() == 0;
             let idle_twice = gil_idle && idle_now;
             gil_idle = idle_now;
-            shared.adjust(backlog, stalled, idle_twice, seen_twice, census);
+            adjust(shared, backlog, stalled, idle_twice, seen_twice, census);
             if stalled {
                 last_completion = Instant::now();
             }
@@ -133,64 +132,19 @@ impl Shared {
             }
         }
     }
+}
 
-    /// One look at the running requests (see [`Census`]) and the change of the allowed number
-    /// it calls for. `backlog` says requests have waited for the whole last tick; `stalled`
-    /// that none finished for [`STALL`] meanwhile; `gil_idle` that this look and the one
-    /// before (both in a backlog) found no running request wanting the GIL; `contended` that
-    /// the last two looks found several wanting it. Two looks, not one: a request that
-    /// computes is now and then caught inside a quick system call (its response's send).
-    fn adjust(
-        self: &Arc<Self>,
-        backlog: bool,
-        stalled: bool,
-        gil_idle: bool,
-        contended: bool,
-        census: Census,
-    ) {
-        let mut queue = self.lock();
-        let before = queue.allowed;
-        let why = if gil_idle {
-            // Every running request waits outside Python: the GIL is idle while work waits.
-            queue.allowed = (queue.allowed * 2).min(self.max_threads);
-            "every running request is blocked outside Python"
-        } else if backlog && stalled && census.computing == 0 {
-            // Running requests wait on locks and none computes, so nobody holds the GIL: they
-            // wait on the app's locks (long polls, pools), maybe for a request still queued.
-            queue.allowed = (queue.allowed * 2).min(self.max_threads);
-            "the running requests wait on locks and none has finished for a while"
-        } else if backlog && stalled {
-            // One computes and has for a while: let one more run beside it, sharing the GIL
-            // (Python switches every 5 ms), so a long computation does not hold up short
-            // requests until it ends.
-            queue.allowed = (queue.allowed + 1).min(self.max_threads);
-            "a running request has computed for a while with requests waiting"
-        } else if contended && census.computing > 0 {
-            // One computes and others queue for the GIL (app locks show no one computing):
-            // let as many run as are blocked, plus one.
-            queue.allowed = (census.blocked + 1).clamp(1, queue.allowed);
-            "running requests queue for the GIL"
-        } else {
-            return;
-        };
-        if queue.allowed != before {
-            debug!(
-                "server",
-                "{why} ({} computing, {} on a lock, {} blocked): up to {} requests may run at once",
-                census.computing,
-                census.locked,
-                census.blocked,
-                queue.allowed
-            );
-        }
-        if queue.allowed > before {
-            self.fill(&mut queue);
-        }
-    }
+#[derive(Default, Debug, Clone, Copy)]
+struct Census {
+    computing: usize,
+    locked: usize,
+    blocked: usize,
+}
 
-    /// What the running workers are doing now.
-    fn census(&self) -> Census {
-        let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+impl Census {
+    /// What the running workers of `shared` are doing now.
+    fn of(shared: &Shared) -> Census {
+        let slots = shared.slots.lock().unwrap_or_else(|e| e.into_inner());
         let mut census = Census::default();
         for slot in slots.iter() {
             match slot.state.load(Ordering::Relaxed) {
@@ -205,109 +159,62 @@ impl Shared {
         }
         census
     }
-}
 
-/// What a worker thread is doing, as the monitor sees it.
-pub(super) const IDLE: u8 = 0;
-pub(super) const RUNNING: u8 = 1;
-/// Running a request, but waiting for its client to take output (without the GIL).
-pub(super) const WAITING: u8 = 2;
-
-/// A worker thread as the monitor sees it.
-pub(super) struct WorkerSlot {
-    state: AtomicU8,
-    /// The thread's id, as the kernel knows it.
-    tid: libc::pid_t,
-}
-
-/// Where a running worker is, from its system call.
-enum Activity {
-    /// On a CPU or ready for one.
-    Computing,
-    /// Waiting on a lock: the GIL, most likely.
-    Lock,
-    /// In any other blocking call: sleep, socket, pipe, disk.
-    Blocked,
-}
-
-#[derive(Default, Debug, Clone, Copy)]
-struct Census {
-    computing: usize,
-    locked: usize,
-    blocked: usize,
-}
-
-impl Census {
     fn wanting_gil(&self) -> usize {
         self.computing + self.locked
     }
 }
 
-impl WorkerSlot {
-    pub(super) fn for_current_thread() -> WorkerSlot {
-        WorkerSlot {
-            state: AtomicU8::new(IDLE),
-            // SAFETY: gettid has no preconditions.
-            tid: unsafe { libc::gettid() },
-        }
+/// One look at the running requests (see [`Census`]) and the change of the allowed number
+/// it calls for. `backlog` says requests have waited for the whole last tick; `stalled`
+/// that none finished for [`STALL`] meanwhile; `gil_idle` that this look and the one
+/// before (both in a backlog) found no running request wanting the GIL; `contended` that
+/// the last two looks found several wanting it. Two looks, not one: a request that
+/// computes is now and then caught inside a quick system call (its response's send).
+fn adjust(
+    shared: &Arc<Shared>,
+    backlog: bool,
+    stalled: bool,
+    gil_idle: bool,
+    contended: bool,
+    census: Census,
+) {
+    let mut queue = shared.lock();
+    let before = queue.allowed;
+    let why = if gil_idle {
+        // Every running request waits outside Python: the GIL is idle while work waits.
+        queue.allowed = (queue.allowed * 2).min(shared.max_threads);
+        "every running request is blocked outside Python"
+    } else if backlog && stalled && census.computing == 0 {
+        // Running requests wait on locks and none computes, so nobody holds the GIL: they
+        // wait on the app's locks (long polls, pools), maybe for a request still queued.
+        queue.allowed = (queue.allowed * 2).min(shared.max_threads);
+        "the running requests wait on locks and none has finished for a while"
+    } else if backlog && stalled {
+        // One computes and has for a while: let one more run beside it, sharing the GIL
+        // (Python switches every 5 ms), so a long computation does not hold up short
+        // requests until it ends.
+        queue.allowed = (queue.allowed + 1).min(shared.max_threads);
+        "a running request has computed for a while with requests waiting"
+    } else if contended && census.computing > 0 {
+        // One computes and others queue for the GIL (app locks show no one computing):
+        // let as many run as are blocked, plus one.
+        queue.allowed = (census.blocked + 1).clamp(1, queue.allowed);
+        "running requests queue for the GIL"
+    } else {
+        return;
+    };
+    if queue.allowed != before {
+        debug!(
+            "server",
+            "{why} ({} computing, {} on a lock, {} blocked): up to {} requests may run at once",
+            census.computing,
+            census.locked,
+            census.blocked,
+            queue.allowed
+        );
     }
-
-    pub(super) fn set(&self, state: u8) {
-        self.state.store(state, Ordering::Relaxed);
-    }
-
-    fn activity(&self) -> Activity {
-        // Opened for each look rather than kept: the server's descriptors stay its sockets and
-        // files. Where there is no such file, the thread counts as computing, so requests run
-        // one at a time unless they wait in our own waits (see `waiting_on_client`).
-        let Ok(mut file) = File::open(format!("/proc/self/task/{}/syscall", self.tid)) else {
-            return Activity::Computing;
-        };
-        let mut text = [0u8; 32];
-        match file.read(&mut text) {
-            Ok(n) => classify_syscall(&text[..n]),
-            Err(_) => Activity::Computing,
-        }
-    }
-}
-
-/// Reads the first field of a `/proc/.../syscall` line: "running", "-1" (not in a system
-/// call) or the number of the call the thread is blocked in.
-fn classify_syscall(line: &[u8]) -> Activity {
-    let first = line.split(|b| b.is_ascii_whitespace()).next().unwrap_or(b"");
-    match std::str::from_utf8(first)
-        .ok()
-        .and_then(|f| f.parse::<libc::c_long>().ok())
-    {
-        Some(libc::SYS_futex) => Activity::Lock,
-        Some(n) if n >= 0 => Activity::Blocked,
-        _ => Activity::Computing,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn system_calls_tell_computing_from_locked_from_blocked() {
-        let futex = format!("{} 0x7f 0x89 0x0\n", libc::SYS_futex);
-        let sleep = format!("{} 0x1 0x1 0x7ff\n", libc::SYS_clock_nanosleep);
-        let cases: [(&[u8], &str); 6] = [
-            (b"running\n", "computing"),
-            (b"-1 0x7ffd 0x7f12\n", "computing"),
-            (futex.as_bytes(), "lock"),
-            (sleep.as_bytes(), "blocked"),
-            (b"0 0x5 0x7ff 0x10000\n", "blocked"),
-            (b"", "computing"),
-        ];
-        for (line, want) in cases {
-            let got = match classify_syscall(line) {
-                Activity::Computing => "computing",
-                Activity::Lock => "lock",
-                Activity::Blocked => "blocked",
-            };
-            assert_eq!(got, want, "{:?}", String::from_utf8_lossy(line));
-        }
+    if queue.allowed > before {
+        shared.fill(&mut queue);
     }
 }

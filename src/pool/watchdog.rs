@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use pyo3::Python;
 
-use super::RequestHandler;
+use super::handler::RequestHandler;
 use crate::base::access;
 use crate::base::log::{self, error, info};
 use crate::base::process::{self, Message};

@@ -1,19 +1,34 @@
 //! A worker thread's life: wait (without the GIL) for a request, from the queue or through
 //! the doorway, run it, and again.
 
-use std::cell::RefCell;
 use std::sync::{Arc, MutexGuard};
+use std::thread;
 use std::time::Instant;
 
 use pyo3::Python;
 
-use super::monitor::{WorkerSlot, IDLE, RUNNING, WAITING};
-use super::{Queue, Shared};
-use crate::base::log::debug;
+use super::shared::{Queue, Shared};
+use super::slot::{WorkerSlot, CURRENT_SLOT, IDLE, RUNNING};
+use crate::base::log::{debug, error};
 use crate::seam::request::Request;
 use crate::server::doorway::{Direct, Doorway, Woke};
 
 impl Shared {
+    /// Starts one more worker thread (the caller holds the queue lock and has checked the maximum).
+    pub(super) fn spawn_worker(self: &Arc<Self>, queue: &mut Queue) {
+        queue.threads += 1;
+        let shared = Arc::clone(self);
+        // Python code may recurse deeply; give it the stack a Python thread would get.
+        let spawned = thread::Builder::new()
+            .name("wsgi-worker".into())
+            .stack_size(8 << 20)
+            .spawn(move || worker_main(shared));
+        if let Err(e) = spawned {
+            queue.threads -= 1;
+            error!("server", "cannot start a worker thread: {e}");
+        }
+    }
+
     /// Waits (the caller has released the GIL) for the next request; `None` tells the thread
     /// to end. `finished` says the thread has just finished one.
     #[inline(never)] // Its locals stay off the stack the app runs on (see worker_main).
@@ -138,29 +153,11 @@ impl Shared {
     }
 }
 
-thread_local! {
-    static CURRENT_SLOT: RefCell<Option<Arc<WorkerSlot>>> = const { RefCell::new(None) };
-}
-
-/// Runs `wait`, a wait for the client made without the GIL, with the calling worker counted
-/// as blocked, so the pool may let another request run meanwhile.
-pub fn waiting_on_client<R>(wait: impl FnOnce() -> R) -> R {
-    let slot = CURRENT_SLOT.with(|slot| slot.borrow().clone());
-    if let Some(slot) = &slot {
-        slot.set(WAITING);
-    }
-    let result = wait();
-    if let Some(slot) = &slot {
-        slot.set(RUNNING);
-    }
-    result
-}
-
 /// A worker thread's life. What it needs between requests (waiting, the doorway, handing a
 /// connection back) lives in functions kept out of line, so the app is called with a short
 /// stack under it: with a small app, a thread then touches two stack pages instead of three,
 /// 4 KiB less per thread (128 KiB at 32 threads).
-pub(super) fn worker_main(shared: Arc<Shared>) {
+fn worker_main(shared: Arc<Shared>) {
     let slot = Arc::new(WorkerSlot::for_current_thread());
     shared
         .slots

@@ -6,8 +6,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::outbox::ConnId;
 use crate::base::log::error;
+
+/// Identifies a connection slot and its occupant, so a stale notification is recognised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ConnId {
+    /// Slot in the loop's connection table.
+    pub key: usize,
+    /// Serial number of the connection that held the slot.
+    pub serial: u64,
+}
 
 /// Carries "this connection has output" from workers to the event loop and wakes it.
 #[derive(Debug)]

@@ -17,7 +17,7 @@ use std::io;
 use std::os::fd::RawFd;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
-use super::notifier::Notifier;
+use super::notifier::{ConnId, Notifier};
 use crate::base::log::debug;
 use crate::base::sys;
 
@@ -67,15 +67,6 @@ pub enum End {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("the client closed the connection")]
 pub struct ClientGone;
-
-/// Identifies a connection slot and its occupant, so a stale notification is recognised.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct ConnId {
-    /// Slot in the loop's connection table.
-    pub key: usize,
-    /// Serial number of the connection that held the slot.
-    pub serial: u64,
-}
 
 /// What an outbox tells an observer (the external-interpreter mode forwards it to its worker).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

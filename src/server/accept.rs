@@ -7,12 +7,13 @@ use std::time::{Duration, Instant};
 
 use super::dispatcher::Dispatcher;
 use super::doorway::{Doorway, Handed};
-use super::{overload_log_due, Server, LISTENER, WATCH_AFTER};
+use super::timers::WATCH_AFTER;
+use super::{overload_log_due, AcceptStarved, Server, LISTENER};
 use crate::base::log::{debug, error, info, warning};
 use crate::base::process;
 use crate::net::conn::{Conn, Phase, ReadOutcome};
 use crate::net::listen::Stream;
-use crate::seam::outbox::ConnId;
+use crate::seam::notifier::ConnId;
 
 /// Most connections one call of `accept_all` takes (each with its first read, and its request
 /// dispatched when complete) before the loop looks at its other work: completions to close,
@@ -20,15 +21,6 @@ use crate::seam::outbox::ConnId;
 const ACCEPT_BATCH: usize = 64;
 /// How long to stop accepting after the process ran out of file descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
-
-/// An episode of accept failing for lack of descriptors or memory.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct AcceptStarved {
-    since: Instant,
-    failures: u64,
-    /// A warning was logged during this episode, so its end is logged too.
-    warned: bool,
-}
 
 impl<D: Dispatcher> Server<D> {
     /// Takes an accepted connection in: a slot, its head timer, a first read, and its place
@@ -61,7 +53,7 @@ impl<D: Dispatcher> Server<D> {
         if matches!(outcome, ReadOutcome::Pending) && conn.bytes_received() == 0 {
             // Through a deferring listener, it came only once it had sent nothing for the
             // deferral: its head timeout counts from when it connected.
-            if let Some(connected) = conn.accepted.checked_sub(self.accept_deferral) {
+            if let Some(connected) = conn.accepted.checked_sub(self.intake.deferral) {
                 conn.accepted = connected;
             }
         }
@@ -72,8 +64,8 @@ impl<D: Dispatcher> Server<D> {
     }
 
     pub(super) fn accept_all(&mut self) {
-        self.accept_pending = false;
-        self.accept_more = false;
+        self.intake.pending = false;
+        self.intake.more = false;
         if !self.listening {
             // Idle workers accept (doorway mode), or the listener is closed.
             return;
@@ -99,7 +91,7 @@ impl<D: Dispatcher> Server<D> {
         loop {
             let Some(listener) = &self.listener else { return };
             if accepted >= ACCEPT_BATCH {
-                self.accept_more = true;
+                self.intake.more = true;
                 return;
             }
             let may_hold_more = match &self.doorway {
@@ -108,8 +100,8 @@ impl<D: Dispatcher> Server<D> {
             };
             if !may_hold_more {
                 // Leave the rest in the kernel's backlog until a slot frees up.
-                self.accept_pending = true;
-                if overload_log_due(&mut self.conn_limit_logged) {
+                self.intake.pending = true;
+                if overload_log_due(&mut self.intake.conn_limit_logged) {
                     warning!(
                         "server",
                         "{} connections open, the limit (--max-connections); new ones wait in the listen backlog",
@@ -120,13 +112,13 @@ impl<D: Dispatcher> Server<D> {
             }
             if !self.held.is_empty() || !self.dispatcher.has_room() {
                 // Requests already wait for a worker: let new ones wait in the backlog.
-                self.accept_pending = true;
+                self.intake.pending = true;
                 self.log_queue_full();
                 return;
             }
             if !self.dispatcher.wants_more(incoming) {
                 // Busy, and other processes share the listener: leave it to one of them.
-                self.accept_pending = true;
+                self.intake.pending = true;
                 return;
             }
             let result = listener.accept();
@@ -139,7 +131,7 @@ impl<D: Dispatcher> Server<D> {
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if let Some(starved) = self.accept_starved.take().filter(|s| s.warned) {
+                    if let Some(starved) = self.intake.starved.take().filter(|s| s.warned) {
                         info!(
                             "server",
                             "accepting normally again: every waiting connection taken after {:.1} s of failed accepts ({} failures)",
@@ -157,13 +149,13 @@ impl<D: Dispatcher> Server<D> {
                     ) =>
                 {
                     let now = Instant::now();
-                    let starved = self.accept_starved.get_or_insert(AcceptStarved {
+                    let starved = self.intake.starved.get_or_insert(AcceptStarved {
                         since: now,
                         failures: 0,
                         warned: false,
                     });
                     starved.failures += 1;
-                    if overload_log_due(&mut self.starved_warning) {
+                    if overload_log_due(&mut self.intake.starved_warning) {
                         starved.warned = true;
                         warning!(
                             "server",
@@ -174,7 +166,7 @@ impl<D: Dispatcher> Server<D> {
                             ACCEPT_BACKOFF.as_millis()
                         );
                     }
-                    self.accept_paused_until = Some(Instant::now() + ACCEPT_BACKOFF);
+                    self.intake.paused_until = Some(Instant::now() + ACCEPT_BACKOFF);
                     return;
                 }
                 // The peer gave up before we accepted it: nothing to serve.
@@ -242,8 +234,8 @@ impl<D: Dispatcher> Server<D> {
         } else {
             Doorway::unwatch_in(self.poll.as_raw_fd(), fd);
             self.listening = false;
-            self.accept_pending = false;
-            self.accept_more = false;
+            self.intake.pending = false;
+            self.intake.more = false;
         }
     }
 }

@@ -1,17 +1,19 @@
 //! One connection's turns in the loop: reading its request, dispatching it, writing the
-//! response as it comes, refusing what cannot be served, and closing.
+//! response as it comes, refusing what cannot be served, timing out, and closing.
 
 use std::time::{Duration, Instant};
 
 use mio::{Interest, Token};
 
 use super::dispatcher::Dispatcher;
-use super::{overload_log_due, Server, WATCH_AFTER};
+use super::timers::WATCH_AFTER;
+use super::{overload_log_due, Server};
 use crate::base::access;
 use crate::base::log::{self, debug, error, info, warning, Level};
 use crate::net::conn::{Phase, ReadOutcome, Watching};
 use crate::proto::cgi::Answer;
-use crate::seam::outbox::{ConnId, End};
+use crate::seam::notifier::ConnId;
+use crate::seam::outbox::End;
 
 impl<D: Dispatcher> Server<D> {
     /// Makes sure connection `key`'s socket is watched for at least `wanted` (see
@@ -235,7 +237,7 @@ impl<D: Dispatcher> Server<D> {
                 return;
             }
         }
-        if self.accept_pending {
+        if self.intake.pending {
             self.accept_all();
         }
     }
@@ -293,7 +295,7 @@ impl<D: Dispatcher> Server<D> {
         }
         self.ready = ready;
         // A wake-up may also mean the worker queue has room again.
-        if !self.held.is_empty() || self.accept_pending {
+        if !self.held.is_empty() || self.intake.pending {
             self.release_held();
         }
         if !self.deferred.is_empty() {
@@ -373,8 +375,76 @@ impl<D: Dispatcher> Server<D> {
             // A held request of this connection is skipped when its turn comes.
             self.held.retain(|r| !r.outbox.client_gone());
         }
-        if self.accept_pending {
+        if self.intake.pending {
             self.accept_all();
+        }
+    }
+
+    pub(super) fn expire_timers(&mut self) {
+        let now = Instant::now();
+        while let Some((when, key, serial)) = self.timers.peek() {
+            if when > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(conn) = self.conns.get(key).filter(|c| c.serial == serial) else {
+                continue;
+            };
+            if conn.phase == Phase::Running && conn.watching == Watching::Nothing {
+                // It has run WATCH_AFTER (or longer): from now on its input and its client's
+                // departure are seen. Nothing else can be due: its output never waited.
+                self.watch(key, Watching::Readable);
+                continue;
+            }
+            match conn.deadline(&self.limits) {
+                None => continue,
+                Some(deadline) if deadline > now => {
+                    self.timers.push((deadline, key, serial), &self.conns);
+                    continue;
+                }
+                Some(_) => {}
+            }
+            match conn.phase {
+                Phase::Head if conn.bytes_received() == 0 => {
+                    debug!("server", "closing a connection that sent nothing");
+                    self.close(key);
+                }
+                Phase::Head => self.refuse(
+                    key,
+                    &Answer {
+                        status: "408 Request Timeout",
+                        cause: format!(
+                            "the SCGI head did not arrive within {:.1} s (--head-timeout)",
+                            self.limits.head_timeout.as_secs_f64()
+                        ),
+                    },
+                ),
+                Phase::Body => {
+                    let (got, declared) = conn.body_progress();
+                    self.refuse(
+                        key,
+                        &Answer {
+                            status: "408 Request Timeout",
+                            cause: format!(
+                                "request body stalled at {got} of {declared} bytes for {:.1} s (--body-timeout)",
+                                self.limits.body_timeout.as_secs_f64()
+                            ),
+                        },
+                    )
+                }
+                Phase::Running | Phase::Closing => {
+                    warning!(
+                        "server",
+                        "client has not read any of the response for {:.1} s (--write-timeout); dropping it",
+                        self.limits.write_timeout.as_secs_f64()
+                    );
+                    if let Some(outbox) = &conn.outbox {
+                        outbox.mark_client_gone();
+                    }
+                    self.close(key);
+                }
+                Phase::Lingering => self.close(key),
+            }
         }
     }
 }

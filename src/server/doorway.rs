@@ -24,21 +24,19 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use super::timers::WATCH_AFTER;
 use crate::base::config::Limits;
 use crate::base::process;
 use crate::base::sys;
 use crate::net::conn::{Conn, ReadOutcome, HEAD_READ};
 use crate::net::listen::{Listener, Stream};
-use crate::seam::notifier::Notifier;
-use crate::seam::outbox::{ConnId, Outbox};
+use crate::seam::notifier::{ConnId, Notifier};
+use crate::seam::outbox::Outbox;
 use crate::seam::request::Request;
 
 /// How long workers leave accepting to the loop when they may not take a connection that
 /// waits (see [`Doorway::step_aside`]).
 const STEP_ASIDE: Duration = Duration::from_millis(100);
-
-/// How long a request runs before the loop would watch its socket (`server::WATCH_AFTER`).
-const WATCH_AFTER: Duration = super::WATCH_AFTER;
 
 const KICK: u64 = 1;
 const LISTENER: u64 = 2;

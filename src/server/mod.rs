@@ -5,12 +5,14 @@
 //! Beside it: the [`Dispatcher`](dispatcher::Dispatcher) trait it drives the app side
 //! through, and the [`doorway`], where idle workers accept connections themselves.
 //! The loop's work is spread over `accept` (taking connections in), `connections` (reading
-//! requests, dispatching them, writing responses, closing), `signals` and `timers`.
+//! requests, dispatching them, writing responses, timing out, closing) and `drain` (stop
+//! signals); `signals` and `timers` hold what it keeps for them.
 
 mod accept;
 mod connections;
 pub mod dispatcher;
 pub mod doorway;
+mod drain;
 mod signals;
 mod timers;
 
@@ -25,7 +27,6 @@ use std::time::{Duration, Instant};
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
-use self::accept::AcceptStarved;
 use self::dispatcher::Dispatcher;
 use self::doorway::{Doorway, Handed};
 use self::timers::Timers;
@@ -33,19 +34,22 @@ use crate::base::config::Limits;
 use crate::base::log::warning;
 use crate::net::conn::Conn;
 use crate::net::listen::Listener;
-use crate::seam::notifier::{Notifier, QUIET_CLOSE_DELAY};
-use crate::seam::outbox::ConnId;
+use crate::seam::notifier::{ConnId, Notifier, QUIET_CLOSE_DELAY};
 use crate::seam::request::Request;
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX - 2);
 const SIGNALS: Token = Token(usize::MAX - 3);
 
-/// How long a request that came whole with its connection runs before the loop watches its
-/// socket anyway: long enough that most requests end first (and never cost the loop a system
-/// call), short enough that a client resetting a long request frees its slot, and input
-/// arriving past a request is read and noted (so the end lingers instead of resetting).
-pub(crate) const WATCH_AFTER: Duration = Duration::from_millis(20);
+/// An episode of accept failing for lack of descriptors or memory.
+#[derive(Debug, Clone, Copy)]
+struct AcceptStarved {
+    since: Instant,
+    failures: u64,
+    /// A warning was logged during this episode, so its end is logged too.
+    warned: bool,
+}
+
 /// Least time between two log lines about the same overload (a full queue, the connection
 /// limit), so that sustained overload is reported without flooding the log.
 const OVERLOAD_LOG_INTERVAL: Duration = Duration::from_secs(10);
@@ -61,6 +65,41 @@ pub enum Exit {
     Immediate,
 }
 
+/// What the loop keeps about taking connections in (see `accept`).
+#[derive(Debug, Default)]
+struct Intake {
+    /// No accepting until then (the process ran out of descriptors).
+    paused_until: Option<Instant>,
+    /// The listener may have connections we left waiting (at the connection limit).
+    pending: bool,
+    /// `accept_all` stopped at `ACCEPT_BATCH`: the listener may have more, which no event
+    /// will announce again (it is edge-triggered), so the loop polls without waiting.
+    more: bool,
+    /// Accepting fails for lack of descriptors (or memory): since when and how often. The
+    /// episode ends when the backlog is empty again, so a few lines describe it instead of
+    /// one per retry.
+    starved: Option<AcceptStarved>,
+    /// When the last starvation warning was logged: at most one per [`OVERLOAD_LOG_INTERVAL`],
+    /// across episodes, as a load that keeps descriptors scarce starts and ends many.
+    starved_warning: Option<Instant>,
+    /// When the last "connection limit" line was logged.
+    conn_limit_logged: Option<Instant>,
+    /// How long the kernel holds back a connection that sends nothing (`TCP_DEFER_ACCEPT`):
+    /// one accepted with nothing to read connected that much earlier.
+    deferral: Duration,
+}
+
+/// Stop signals and the drain they start (see `drain`).
+#[derive(Debug)]
+struct Drain {
+    /// Bound on the wait for requests in flight.
+    graceful_timeout: Duration,
+    /// Since when the loop drains, once a stop signal came.
+    since: Option<Instant>,
+    /// A second SIGTERM/SIGINT stops at once (off under a master, which escalates with SIGQUIT).
+    repeat_stops_at_once: bool,
+}
+
 /// The event loop and everything it owns.
 pub struct Server<D: Dispatcher> {
     listener: Option<Listener>,
@@ -73,21 +112,10 @@ pub struct Server<D: Dispatcher> {
     next_serial: u64,
     ready: Vec<ConnId>,
     signals: SignalPipe,
-    graceful_timeout: Duration,
-    draining_since: Option<Instant>,
-    accept_paused_until: Option<Instant>,
-    /// The listener may have connections we left waiting (at the connection limit).
-    accept_pending: bool,
-    /// `accept_all` stopped at [`ACCEPT_BATCH`]: the listener may have more, which no event
-    /// will announce again (it is edge-triggered), so the loop polls without waiting.
-    accept_more: bool,
-    /// Accepting fails for lack of descriptors (or memory): since when and how often. The
-    /// episode ends when the backlog is empty again, so a few lines describe it instead of
-    /// one per retry.
-    accept_starved: Option<AcceptStarved>,
-    /// When the last starvation warning was logged: at most one per [`OVERLOAD_LOG_INTERVAL`],
-    /// across episodes, as a load that keeps descriptors scarce starts and ends many.
-    starved_warning: Option<Instant>,
+    /// Stop signals and the drain they start.
+    drain: Drain,
+    /// What the loop keeps about taking connections in.
+    intake: Intake,
     /// Complete requests the full worker queue could not take yet, oldest first. They hold
     /// no thread; they go to the queue as it drains.
     held: VecDeque<Request>,
@@ -98,14 +126,8 @@ pub struct Server<D: Dispatcher> {
     /// Connections whose turn ended at the read budget with input left (key, serial): read
     /// again in the next round, after the others had theirs.
     read_again: Vec<(usize, u64)>,
-    /// When the last "queue full" and "connection limit" lines were logged.
+    /// When the last "queue full" line was logged.
     queue_full_logged: Option<Instant>,
-    conn_limit_logged: Option<Instant>,
-    /// How long the kernel holds back a connection that sends nothing (`TCP_DEFER_ACCEPT`):
-    /// one accepted with nothing to read connected that much earlier.
-    accept_deferral: Duration,
-    /// A second SIGTERM/SIGINT stops at once (off under a master, which escalates with SIGQUIT).
-    repeat_stops_at_once: bool,
     /// Idle workers accept connections themselves (see `doorway`); the loop accepts only in
     /// loop mode.
     doorway: Option<Arc<Doorway>>,
@@ -162,20 +184,19 @@ impl<D: Dispatcher> Server<D> {
             next_serial: 0,
             ready: Vec::with_capacity(64),
             signals,
-            graceful_timeout,
-            draining_since: None,
-            accept_paused_until: None,
-            accept_pending: false,
-            accept_more: false,
-            accept_starved: None,
-            starved_warning: None,
+            drain: Drain {
+                graceful_timeout,
+                since: None,
+                repeat_stops_at_once: true,
+            },
+            intake: Intake {
+                deferral: accept_deferral,
+                ..Intake::default()
+            },
             held: VecDeque::new(),
             deferred: VecDeque::new(),
             read_again: Vec::new(),
             queue_full_logged: None,
-            conn_limit_logged: None,
-            accept_deferral,
-            repeat_stops_at_once: true,
             listening: doorway.is_none(),
             doorway,
             handed: Vec::new(),
@@ -186,7 +207,7 @@ impl<D: Dispatcher> Server<D> {
     /// manager may signal every process as the master passes the stop on; only SIGQUIT (which
     /// the master sends on a second stop signal) stops at once.
     pub fn set_repeat_stops_at_once(&mut self, at_once: bool) {
-        self.repeat_stops_at_once = at_once;
+        self.drain.repeat_stops_at_once = at_once;
     }
 
     /// Runs until a stop signal and the drain that follows it.
@@ -218,22 +239,22 @@ impl<D: Dispatcher> Server<D> {
             self.follow_doorway();
             self.read_more();
             self.expire_timers();
-            if self.accept_pending
-                || self.accept_more
-                || self.accept_paused_until.is_some_and(|t| t <= Instant::now())
+            if self.intake.pending
+                || self.intake.more
+                || self.intake.paused_until.is_some_and(|t| t <= Instant::now())
             {
-                self.accept_paused_until = None;
+                self.intake.paused_until = None;
                 self.accept_all();
             }
-            if let Some(since) = self.draining_since {
+            if let Some(since) = self.drain.since {
                 if self.conns.is_empty() && self.workers_hold() == 0 {
                     return Ok(Exit::Drained);
                 }
-                if since.elapsed() >= self.graceful_timeout {
+                if since.elapsed() >= self.drain.graceful_timeout {
                     warning!(
                         "server",
                         "graceful timeout ({:.0} s) ran out with {} connection(s) still open; exiting",
-                        self.graceful_timeout.as_secs_f64(),
+                        self.drain.graceful_timeout.as_secs_f64(),
                         self.conns.len() + self.workers_hold()
                     );
                     return Ok(Exit::GracefulTimeout);
@@ -243,15 +264,15 @@ impl<D: Dispatcher> Server<D> {
     }
 
     fn poll_timeout(&mut self) -> Option<Duration> {
-        if !self.read_again.is_empty() || self.accept_more {
+        if !self.read_again.is_empty() || self.intake.more {
             // Input or connections are waiting that no event will announce again.
             return Some(Duration::ZERO);
         }
         let now = Instant::now();
         let mut next = self.timers.peek().map(|(t, _, _)| t);
         for candidate in [
-            self.accept_paused_until,
-            self.draining_since.map(|s| s + self.graceful_timeout),
+            self.intake.paused_until,
+            self.drain.since.map(|s| s + self.drain.graceful_timeout),
         ]
         .into_iter()
         .flatten()
@@ -259,7 +280,7 @@ impl<D: Dispatcher> Server<D> {
             next = Some(next.map_or(candidate, |n| n.min(candidate)));
         }
         let timeout = next.map(|t| t.saturating_duration_since(now) + Duration::from_millis(1));
-        if self.conns.is_empty() && (self.draining_since.is_none() || self.workers_hold() == 0) {
+        if self.conns.is_empty() && (self.drain.since.is_none() || self.workers_hold() == 0) {
             timeout
         } else {
             // A producer may end a connection without waking the loop.

@@ -1,17 +1,20 @@
-//! The loop's timers, and what it does when one is due: a head or body that took too long
-//! (408), a client that stopped reading, a linger that ran out.
+//! The loop's timers: when each connection's head, body, write or linger time runs out, and
+//! when a request that came whole is watched after all (what the loop does when one is due
+//! is in `connections`).
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use slab::Slab;
 
-use super::dispatcher::Dispatcher;
-use super::Server;
-use crate::base::log::{debug, warning};
-use crate::net::conn::{Conn, Phase, Watching};
-use crate::proto::cgi::Answer;
+use crate::net::conn::Conn;
+
+/// How long a request that came whole with its connection runs before the loop watches its
+/// socket anyway: long enough that most requests end first (and never cost the loop a system
+/// call), short enough that a client resetting a long request frees its slot, and input
+/// arriving past a request is read and noted (so the end lingers instead of resetting).
+pub(super) const WATCH_AFTER: Duration = Duration::from_millis(20);
 
 /// Timer entries allowed beyond twice the live ones before closed connections' are dropped.
 const TIMERS_SLACK: usize = 1024;
@@ -61,80 +64,9 @@ impl Timers {
     }
 }
 
-impl<D: Dispatcher> Server<D> {
-    pub(super) fn expire_timers(&mut self) {
-        let now = Instant::now();
-        while let Some((when, key, serial)) = self.timers.peek() {
-            if when > now {
-                break;
-            }
-            self.timers.pop();
-            let Some(conn) = self.conns.get(key).filter(|c| c.serial == serial) else {
-                continue;
-            };
-            if conn.phase == Phase::Running && conn.watching == Watching::Nothing {
-                // It has run WATCH_AFTER (or longer): from now on its input and its client's
-                // departure are seen. Nothing else can be due: its output never waited.
-                self.watch(key, Watching::Readable);
-                continue;
-            }
-            match conn.deadline(&self.limits) {
-                None => continue,
-                Some(deadline) if deadline > now => {
-                    self.timers.push((deadline, key, serial), &self.conns);
-                    continue;
-                }
-                Some(_) => {}
-            }
-            match conn.phase {
-                Phase::Head if conn.bytes_received() == 0 => {
-                    debug!("server", "closing a connection that sent nothing");
-                    self.close(key);
-                }
-                Phase::Head => self.refuse(
-                    key,
-                    &Answer {
-                        status: "408 Request Timeout",
-                        cause: format!(
-                            "the SCGI head did not arrive within {:.1} s (--head-timeout)",
-                            self.limits.head_timeout.as_secs_f64()
-                        ),
-                    },
-                ),
-                Phase::Body => {
-                    let (got, declared) = conn.body_progress();
-                    self.refuse(
-                        key,
-                        &Answer {
-                            status: "408 Request Timeout",
-                            cause: format!(
-                                "request body stalled at {got} of {declared} bytes for {:.1} s (--body-timeout)",
-                                self.limits.body_timeout.as_secs_f64()
-                            ),
-                        },
-                    )
-                }
-                Phase::Running | Phase::Closing => {
-                    warning!(
-                        "server",
-                        "client has not read any of the response for {:.1} s (--write-timeout); dropping it",
-                        self.limits.write_timeout.as_secs_f64()
-                    );
-                    if let Some(outbox) = &conn.outbox {
-                        outbox.mark_client_gone();
-                    }
-                    self.close(key);
-                }
-                Phase::Lingering => self.close(key),
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn timers_of_closed_connections_do_not_pile_up() {

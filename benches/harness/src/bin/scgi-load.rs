@@ -209,6 +209,56 @@ fn open_stalled(poll: &Poll, addr: SocketAddr, token: Token) -> io::Result<TcpSt
     Ok(stream)
 }
 
+/// Stalled connections, each with whether it has sent its half head.
+type Stalls = Vec<(Option<TcpStream>, bool)>;
+
+/// Opens `stalled` connections that each send half a head, and waits (up to 5 s) until they
+/// have; returns them and how many had to be reopened.
+fn open_stalls(
+    poll: &mut Poll,
+    settings: &Settings,
+    stalled: usize,
+    events: &mut Events,
+    scratch: &mut [u8],
+) -> io::Result<(Stalls, u64)> {
+    let prefix = stalled_prefix(&settings.request);
+    let mut stalls: Stalls = Vec::with_capacity(stalled);
+    for i in 0..stalled {
+        let stream = open_stalled(poll, settings.addr, Token(STALLED_BASE + i)).ok();
+        stalls.push((stream, false));
+    }
+    let mut reopened = 0u64;
+    let settle_deadline = Instant::now() + Duration::from_secs(5);
+    while stalls.iter().any(|(s, sent)| s.is_some() && !sent) && Instant::now() < settle_deadline {
+        poll.poll(events, Some(Duration::from_millis(50)))?;
+        for event in events.iter() {
+            let i = event.token().0 - STALLED_BASE;
+            stall_event(
+                poll,
+                settings.addr,
+                &mut stalls[i],
+                i,
+                prefix,
+                scratch,
+                &mut reopened,
+            );
+        }
+    }
+    Ok((stalls, reopened))
+}
+
+/// Counts a timeout for every client whose request has taken longer than allowed, and starts
+/// it afresh.
+fn expire_clients(poll: &Poll, settings: &Settings, clients: &mut [Client], stats: &mut Stats, now: Instant) {
+    for (i, client) in clients.iter_mut().enumerate() {
+        if client.stream.is_some() && now.duration_since(client.started) > settings.timeout {
+            stats.error("timeout");
+            client.stream = None;
+            start(poll, settings, client, i, stats);
+        }
+    }
+}
+
 fn drive(
     settings: &Settings,
     concurrency: usize,
@@ -227,28 +277,8 @@ fn drive(
 
     // Stalled connections first: each sends half a head once connected, then never more.
     let prefix = stalled_prefix(&settings.request);
-    let mut stalls: Vec<(Option<TcpStream>, bool)> = Vec::with_capacity(stalled);
-    for i in 0..stalled {
-        let stream = open_stalled(&poll, settings.addr, Token(STALLED_BASE + i)).ok();
-        stalls.push((stream, false));
-    }
-    let mut stalled_reopened = 0u64;
-    let settle_deadline = Instant::now() + Duration::from_secs(5);
-    while stalls.iter().any(|(s, sent)| s.is_some() && !sent) && Instant::now() < settle_deadline {
-        poll.poll(&mut events, Some(Duration::from_millis(50)))?;
-        for event in events.iter() {
-            let i = event.token().0 - STALLED_BASE;
-            stall_event(
-                &poll,
-                settings.addr,
-                &mut stalls[i],
-                i,
-                prefix,
-                &mut scratch,
-                &mut stalled_reopened,
-            );
-        }
-    }
+    let (mut stalls, mut stalled_reopened) =
+        open_stalls(&mut poll, settings, stalled, &mut events, &mut scratch)?;
 
     let mut clients: Vec<Client> = (0..concurrency)
         .map(|_| Client {
@@ -307,13 +337,7 @@ fn drive(
         }
         if now.duration_since(last_scan) >= Duration::from_millis(100) {
             last_scan = now;
-            for (i, client) in clients.iter_mut().enumerate() {
-                if client.stream.is_some() && now.duration_since(client.started) > settings.timeout {
-                    stats.error("timeout");
-                    client.stream = None;
-                    start(&poll, settings, client, i, &mut stats);
-                }
-            }
+            expire_clients(&poll, settings, &mut clients, &mut stats, now);
         }
     }
     let elapsed = measure_start.elapsed().as_secs_f64();
