@@ -36,6 +36,7 @@ fn limits(max_head: usize, max_body: u64, body_buffer: u64) -> Limits {
         max_connections: 16,
         write_buffer: 64 * 1024,
         max_queue: 16,
+        allow_from: None,
     }
 }
 

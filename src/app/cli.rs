@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use crate::base::config::{Config, Limits, ListenSpec, Model, ProcessConfig};
+use std::sync::Arc;
+
+use crate::base::access::LineFormat;
+use crate::base::config::{AllowList, Config, Limits, ListenSpec, Model, ProcessConfig};
 use crate::base::error::ConfigError;
 use crate::proto::pathinfo::Mount;
 
@@ -149,9 +152,43 @@ pub struct Args {
     #[arg(long, value_name = "SECS")]
     pub request_timeout: Option<String>,
 
+    /// Replace a worker process whose resident memory (its app's interpreter process
+    /// included) passes MIB mebibytes
+    #[arg(long, value_name = "MIB")]
+    pub max_rss: Option<String>,
+
+    /// Replace a worker process once it has run SECS seconds (plus up to --max-lifetime-jitter)
+    #[arg(long, value_name = "SECS")]
+    pub max_lifetime: Option<String>,
+
+    /// Add a random 0..SECS to each worker's --max-lifetime (default: a tenth of it), so that
+    /// workers started together are not all replaced together
+    #[arg(long, value_name = "SECS")]
+    pub max_lifetime_jitter: Option<String>,
+
     /// Write one line per request to FILE ("-": standard output); SIGUSR1 reopens it
     #[arg(long, value_name = "FILE")]
     pub access_log: Option<PathBuf>,
+
+    /// The access log's lines: combined (the default), json (one object per line), or a
+    /// template of {fields} such as "{remote} {method} {path} {status} {duration_us}"
+    #[arg(
+        long,
+        value_name = "FORMAT",
+        default_value = "combined",
+        requires = "access_log"
+    )]
+    pub access_log_format: String,
+
+    /// Serve Prometheus metrics over HTTP at /metrics on [HOST:]PORT or unix:PATH (with
+    /// --processes above 1, the master serves the sum over its workers)
+    #[arg(long, value_name = "[HOST:]PORT|unix:PATH")]
+    pub metrics: Option<String>,
+
+    /// Accept TCP connections only from these networks (CIDR[,CIDR...], e.g.
+    /// 127.0.0.1,10.0.0.0/8; may be given several times); others are closed at accept
+    #[arg(long, value_name = "CIDR[,CIDR...]")]
+    pub allow_from: Vec<String>,
 
     /// Write the process id (of the master, with --processes above 1) to FILE
     #[arg(long, value_name = "FILE")]
@@ -202,6 +239,8 @@ impl Args {
             });
         }
         let process = self.process_config()?;
+        let metrics = self.metrics.as_deref().map(parse_metrics).transpose()?;
+        let allow_from = self.allow_list()?;
         let virtualenv = self.virtualenv.or_else(|| {
             std::env::var_os("VIRTUAL_ENV")
                 .filter(|v| !v.is_empty())
@@ -232,6 +271,7 @@ impl Args {
                 .try_into()
                 .unwrap_or(usize::MAX),
             max_queue: self.max_queue,
+            allow_from,
         };
         if limits.write_buffer < 1024 {
             return Err(invalid(
@@ -263,6 +303,7 @@ impl Args {
                 .map(|m| Mount::parse(m).map_err(|reason| invalid("--script-name", m, reason)))
                 .transpose()?,
             verbose: self.verbose,
+            metrics,
             module: self.module,
             args: self.args,
         })
@@ -282,6 +323,28 @@ impl Args {
             None => None,
             Some(text) => Some(parse_positive_secs("--request-timeout", text)?),
         };
+        let max_rss = match &self.max_rss {
+            None => None,
+            Some(text) => Some(
+                text.trim()
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|mib| *mib > 0 && *mib < 1 << 40)
+                    .ok_or_else(|| invalid("--max-rss", text, "not a number of mebibytes above 0"))?
+                    << 20,
+            ),
+        };
+        let max_lifetime = match &self.max_lifetime {
+            None => None,
+            Some(text) => Some(parse_positive_secs("--max-lifetime", text)?),
+        };
+        let max_lifetime_jitter = match (&self.max_lifetime_jitter, max_lifetime) {
+            (Some(text), _) => parse_secs("--max-lifetime-jitter", text)?,
+            (None, Some(lifetime)) => lifetime / 10,
+            (None, None) => Duration::ZERO,
+        };
+        let access_log_format = LineFormat::parse(&self.access_log_format)
+            .map_err(|reason| invalid("--access-log-format", &self.access_log_format, &reason))?;
         let umask = match &self.umask {
             None => None,
             Some(text) => Some(
@@ -301,13 +364,48 @@ impl Args {
             max_requests: Some(self.max_requests).filter(|n| *n > 0),
             max_requests_jitter: self.max_requests_jitter,
             request_timeout,
+            max_rss,
+            max_lifetime,
+            max_lifetime_jitter,
             access_log: self.access_log.clone(),
+            access_log_format,
             pid_file: self.pid_file.clone(),
             chdir: self.chdir.clone(),
             user: self.user.clone(),
             group: self.group.clone(),
             umask,
         })
+    }
+}
+
+impl Args {
+    /// `--allow-from`, every value given, as one list.
+    fn allow_list(&self) -> Result<Option<Arc<AllowList>>, ConfigError> {
+        if self.allow_from.is_empty() {
+            return Ok(None);
+        }
+        let joined = self.allow_from.join(",");
+        AllowList::parse(&joined)
+            .map(|list| Some(Arc::new(list)))
+            .map_err(|reason| invalid("--allow-from", &joined, &reason))
+    }
+}
+
+/// Parses `--metrics [HOST:]PORT` or `--metrics unix:PATH`.
+fn parse_metrics(spec: &str) -> Result<ListenSpec, ConfigError> {
+    match spec.strip_prefix("unix:") {
+        Some("") => Err(invalid("--metrics", spec, "the socket path is empty")),
+        Some(path) => Ok(ListenSpec::Unix {
+            path: PathBuf::from(path),
+            mode: None,
+        }),
+        None => parse_tcp(spec).map_err(|_| {
+            invalid(
+                "--metrics",
+                spec,
+                "expected [HOST:]PORT (e.g. 127.0.0.1:9100) or unix:PATH",
+            )
+        }),
     }
 }
 

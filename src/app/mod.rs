@@ -3,15 +3,21 @@
 //! nothing below imports it.
 
 mod cli;
+mod dump;
+mod metrics;
+mod metrics_http;
+mod recycle;
 mod serve;
 mod setup;
 mod supervisor;
 
 use std::process::ExitCode;
 
+use self::metrics_http::Endpoint;
+use crate::base;
 use crate::base::access;
 use crate::base::config::{Config, ListenSpec};
-use crate::base::log::{self, fatal, warning};
+use crate::base::log::{self, fatal, info, warning};
 use crate::base::sys;
 use crate::external;
 use crate::net::listen::Listener;
@@ -60,9 +66,9 @@ pub fn main() -> ExitCode {
             Err(e) => return fatal(format!("cannot install signal handlers: {e}")),
         }
     };
-    let listener = match Listener::open(&config.listen, config.backlog, config.defer_accept) {
-        Ok(listener) => listener,
-        Err(e) => return fatal(e),
+    let (listener, metrics) = match open_sockets(&config) {
+        Ok(sockets) => sockets,
+        Err(message) => return fatal(message),
     };
     if config.listen == ListenSpec::Activated {
         if std::env::var("LISTEN_FDS").is_ok_and(|n| n.trim() != "1") {
@@ -86,19 +92,38 @@ pub fn main() -> ExitCode {
             processes: config.process.processes,
             graceful_timeout: config.graceful_timeout,
             forward_usr1: config.process.access_log.is_some(),
+            metrics,
         };
         match supervisor::run(plan, listener) {
             supervisor::Role::Master(code) => code,
             // A worker: the single-process server from here on; the master owns the pid file.
-            supervisor::Role::Worker(listener) => return serve::run_server(config, listener, None),
+            supervisor::Role::Worker(listener) => return serve::run_server(config, listener, None, None),
         }
     } else {
-        serve::run_server(config, listener, early_signals)
+        serve::run_server(config, listener, early_signals, metrics)
     };
     if let Some(pid_file) = pid_file {
         pid_file.remove();
     }
     code
+}
+
+/// The listening socket, and the `--metrics` endpoint's (metrics are counted from here on).
+fn open_sockets(config: &Config) -> Result<(Listener, Option<Endpoint>), String> {
+    let listener =
+        Listener::open(&config.listen, config.backlog, config.defer_accept).map_err(|e| e.to_string())?;
+    if config.limits.allow_from.is_some() && !matches!(listener, Listener::Tcp(_)) {
+        return Err(format!(
+            "--allow-from applies to TCP listeners, and {} is not one (who may connect to a Unix socket is decided by its file's permissions: --unix-mode)",
+            listener.describe()
+        ));
+    }
+    let metrics = config.metrics.as_ref().map(Endpoint::open).transpose()?;
+    if let Some(endpoint) = &metrics {
+        base::metrics::enable();
+        info!("server", "metrics at /metrics on {}", endpoint.describe());
+    }
+    Ok((listener, metrics))
 }
 
 /// Pid file, access log file and privileges: everything done once the socket is open and

@@ -6,6 +6,10 @@ use std::sync::Arc;
 
 use pyo3::prelude::*;
 
+use super::dump;
+use super::metrics::render_own;
+use super::metrics_http::{self, Endpoint};
+use super::recycle;
 use super::setup::tune_malloc;
 use crate::base::access;
 use crate::base::config::Config;
@@ -19,13 +23,31 @@ use crate::pool::{RequestHandler, WorkerPool};
 use crate::server::dispatcher::Dispatcher;
 use crate::server::{Exit, Server, SignalPipe};
 use crate::wsgi;
+use crate::wsgi::stacks::PythonStacks;
 
 /// The single-process server: what runs in each worker, or alone with --processes 1.
-pub(super) fn run_server(config: Config, listener: Listener, signals: Option<SignalPipe>) -> ExitCode {
+pub(super) fn run_server(
+    config: Config,
+    listener: Listener,
+    signals: Option<SignalPipe>,
+    metrics: Option<Endpoint>,
+) -> ExitCode {
     if let Some(path) = &config.process.access_log {
-        if let Err(e) = access::start(path) {
+        if let Err(e) = access::start(path, config.process.access_log_format.clone()) {
             return fatal(format!("cannot open the access log {}: {e}", path.display()));
         }
+    }
+    if let Some(endpoint) = metrics {
+        if let Err(e) = metrics_http::spawn(endpoint, render_own) {
+            return fatal(format!("cannot start the metrics thread: {e}"));
+        }
+    }
+    recycle::spawn_watch(&config.process);
+    if let Err(e) = dump::install() {
+        warning!(
+            "server",
+            "cannot install the SIGUSR2 handler (stacks on demand): {e}"
+        );
     }
     ignore_sighup();
     if config.process.access_log.is_none() {
@@ -33,10 +55,14 @@ pub(super) fn run_server(config: Config, listener: Listener, signals: Option<Sig
     }
     let watch = request_watch(&config);
     if let Some(interpreter) = config.interpreter.clone() {
-        let dispatcher = match start_external(&config, interpreter, watch) {
+        let dispatcher = match start_external(&config, interpreter, watch.clone()) {
             Ok(dispatcher) => dispatcher,
             Err(message) => return fatal(message),
         };
+        if let Some(watch) = &watch {
+            watch.set_stacks(dispatcher.stack_source());
+        }
+        dump::set(dispatcher.busy_requests(), dispatcher.stack_source(), "request");
         tune_malloc();
         return serve(config, listener, signals, dispatcher);
     }
@@ -46,7 +72,10 @@ pub(super) fn run_server(config: Config, listener: Listener, signals: Option<Sig
     };
     tune_malloc();
     let handler: Arc<dyn RequestHandler> = match watch {
-        Some(watch) => Arc::new(Watchdog::new(Arc::new(handler), watch)),
+        Some(watch) => {
+            watch.set_stacks(Arc::new(PythonStacks));
+            Arc::new(Watchdog::new(Arc::new(handler), watch))
+        }
         None => Arc::new(handler),
     };
     let pool = WorkerPool::new(
@@ -55,6 +84,7 @@ pub(super) fn run_server(config: Config, listener: Listener, signals: Option<Sig
         config.limits.max_queue,
         config.process.processes > 1,
     );
+    dump::set(pool.busy_threads(), Arc::new(PythonStacks), "worker thread");
     let exit = serve(config, listener, signals, pool);
     // Let the app's atexit handlers run and its output reach the streams.
     Python::attach(|py| {

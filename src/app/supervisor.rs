@@ -15,7 +15,10 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
+use super::metrics::{self, RestartReason, Restarts};
+use super::metrics_http::Endpoint;
 use crate::base::log::{debug, error, info, warning};
+use crate::base::metrics::{Counters, SharedSlots};
 use crate::base::process::{self, Message};
 use crate::base::sys::{self, signal_name};
 use crate::net::listen::Listener;
@@ -40,7 +43,6 @@ pub enum Role {
 }
 
 /// Settings of the master.
-#[derive(Debug, Clone)]
 pub struct Plan {
     /// Number of workers to keep running.
     pub processes: usize,
@@ -48,6 +50,8 @@ pub struct Plan {
     pub graceful_timeout: Duration,
     /// Forward SIGUSR1 to the workers (there is an access log to reopen).
     pub forward_usr1: bool,
+    /// The `--metrics` endpoint, which the master serves.
+    pub metrics: Option<Endpoint>,
 }
 
 #[derive(Debug)]
@@ -57,10 +61,25 @@ struct Worker {
     ready: bool,
     /// Set once the worker was told to stop: when to kill it if it has not exited.
     kill_at: Option<Instant>,
+    /// Its slot of the shared counters (with `--metrics`).
+    slot: Option<usize>,
+    /// It asked to be replaced (`--max-rss`, `--max-lifetime`) and serves on until its
+    /// replacement is ready.
+    recycle: Option<RestartReason>,
+}
+
+/// What the master keeps for `--metrics`: the endpoint, the workers' shared counters, the
+/// counts of the workers gone, and its own count of restarts.
+struct MasterMetrics {
+    endpoint: Endpoint,
+    slots: SharedSlots,
+    retired: Box<Counters>,
+    restarts: Restarts,
 }
 
 struct Master {
     plan: Plan,
+    metrics: Option<MasterMetrics>,
     listener: Option<Listener>,
     workers: Vec<Worker>,
     generation: u64,
@@ -85,13 +104,14 @@ extern "C" fn on_signal(signal: libc::c_int) {
     }
 }
 
-const MASTER_SIGNALS: [libc::c_int; 6] = [
+const MASTER_SIGNALS: [libc::c_int; 7] = [
     libc::SIGTERM,
     libc::SIGINT,
     libc::SIGQUIT,
     libc::SIGHUP,
     libc::SIGCHLD,
     libc::SIGUSR1,
+    libc::SIGUSR2,
 ];
 
 fn set_handler(signal: libc::c_int, handler: libc::sighandler_t) -> io::Result<()> {
@@ -144,9 +164,24 @@ fn signal_set(all: bool) -> libc::sigset_t {
     }
 }
 
+/// The master's part of `--metrics`: the endpoint from the plan, and shared counters with a
+/// slot for every worker there may be at once (a reload's old and new sets, and a few
+/// replacements starting).
+fn plan_metrics(plan: &mut Plan) -> io::Result<Option<MasterMetrics>> {
+    let Some(endpoint) = plan.metrics.take() else {
+        return Ok(None);
+    };
+    Ok(Some(MasterMetrics {
+        endpoint,
+        slots: SharedSlots::map(2 * plan.processes + 8)?,
+        retired: Box::new(Counters::new()),
+        restarts: Restarts::default(),
+    }))
+}
+
 /// Runs the master until it is told to stop; in each forked worker, returns
 /// [`Role::Worker`] instead.
-pub fn run(plan: Plan, listener: Listener) -> Role {
+pub fn run(mut plan: Plan, listener: Listener) -> Role {
     let set_up = (|| {
         let (signal_read, signal_write) = pipe()?;
         let (message_read, message_write) = pipe()?;
@@ -171,8 +206,16 @@ pub fn run(plan: Plan, listener: Listener) -> Role {
             return Role::Master(ExitCode::from(1));
         }
     };
+    let metrics = match plan_metrics(&mut plan) {
+        Ok(metrics) => metrics,
+        Err(e) => {
+            error!("server", "cannot set up the shared counters for --metrics: {e}");
+            return Role::Master(ExitCode::from(1));
+        }
+    };
     let mut master = Master {
         plan,
+        metrics,
         listener: Some(listener),
         workers: Vec::new(),
         generation: 1,
@@ -210,7 +253,7 @@ impl Master {
                 info!("server", "all workers have exited; master exiting");
                 return Role::Master(ExitCode::from(self.exit_code));
             }
-            let mut fds = [
+            let mut fds = vec![
                 libc::pollfd {
                     fd: self.signal_read,
                     events: libc::POLLIN,
@@ -222,6 +265,9 @@ impl Master {
                     revents: 0,
                 },
             ];
+            if let Some(metrics) = &self.metrics {
+                metrics.endpoint.poll_fds(&mut fds);
+            }
             let timeout = self
                 .next_deadline()
                 .map(|t| {
@@ -229,8 +275,8 @@ impl Master {
                     left.as_millis().min(60_000) as libc::c_int
                 })
                 .unwrap_or(60_000);
-            // SAFETY: `fds` holds the two pollfd entries asked for.
-            match sys::check(unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout) }) {
+            // SAFETY: `fds` holds `fds.len()` pollfd entries.
+            match sys::check(unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) }) {
                 Err(e) if e.kind() != io::ErrorKind::Interrupted => {
                     error!("server", "master: poll failed: {e}");
                     return Role::Master(ExitCode::from(1));
@@ -241,6 +287,17 @@ impl Master {
             self.read_signals();
             self.reap();
             self.enforce_kill_deadlines();
+            if let Some(m) = &mut self.metrics {
+                m.endpoint
+                    .serve(&mut || metrics::render_master(&m.slots, &m.retired, &m.restarts));
+            }
+        }
+    }
+
+    /// Counts a worker's replacement, for the metrics.
+    fn count_restart(&mut self, reason: RestartReason) {
+        if let Some(metrics) = &mut self.metrics {
+            metrics.restarts.count(reason);
         }
     }
 
@@ -249,6 +306,7 @@ impl Master {
             .iter()
             .filter_map(|w| w.kill_at)
             .chain(self.next_start.filter(|_| !self.stopping))
+            .chain(self.metrics.as_ref().and_then(|m| m.endpoint.next_deadline()))
             .min()
     }
 
@@ -262,12 +320,15 @@ impl Master {
             return None;
         }
         self.next_start = None;
+        // A worker that asked to be replaced serves on, but counts as gone: its replacement
+        // starts now.
         let current = self
             .workers
             .iter()
-            .filter(|w| w.generation == self.generation && w.kill_at.is_none())
+            .filter(|w| w.generation == self.generation && w.kill_at.is_none() && w.recycle.is_none())
             .count();
         for _ in current..self.plan.processes {
+            let slot = self.metrics.as_ref().and_then(|m| m.slots.claim());
             // Signals wait until the child has dropped the master's handlers: one arriving in
             // between would otherwise be written to the master's signal pipe as its own.
             let previous = set_signal_mask(&signal_set(true));
@@ -278,19 +339,27 @@ impl Master {
                 set_signal_mask(&previous);
             }
             match forked {
-                Ok(0) => return Some(self.become_worker()),
+                Ok(0) => return Some(self.become_worker(slot)),
                 Err(e) => {
+                    if let (Some(m), Some(slot)) = (&self.metrics, slot) {
+                        m.slots.unclaim(slot);
+                    }
                     error!("server", "cannot start a worker process: {e}; retrying in 1 s");
                     self.next_start = Some(Instant::now() + Duration::from_secs(1));
                     return None;
                 }
                 Ok(pid) => {
                     debug!("server", "started worker {pid}");
+                    if let (Some(m), Some(slot)) = (&self.metrics, slot) {
+                        m.slots.assign(slot, pid);
+                    }
                     self.workers.push(Worker {
                         pid,
                         generation: self.generation,
                         ready: false,
                         kill_at: None,
+                        slot,
+                        recycle: None,
                     });
                 }
             }
@@ -298,8 +367,16 @@ impl Master {
         None
     }
 
-    /// In the child right after fork: drop everything of the master, keep the listener.
-    fn become_worker(&mut self) -> Listener {
+    /// In the child right after fork: drop everything of the master, keep the listener (and
+    /// count into `slot` of the shared counters).
+    fn become_worker(&mut self, slot: Option<usize>) -> Listener {
+        if let Some(m) = self.metrics.take() {
+            if let Some(slot) = slot {
+                m.slots.use_slot(slot);
+            }
+            // The endpoint is the master's: its socket closes here, its file stays.
+            m.endpoint.forget();
+        }
         for signal in MASTER_SIGNALS {
             // SAFETY: restoring the default action has no memory-safety requirement.
             unsafe { libc::signal(signal, libc::SIG_DFL) };
@@ -397,6 +474,16 @@ impl Master {
                     self.plan.processes
                 );
             }
+            libc::SIGUSR2 => {
+                // Workers still starting have no handler for it yet: it would end them.
+                info!(
+                    "server",
+                    "SIGUSR2: the workers log the stacks of their running requests"
+                );
+                for worker in self.workers.iter().filter(|w| w.ready) {
+                    send_signal(worker.pid, libc::SIGUSR2);
+                }
+            }
             libc::SIGUSR1 if self.plan.forward_usr1 => {
                 info!("server", "SIGUSR1: workers reopen the access log");
                 for worker in &self.workers {
@@ -436,19 +523,61 @@ impl Master {
             }
             match message {
                 Message::Ready => self.on_ready(pid),
-                Message::Recycle if !self.stopping => {
+                _ if self.stopping => {}
+                Message::Recycle => {
                     info!("server", "worker {pid} reached --max-requests; replacing it");
+                    self.count_restart(RestartReason::MaxRequests);
                     self.retire(pid);
                 }
-                Message::Hung if !self.stopping => {
+                Message::Hung => {
                     warning!(
                         "server",
                         "worker {pid} has a request past --request-timeout; replacing it"
                     );
+                    self.count_restart(RestartReason::RequestTimeout);
                     self.retire(pid);
                 }
-                _ => {}
+                Message::MaxRss | Message::MaxLifetime => self.on_recycle_asked(pid, message),
             }
+        }
+    }
+
+    /// A worker asked to be replaced for its memory or its age: it serves on until its
+    /// replacement is ready (`keep_workers` starts it, `on_ready` retires the old one), so
+    /// that the number of workers accepting never drops.
+    fn on_recycle_asked(&mut self, pid: libc::pid_t, message: Message) {
+        let (reason, limit) = match message {
+            Message::MaxRss => (RestartReason::MaxRss, "--max-rss"),
+            _ => (RestartReason::MaxLifetime, "--max-lifetime"),
+        };
+        let Some(worker) = self
+            .workers
+            .iter_mut()
+            .find(|w| w.pid == pid && w.kill_at.is_none() && w.recycle.is_none())
+        else {
+            return;
+        };
+        worker.recycle = Some(reason);
+        info!(
+            "server",
+            "worker {pid} passed {limit}; starting its replacement, and it stops once that one is ready"
+        );
+    }
+
+    /// A new worker is ready: one that asked to be replaced may stop now.
+    fn retire_one_recycled(&mut self, ready: libc::pid_t) {
+        let old = self
+            .workers
+            .iter()
+            .find(|w| w.pid != ready && w.kill_at.is_none() && w.recycle.is_some())
+            .map(|w| (w.pid, w.recycle));
+        if let Some((pid, Some(reason))) = old {
+            info!(
+                "server",
+                "worker {ready} is ready; worker {pid} finishes its requests and exits"
+            );
+            self.count_restart(reason);
+            self.retire(pid);
         }
     }
 
@@ -459,6 +588,7 @@ impl Master {
         worker.ready = true;
         self.ever_ready = true;
         self.start_failures = 0;
+        self.retire_one_recycled(pid);
         if !self.reloading || self.stopping {
             return;
         }
@@ -482,6 +612,7 @@ impl Master {
                 old.len()
             );
             for pid in old {
+                self.count_restart(RestartReason::Reload);
                 self.retire(pid);
             }
         }
@@ -499,6 +630,10 @@ impl Master {
                 continue;
             };
             let worker = self.workers.swap_remove(index);
+            if let (Some(m), Some(slot)) = (&self.metrics, worker.slot) {
+                // Its counts join the retired ones: no counter goes backwards.
+                m.slots.release(slot, &m.retired);
+            }
             self.on_exit(worker, status);
         }
     }
@@ -525,6 +660,9 @@ impl Master {
             info!("server", "worker {pid} {how}");
             return;
         }
+        if worker.ready {
+            self.count_restart(RestartReason::Died);
+        }
         if worker.ready && clean {
             // Someone else told it to stop (a service manager signalling every process).
             info!("server", "worker {pid} {how}; starting a replacement");
@@ -534,6 +672,7 @@ impl Master {
             error!("server", "worker {pid} {how}; starting a replacement");
             return;
         }
+        self.count_restart(RestartReason::StartFailed);
         // It died while starting (importing the app, most likely).
         if self.reloading && worker.generation == self.generation {
             error!(

@@ -1,9 +1,9 @@
-//! The access log: one line per request in a combined-log-like format, written by its own
-//! thread (so no Python thread waits on the disk) and reopened after SIGUSR1 for log rotation.
+//! The access log: one line per request (in a [`LineFormat`]: combined by default, JSON, or
+//! a template), written by its own thread (so no Python thread waits on the disk) and
+//! reopened after SIGUSR1 for log rotation.
 //!
-//! Line format: `REMOTE_ADDR - - [23/Nov/2026:18:25:01 +0000] "GET /uri HTTP/1.1" 200 1234
-//! "referer" "user agent" 0.001234` (the last field is the seconds from accept to the end of
-//! the response).
+//! Every way out of a request goes through an [`Entry`], which also counts the request for
+//! the metrics when they are on (`base::metrics`).
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -12,9 +12,12 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
-use super::log::{debug, error};
+pub use super::access_format::LineFormat;
+use super::access_format::Record;
+use super::log::{self, debug, error, Level};
+use super::metrics;
 
 enum Message {
     Line(String),
@@ -23,6 +26,7 @@ enum Message {
 
 struct AccessLog {
     lines: Sender<Message>,
+    format: LineFormat,
 }
 
 static LOG: OnceLock<AccessLog> = OnceLock::new();
@@ -54,8 +58,8 @@ pub fn prepare(path: &Path, owner: Option<(u32, u32)>) -> io::Result<()> {
     Ok(())
 }
 
-/// Opens the log and starts its writer thread; from here on [`begin`] returns entries.
-pub fn start(path: &Path) -> io::Result<()> {
+/// Opens the log and starts its writer thread; from here on entries write lines in `format`.
+pub fn start(path: &Path, format: LineFormat) -> io::Result<()> {
     let sink = if path == Path::new("-") {
         Sink::Stdout
     } else {
@@ -67,7 +71,10 @@ pub fn start(path: &Path) -> io::Result<()> {
     std::thread::Builder::new()
         .name("access-log".into())
         .spawn(move || write_lines(sink, receiver, &reopen))?;
-    let _ = LOG.set(AccessLog { lines: sender });
+    let _ = LOG.set(AccessLog {
+        lines: sender,
+        format,
+    });
     Ok(())
 }
 
@@ -122,70 +129,90 @@ pub fn flush() {
     }
 }
 
-/// What the log needs to know about one request; logged when dropped, so every way out of
-/// a request is logged. Until [`Entry::set_result`], it records a 500 (the answer to a
-/// request that failed before the app ran).
+/// What the log needs to know about one request; written when dropped, so every way out of
+/// a request is logged (and counted). Until [`Entry::set_result`], it records a 500 (the
+/// answer to a request that failed before the app ran).
 pub struct Entry {
-    remote: String,
-    method: String,
-    uri: String,
-    protocol: String,
-    referer: String,
-    user_agent: String,
     accepted: Instant,
+    head_at: Instant,
     status: u16,
     bytes: u64,
-    /// Logged elsewhere: nothing to write at drop.
+    /// The request was handed to the app side (not refused by the loop).
+    in_app: bool,
+    /// Logged elsewhere: nothing to write or count at drop.
     discarded: bool,
+    /// The request's fields, when a line is to be written (an access log, or `-v`).
+    detail: Option<Box<Record>>,
 }
 
-/// Starts an entry for the request with this SCGI header block, or `None` when there is no
-/// access log and no `-v` (which logs each request at DEBUG level).
-pub fn begin(header_block: &[u8], accepted: Instant) -> Option<Entry> {
-    if LOG.get().is_none() && !super::log::enabled(super::log::Level::Debug) {
+/// Whether entries are wanted at all: an access log, `-v`, or metrics.
+fn wanted() -> (bool, bool) {
+    let lines = LOG.get().is_some() || log::enabled(Level::Debug);
+    (lines, lines || metrics::enabled())
+}
+
+/// Starts an entry for a request handed to the app side, with this SCGI header block, accepted
+/// at `accepted` and whose head was in at `head_at`; `None` when there is no access log, no
+/// `-v` and no metrics.
+pub fn begin(header_block: &[u8], accepted: Instant, head_at: Instant) -> Option<Entry> {
+    let (lines, any) = wanted();
+    if !any {
         return None;
     }
-    let mut entry = Entry {
-        remote: String::new(),
-        method: String::new(),
-        uri: String::new(),
-        protocol: String::new(),
-        referer: String::new(),
-        user_agent: String::new(),
+    Some(Entry {
         accepted,
+        head_at,
         status: 500,
         bytes: 0,
+        in_app: true,
         discarded: false,
-    };
-    let mut script_name = String::new();
-    let mut path_info = String::new();
-    let mut query = String::new();
+        detail: lines.then(|| Box::new(record(header_block))),
+    })
+}
+
+/// Starts an entry for an answer the loop makes itself (a refusal), with what is known of
+/// the request (nothing, before its head is in).
+pub fn begin_answer(header_block: &[u8], accepted: Instant) -> Option<Entry> {
+    let mut entry = begin(header_block, accepted, accepted)?;
+    entry.in_app = false;
+    Some(entry)
+}
+
+/// The request's fields, from its header block.
+fn record(header_block: &[u8]) -> Record {
+    let mut record = Record::default();
+    let mut script_name = Vec::new();
+    let mut path_info = Vec::new();
     for (name, value) in crate::proto::scgi::headers(header_block) {
         let slot = match name {
-            b"REMOTE_ADDR" => &mut entry.remote,
-            b"REQUEST_METHOD" => &mut entry.method,
-            b"REQUEST_URI" => &mut entry.uri,
-            b"SERVER_PROTOCOL" => &mut entry.protocol,
-            b"HTTP_REFERER" => &mut entry.referer,
-            b"HTTP_USER_AGENT" => &mut entry.user_agent,
+            b"REMOTE_ADDR" => &mut record.remote,
+            b"REQUEST_METHOD" => &mut record.method,
+            b"REQUEST_URI" => &mut record.uri,
+            b"SERVER_PROTOCOL" => &mut record.protocol,
+            b"HTTP_REFERER" => &mut record.referer,
+            b"HTTP_USER_AGENT" => &mut record.user_agent,
             b"SCRIPT_NAME" => &mut script_name,
             b"PATH_INFO" => &mut path_info,
-            b"QUERY_STRING" => &mut query,
+            b"QUERY_STRING" => &mut record.query,
             _ => continue,
         };
         if slot.is_empty() {
-            escape_into(slot, value);
+            slot.extend_from_slice(value);
         }
     }
-    if entry.uri.is_empty() {
+    if record.uri.is_empty() {
         // nginx and callscgi send REQUEST_URI; rebuild it for frontends that do not.
-        entry.uri = script_name + &path_info;
-        if !query.is_empty() {
-            entry.uri.push('?');
-            entry.uri.push_str(&query);
+        record.path = [script_name, path_info].concat();
+        record.uri = record.path.clone();
+        if !record.query.is_empty() {
+            record.uri.push(b'?');
+            record.uri.extend_from_slice(&record.query);
         }
+    } else {
+        let end = memchr::memchr(b'?', &record.uri).unwrap_or(record.uri.len());
+        record.path = record.uri[..end].to_vec();
     }
-    Some(entry)
+    record
 }
 
 impl Entry {
@@ -206,102 +233,30 @@ impl Drop for Entry {
         if self.discarded {
             return;
         }
+        metrics::request_ended(self.status, self.head_at, self.in_app);
+        let Some(mut record) = self.detail.take() else {
+            return;
+        };
+        record.status = self.status;
+        record.bytes = self.bytes;
+        record.duration = self.accepted.elapsed();
         debug!(
             "server",
             "{} \"{} {}\" {} {} bytes, {:.1} ms",
-            if self.remote.is_empty() { "-" } else { &self.remote },
-            self.method,
-            self.uri,
-            self.status,
-            self.bytes,
-            self.accepted.elapsed().as_secs_f64() * 1000.0
-        );
-        let Some(log) = LOG.get() else { return };
-        let dash = |s: &str| {
-            if s.is_empty() {
-                "-".to_string()
+            String::from_utf8_lossy(if record.remote.is_empty() {
+                b"-"
             } else {
-                s.to_string()
-            }
-        };
-        let line = format!(
-            "{} - - [{}] \"{} {} {}\" {} {} \"{}\" \"{}\" {:.6}\n",
-            dash(&self.remote),
-            clf_time(SystemTime::now()),
-            dash(&self.method),
-            dash(&self.uri),
-            dash(&self.protocol),
-            self.status,
-            self.bytes,
-            dash(&self.referer),
-            dash(&self.user_agent),
-            self.accepted.elapsed().as_secs_f64()
+                &record.remote
+            }),
+            log::printable(&String::from_utf8_lossy(&record.method), &[]),
+            log::printable(&String::from_utf8_lossy(&record.uri), &[]),
+            record.status,
+            record.bytes,
+            record.duration.as_secs_f64() * 1000.0
         );
-        let _ = log.lines.send(Message::Line(line));
-    }
-}
-
-/// Appends `value` with `"`, `\` and bytes outside printable ASCII as `\xHH`, as nginx does,
-/// so a client cannot forge fields or lines.
-fn escape_into(out: &mut String, value: &[u8]) {
-    for &b in value {
-        if b == b'"' || b == b'\\' || !(0x20..0x7f).contains(&b) {
-            out.push_str(&format!("\\x{b:02X}"));
-        } else {
-            out.push(b as char);
-        }
-    }
-}
-
-/// `23/Nov/2026:18:25:01 +0000` (always UTC).
-fn clf_time(now: SystemTime) -> String {
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let secs = now.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0) as i64;
-    let (days, rest) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let (year, month, day) = civil_from_days(days);
-    format!(
-        "{day:02}/{}/{year}:{:02}:{:02}:{:02} +0000",
-        MONTHS[(month - 1) as usize],
-        rest / 3600,
-        rest / 60 % 60,
-        rest % 60
-    )
-}
-
-/// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar
-/// (Howard Hinnant's `civil_from_days`).
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dates() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
-        assert_eq!(civil_from_days(20_780), (2026, 11, 23));
-        let t = UNIX_EPOCH + Duration::from_secs(1_795_449_145);
-        assert_eq!(clf_time(t), "23/Nov/2026:15:52:25 +0000");
-    }
-
-    #[test]
-    fn escaping() {
-        let mut out = String::new();
-        escape_into(&mut out, b"a\"b\\c\nd\xe9");
-        assert_eq!(out, "a\\x22b\\x5Cc\\x0Ad\\xE9");
+        let Some(access) = LOG.get() else { return };
+        record.time = SystemTime::now();
+        record.pid = std::process::id();
+        let _ = access.lines.send(Message::Line(access.format.line(&record)));
     }
 }

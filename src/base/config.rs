@@ -2,9 +2,12 @@
 //! the handling model, the processes. The command line (`app::cli`) checks its flags into
 //! these types; nothing below the app layer sees a flag.
 
+use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
+use super::access::LineFormat;
 use super::error::ConfigError;
 use crate::proto::pathinfo::Mount;
 
@@ -52,6 +55,66 @@ pub struct Limits {
     pub write_buffer: usize,
     /// Requests waiting for a worker thread (models other than pool, which has its own `queue=`).
     pub max_queue: usize,
+    /// Peers that may connect over TCP (`--allow-from`); `None`: anyone.
+    pub allow_from: Option<Arc<AllowList>>,
+}
+
+/// The peers that may connect over TCP (`--allow-from`): networks in CIDR form.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllowList(Vec<(IpAddr, u8)>);
+
+impl AllowList {
+    /// Parses `CIDR[,CIDR...]`: `10.0.0.0/8`, `192.0.2.7` (one address), `::1`, `fd00::/8`.
+    pub fn parse(text: &str) -> Result<AllowList, String> {
+        let mut networks = Vec::new();
+        for item in text.split(',').map(str::trim) {
+            if item.is_empty() {
+                continue;
+            }
+            let (address, bits) = match item.split_once('/') {
+                Some((address, bits)) => (address, Some(bits)),
+                None => (item, None),
+            };
+            let address: IpAddr = address
+                .trim_matches(['[', ']'])
+                .parse()
+                .map_err(|_| format!("{item:?} is not an address or network such as 10.0.0.0/8 or ::1"))?;
+            let most = if address.is_ipv4() { 32 } else { 128 };
+            let bits = match bits {
+                None => most,
+                Some(bits) => bits
+                    .parse::<u8>()
+                    .ok()
+                    .filter(|b| *b <= most)
+                    .ok_or_else(|| format!("{item:?}: the prefix length must be from 0 to {most}"))?,
+            };
+            networks.push((address, bits));
+        }
+        if networks.is_empty() {
+            return Err("no network given".into());
+        }
+        Ok(AllowList(networks))
+    }
+
+    /// Whether `peer` is in one of the networks (an IPv4 address mapped into IPv6, as a
+    /// dual-stack socket reports it, counts as the IPv4 address).
+    pub fn permits(&self, peer: IpAddr) -> bool {
+        let peer = match peer {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(peer, IpAddr::V4),
+            v4 => v4,
+        };
+        self.0.iter().any(|(network, bits)| match (network, peer) {
+            (IpAddr::V4(network), IpAddr::V4(peer)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(*bits)).unwrap_or(0);
+                u32::from(*network) & mask == u32::from(peer) & mask
+            }
+            (IpAddr::V6(network), IpAddr::V6(peer)) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(*bits)).unwrap_or(0);
+                u128::from(*network) & mask == u128::from(peer) & mask
+            }
+            _ => false,
+        })
+    }
 }
 
 /// How the process (or processes) run: workers, recycling, identity, files.
@@ -65,8 +128,16 @@ pub struct ProcessConfig {
     pub max_requests_jitter: u64,
     /// Longest time the app may take over one request.
     pub request_timeout: Option<Duration>,
+    /// Resident memory (bytes) past which a worker is replaced.
+    pub max_rss: Option<u64>,
+    /// Age past which a worker is replaced (plus up to `max_lifetime_jitter`).
+    pub max_lifetime: Option<Duration>,
+    /// Random extra age added to `max_lifetime` per worker.
+    pub max_lifetime_jitter: Duration,
     /// Access log file; `-` is standard output.
     pub access_log: Option<PathBuf>,
+    /// The access log's line format.
+    pub access_log_format: LineFormat,
     /// Pid file to write.
     pub pid_file: Option<PathBuf>,
     /// Directory to change to at start.
@@ -116,6 +187,8 @@ pub struct Config {
     pub args: Vec<String>,
     /// Worker processes, recycling and process identity.
     pub process: ProcessConfig,
+    /// Where the metrics endpoint listens (`--metrics`), if anywhere.
+    pub metrics: Option<ListenSpec>,
 }
 
 /// Default thread bound for `free` (the original has none; an unbounded default is not safe).
@@ -255,6 +328,23 @@ impl Model {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn allow_lists_match_networks_of_either_family() {
+        let list = AllowList::parse("10.0.0.0/8, 192.0.2.7,::1,fd00::/8").unwrap();
+        for ok in ["10.1.2.3", "192.0.2.7", "::1", "fd12::5", "::ffff:10.9.9.9"] {
+            assert!(list.permits(ok.parse().unwrap()), "{ok}");
+        }
+        for no in ["11.0.0.1", "192.0.2.8", "::2", "fe80::1", "127.0.0.1"] {
+            assert!(!list.permits(no.parse().unwrap()), "{no}");
+        }
+        assert!(AllowList::parse("0.0.0.0/0")
+            .unwrap()
+            .permits("203.0.113.9".parse().unwrap()));
+        for bad in ["", "10.0.0.0/33", "example.org", "::1/129", "10.0.0.0/x"] {
+            assert!(AllowList::parse(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn models_and_defaults() {

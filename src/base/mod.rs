@@ -2,8 +2,10 @@
 //! access log, process-wide flags, and the one checked-syscall helper.
 
 pub mod access;
+mod access_format;
 pub mod config;
 pub mod error;
 pub mod log;
+pub mod metrics;
 pub mod process;
 pub mod sys;

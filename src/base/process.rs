@@ -20,14 +20,24 @@ pub enum Message {
     Recycle = b'R' as isize,
     /// A request ran past --request-timeout: replace the worker.
     Hung = b'T' as isize,
+    /// The worker's memory passed --max-rss: replace it once a replacement is ready.
+    MaxRss = b'M' as isize,
+    /// The worker has lived --max-lifetime: replace it once a replacement is ready.
+    MaxLifetime = b'L' as isize,
 }
 
 impl Message {
     /// The message a kind byte stands for.
     pub fn from_byte(byte: u8) -> Option<Message> {
-        [Message::Ready, Message::Recycle, Message::Hung]
-            .into_iter()
-            .find(|m| *m as u8 == byte)
+        [
+            Message::Ready,
+            Message::Recycle,
+            Message::Hung,
+            Message::MaxRss,
+            Message::MaxLifetime,
+        ]
+        .into_iter()
+        .find(|m| *m as u8 == byte)
     }
 
     /// One message on the wire: its kind, then the sender's pid.
@@ -79,11 +89,17 @@ pub fn tell_master(message: Message) -> bool {
     true
 }
 
-/// Asks to be replaced: the master starts a replacement; this process stops accepting at
-/// once and drains as on SIGTERM (so it takes no more than a few requests past its limit).
-/// Without a master, whatever started the process (callscgi, systemd) starts a fresh one.
+/// Asks to be replaced. For `--max-rss` and `--max-lifetime`, under a master, this process
+/// serves on: the master starts a replacement and tells this one to stop (SIGTERM) once
+/// that one is ready. Otherwise this process stops accepting at once and drains as on
+/// SIGTERM (so it takes no more than a few requests past its limit); without a master,
+/// whatever started it (callscgi, systemd) starts a fresh one.
 pub fn request_replacement(message: Message) {
-    if !tell_master(message) {
+    let told = tell_master(message);
+    if told && matches!(message, Message::MaxRss | Message::MaxLifetime) {
+        return;
+    }
+    if !told {
         info!(
             "server",
             "no master process (--processes 1): finishing open requests and exiting"
@@ -102,13 +118,33 @@ pub fn replacing() -> bool {
     REPLACING.load(Ordering::Relaxed)
 }
 
+/// A random number, different in each process (for jitter: workers forked in the same
+/// instant get different ones).
+pub fn random() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() as u64)
+        .unwrap_or(0);
+    let mut x = nanos ^ (u64::from(std::process::id()) << 32) ^ 0x9e37_79b9_7f4a_7c15;
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    x
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn messages_round_trip() {
-        for message in [Message::Ready, Message::Recycle, Message::Hung] {
+        for message in [
+            Message::Ready,
+            Message::Recycle,
+            Message::Hung,
+            Message::MaxRss,
+            Message::MaxLifetime,
+        ] {
             assert_eq!(Message::decode(message.encode(4242)), Some((message, 4242)));
         }
         assert_eq!(Message::decode([b'?', 1, 0, 0, 0]), None);

@@ -27,6 +27,9 @@ pub(super) enum ToWorker {
     Written { id: u32, total: u64 },
     /// The client is gone.
     Cancel { id: u32 },
+    /// Send the Python stacks of these requests (each in a 'K' frame, then a 'K' frame with
+    /// id 0 to end).
+    Stacks { ids: Vec<u32> },
 }
 
 /// Reads frames from the worker with `recvmsg`, keeping the descriptors that arrive with
@@ -229,6 +232,10 @@ fn write_one(out: &mut impl Write, frame: ToWorker) -> io::Result<()> {
         }
         ToWorker::Written { id, total } => write_frame(out, b'W', id, &total.to_be_bytes()),
         ToWorker::Cancel { id } => write_frame(out, b'C', id, &[]),
+        ToWorker::Stacks { ids } => {
+            let payload: Vec<u8> = ids.iter().flat_map(|id| id.to_be_bytes()).collect();
+            write_frame(out, b'K', 0, &payload)
+        }
     }
 }
 

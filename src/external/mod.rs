@@ -25,6 +25,8 @@ pub use self::spawn::{resolve_command, WorkerSpec};
 use self::spawn::{start_worker, Started};
 use crate::base::access;
 use crate::base::log::{error, info, warning};
+use crate::base::metrics::{self, Gauge};
+use crate::pool::watchdog::StackSource;
 use crate::pool::wedge::{spawn_wedge_watch, Wedge};
 use crate::proto::cgi::{self, Answer, INTERNAL_ERROR};
 use crate::seam::notifier::{LoopWaker, Notifier};
@@ -84,10 +86,17 @@ impl Slot {
                 Some(End::Complete)
             }
             b'A' => {
+                if payload == b"error" {
+                    // The app raised after its response began.
+                    metrics::app_error();
+                }
                 self.outbox.finish(End::Abort);
                 Some(End::Abort)
             }
-            b'S' => self.answer(&INTERNAL_ERROR),
+            b'S' => {
+                metrics::app_error();
+                self.answer(&INTERNAL_ERROR)
+            }
             b'I' => None,
             other => {
                 warning!(
@@ -185,6 +194,42 @@ struct Shared {
     max_in_flight: usize,
     queue_limit: usize,
     loop_waker: LoopWaker,
+    /// Where the worker's 'K' frames (stacks) go while someone waits for them.
+    stack_replies: Mutex<Option<StackReplies>>,
+    /// One stack request at a time.
+    stack_asking: Mutex<()>,
+}
+
+/// Where the stacks the worker sends (request id, text) go.
+type StackReplies = Sender<(u32, Vec<u8>)>;
+
+/// The worker's Python stacks, by request id (see `StackSource`).
+struct ExternalStacks(Arc<Shared>);
+
+impl StackSource for ExternalStacks {
+    fn stacks(&self, runners: &[u64], timeout: Duration) -> Vec<(u64, String)> {
+        let shared = &self.0;
+        let _one = shared.stack_asking.lock().unwrap_or_else(|e| e.into_inner());
+        let (sender, replies) = mpsc::channel();
+        *shared.lock_stack_replies() = Some(sender);
+        let ids = runners.iter().filter_map(|r| u32::try_from(*r).ok()).collect();
+        let asked = shared
+            .lock()
+            .to_worker
+            .as_ref()
+            .is_some_and(|worker| worker.send(ToWorker::Stacks { ids }).is_ok());
+        let deadline = Instant::now() + timeout;
+        let mut stacks = Vec::new();
+        // Replies until the end marker (id 0), or the time is up.
+        let next = || replies.recv_timeout(deadline.saturating_duration_since(Instant::now()));
+        while let Some((id, text)) = asked.then(next).and_then(Result::ok).filter(|(id, _)| *id != 0) {
+            if !text.is_empty() {
+                stacks.push((u64::from(id), String::from_utf8_lossy(&text).into_owned()));
+            }
+        }
+        *shared.lock_stack_replies() = None;
+        stacks
+    }
 }
 
 /// Runs requests in an external interpreter process.
@@ -193,20 +238,43 @@ pub struct ExternalDispatcher {
 }
 
 impl Shared {
+    fn lock_stack_replies(&self) -> MutexGuard<'_, Option<StackReplies>> {
+        self.stack_replies.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Stores the gauges for the metrics: requests waiting, and the worker's threads running
+    /// an app call and free for one.
+    fn publish(&self, state: &State) {
+        if metrics::enabled() {
+            metrics::set(Gauge::Queued, state.queue.len());
+            metrics::set(Gauge::BusyThreads, state.calling);
+            metrics::set(
+                Gauge::IdleThreads,
+                self.max_in_flight.saturating_sub(state.calling),
+            );
+        }
+    }
+
     /// Sends queued requests while there is room in the worker.
     fn pump_queue(self: &Arc<Self>, state: &mut State) {
+        self.pump(state);
+        self.publish(state);
+    }
+
+    fn pump(self: &Arc<Self>, state: &mut State) {
         while state.calling < self.max_in_flight {
             let Some(sender) = state.to_worker.clone() else {
                 return;
             };
             let was_full = state.queue.len() >= self.queue_limit;
-            let Some((request, _)) = state.queue.pop_front() else {
+            let Some((request, queued)) = state.queue.pop_front() else {
                 return;
             };
+            metrics::queue_waited(queued);
             self.send_request(state, &sender, request);
             if was_full {
                 state.refused_since = None;
@@ -223,8 +291,12 @@ impl Shared {
     fn send_request(self: &Arc<Self>, state: &mut State, sender: &Sender<ToWorker>, request: Request) {
         let id = state.next_id;
         state.next_id = state.next_id.wrapping_add(1).max(1);
-        let watch_id = self.spec.watch.as_ref().and_then(|watch| watch.begin(&request));
-        let access = access::begin(request.header_block(), request.accepted);
+        let watch_id = self
+            .spec
+            .watch
+            .as_ref()
+            .and_then(|watch| watch.begin(&request, u64::from(id)));
+        let access = access::begin(request.header_block(), request.accepted, request.head_at);
         let Request {
             buf,
             payload,
@@ -273,6 +345,13 @@ impl Shared {
 
     /// Applies one frame from the worker.
     fn on_frame(self: &Arc<Self>, kind: u8, id: u32, payload: Vec<u8>, fd: Option<OwnedFd>) {
+        if kind == b'K' {
+            // A stack someone asked for (ended by id 0).
+            if let Some(waiting) = self.lock_stack_replies().as_ref() {
+                let _ = waiting.send((id, payload));
+            }
+            return;
+        }
         let mut state = self.lock();
         let Some(slot) = state.slots.get_mut(&id) else {
             return;
@@ -414,6 +493,8 @@ impl ExternalDispatcher {
             max_in_flight: spec.model.max_running(),
             queue_limit: spec.model.queue_limit(spec.max_queue),
             loop_waker: LoopWaker::default(),
+            stack_replies: Mutex::new(None),
+            stack_asking: Mutex::new(()),
             spec,
             argv,
             state: Mutex::new(State {
@@ -439,6 +520,19 @@ impl ExternalDispatcher {
         }
         shared.run_worker(started);
         Ok(ExternalDispatcher { shared })
+    }
+}
+
+impl ExternalDispatcher {
+    /// Where the worker's Python stacks are read, by request id.
+    pub fn stack_source(&self) -> Arc<dyn StackSource> {
+        Arc::new(ExternalStacks(Arc::clone(&self.shared)))
+    }
+
+    /// What tells, at any time, which requests the worker holds (their ids).
+    pub fn busy_requests(&self) -> impl Fn() -> Vec<u64> + Send + Sync + 'static {
+        let shared = Arc::clone(&self.shared);
+        move || shared.lock().slots.keys().map(|id| u64::from(*id)).collect()
     }
 }
 

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use super::frames::FrameReader;
 use crate::base::config::Model;
+use crate::base::metrics;
 use crate::base::sys;
 use crate::pool::watchdog::RequestWatch;
 use crate::proto::pathinfo::Mount;
@@ -126,7 +127,13 @@ pub(super) struct Started {
 
 /// Starts a worker and waits for it to report ready (or why it could not start).
 /// Signals the front handles for the whole server, which its worker processes leave alone.
-const FRONT_OWNED_SIGNALS: [libc::c_int; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGUSR1];
+const FRONT_OWNED_SIGNALS: [libc::c_int; 5] = [
+    libc::SIGINT,
+    libc::SIGTERM,
+    libc::SIGHUP,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+];
 
 pub(super) fn start_worker(spec: &WorkerSpec, argv: &[String]) -> Result<Started, String> {
     let (ours, theirs) = UnixStream::pair().map_err(|e| format!("cannot create a socket pair: {e}"))?;
@@ -160,6 +167,8 @@ pub(super) fn start_worker(spec: &WorkerSpec, argv: &[String]) -> Result<Started
     let mut child = command
         .spawn()
         .map_err(|e| format!("cannot run the interpreter {:?}: {e}", spec.interpreter))?;
+    // Its memory and CPU time count as this worker's (`--max-rss`, the metrics).
+    metrics::set_app_pid(child.id());
     drop(theirs);
     let socket = ours
         .try_clone()

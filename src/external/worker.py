@@ -8,10 +8,12 @@ The front talks to this program over one Unix socket (inherited fd) in frames:
     frame = TYPE (1 byte) ID (4 bytes, big endian) LENGTH (4 bytes, big endian) PAYLOAD
 
 Front -> worker:  R environ pairs (NAME NUL VALUE NUL ...), B body bytes, E end of body (call
-the app), W bytes the client has taken so far (8-byte count), C client gone.
+the app), W bytes the client has taken so far (8-byte count), C client gone, K (id 0) send the
+Python stacks of the requests whose ids (4 bytes each) are the payload.
 Worker -> front:  Y ready (id 0), X start-up failure (id 0, one-line message), H head
-(STATUS NUL NAME NUL VALUE NUL ...), D body bytes, F finished, A abort (cut the connection),
-S failed before anything was sent (the front answers 500).
+(STATUS NUL NAME NUL VALUE NUL ...), D body bytes, F finished, A abort (cut the connection;
+payload "error" when the app raised), S failed before anything was sent (the front answers 500), K a request's Python stack
+(empty when it runs no Python), then K with id 0 after the last one asked for.
 """
 
 import io
@@ -283,10 +285,10 @@ class Request:
         self.length = length
         return self.write
 
-    def end_with(self, kind):
+    def end_with(self, kind, payload=b""):
         # A write() the app kept and calls later must fail, not queue into a finished stream.
         self.ended = True
-        self.worker.channel.send(kind, self.rid)
+        self.worker.channel.send(kind, self.rid, payload)
 
     def send(self, data, wait=True):
         if self.ended:
@@ -359,7 +361,7 @@ class Request:
         text = traceback.format_exc().rstrip()
         if self.head_sent:
             log_line("ERROR", "wsgi", "the app failed after the response began; connection cut for %s:\n%s" % (self.describe(), text))
-            self.end_with(b"A")
+            self.end_with(b"A", b"error")
         else:
             log_line("ERROR", "wsgi", "%s for %s:\n%s" % (what, self.describe(), text))
             self.end_with(b"S")
@@ -401,6 +403,8 @@ class Request:
 
     def run(self):
         worker = self.worker
+        # Where its stack is found, should the front ask (a request running too long).
+        self.thread = threading.get_ident()
         items = self.pairs.split(b"\0")
         env = {}
         for i in range(0, len(items) - 1, 2):
@@ -481,6 +485,8 @@ class Plexer:
             self.done(request, result)
             return
         with self.cond:
+            # Its stack is this thread's from now on.
+            request.thread = getattr(self, "ident", None)
             self.jobs.append((request, iterator, result))
             self.cond.notify()
 
@@ -490,6 +496,7 @@ class Plexer:
             self.worker.requests.pop(request.rid, None)
 
     def run(self):
+        self.ident = threading.get_ident()
         while True:
             with self.cond:
                 ready = [job for job in self.jobs if job[0].has_room()]
@@ -646,6 +653,21 @@ class Worker:
                 request = self.requests.get(rid)
                 if request is not None:
                     request.cancel()
+            elif kind == b"K":
+                self.send_stacks(payload)
+
+    def send_stacks(self, payload):
+        """The Python stacks of the requests named in `payload`, each in a K frame."""
+        frames = sys._current_frames()
+        with self.lock:
+            threads = {}
+            for (rid,) in struct.iter_unpack(">I", payload[: len(payload) // 4 * 4]):
+                threads[rid] = getattr(self.requests.get(rid), "thread", None)
+        for rid, thread in threads.items():
+            frame = frames.get(thread) if thread is not None else None
+            text = "".join(traceback.format_stack(frame)) if frame is not None else ""
+            self.channel.send(b"K", rid, text.encode("utf-8", "replace"))
+        self.channel.send(b"K", 0)
 
 
 def one_line(error):
@@ -671,7 +693,7 @@ def _left_to_the_front(signum, frame):
 def main():
     # Started with these ignored; a handler instead (not inherited across exec) gives the
     # app's own child processes the usual defaults back.
-    for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGUSR1"):
+    for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGUSR1", "SIGUSR2"):
         signal.signal(getattr(signal, name), _left_to_the_front)
     config = json.loads(os.environ.pop("SCGI_WSGI_WORKER_CONFIG"))
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, fileno=config["fd"])

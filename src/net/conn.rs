@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use super::listen::Stream;
 use crate::base::config::Limits;
 use crate::base::log::warning;
+use crate::base::metrics;
 use crate::base::sys;
 use crate::proto::cgi::Answer;
 use crate::proto::scgi::{self, HeadError, HeadInfo, Status};
@@ -99,6 +100,8 @@ pub struct Conn {
     pub accepted: Instant,
     /// Last time bytes moved in the direction that matters for the phase.
     pub last_progress: Instant,
+    /// When the head was in (when it is).
+    head_at: Instant,
     /// The app's response channel, while the request is with the app.
     pub outbox: Option<Arc<Outbox>>,
     buf: Vec<u8>,
@@ -134,6 +137,7 @@ impl Conn {
             phase: Phase::Head,
             accepted: now,
             last_progress: now,
+            head_at: now,
             outbox: None,
             buf: Vec::new(),
             head: None,
@@ -288,6 +292,7 @@ impl Conn {
             let content_length = info.content_length;
             // Kept before any refusal, so the access log can name the request.
             self.head = Some(info);
+            self.head_at = self.last_progress;
             if content_length > limits.max_body {
                 return ReadOutcome::Refuse(Answer::new(
                     "413 Content Too Large",
@@ -419,6 +424,7 @@ impl Conn {
     /// assembled, for the loop and the doorway alike. The connection is now Running.
     pub fn start_request(&mut self, id: ConnId, notifier: &Arc<Notifier>, high_water: usize) -> Request {
         let (buf, payload, body) = self.take_request();
+        metrics::request_started();
         let outbox = Outbox::new(
             id,
             Arc::clone(notifier),
@@ -440,6 +446,7 @@ impl Conn {
             body,
             outbox,
             accepted: self.accepted,
+            head_at: self.head_at,
         }
     }
 
@@ -599,6 +606,7 @@ mod tests {
             max_connections: 10,
             write_buffer: 64 * 1024,
             max_queue: 10,
+            allow_from: None,
         }
     }
 

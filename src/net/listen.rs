@@ -7,16 +7,18 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use mio::event::Source;
 use mio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use mio::{Interest, Registry, Token};
 use socket2::{Domain, Socket, Type};
 
-use crate::base::config::ListenSpec;
+use crate::base::config::{AllowList, ListenSpec};
 use crate::base::error::ListenError;
 use crate::base::log::{info, warning};
+use crate::base::metrics::{self, Refused};
 use crate::base::sys;
 
 /// A listening socket.
@@ -235,6 +237,52 @@ impl Source for Stream {
             Stream::Unix(s) => s.deregister(registry),
         }
     }
+}
+
+/// Least time between two log lines about peers refused for `--allow-from`.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// When the last refusal line was logged, and how many refusals were not logged since.
+static REFUSALS: Mutex<(Option<Instant>, u64)> = Mutex::new((None, 0));
+
+/// Whether the peer of a connection just accepted may be served under `--allow-from`
+/// (`allow`; `None`: anyone). One that may not is counted, logged (one line, at most every
+/// 10 s with the count of those in between), and should be closed at once: it never reaches
+/// the app. A connection whose peer is already gone is not served either.
+pub fn admitted(stream: &Stream, allow: Option<&AllowList>) -> bool {
+    let (Some(allow), Stream::Tcp(tcp)) = (allow, stream) else {
+        return true;
+    };
+    let peer = match tcp.peer_addr() {
+        Ok(peer) => peer.ip(),
+        Err(_) => return false,
+    };
+    if allow.permits(peer) {
+        return true;
+    }
+    metrics::refused(Refused::NotAllowed);
+    let mut refusals = REFUSALS.lock().unwrap_or_else(|e| e.into_inner());
+    let now = Instant::now();
+    if refusals
+        .0
+        .is_some_and(|t| now.duration_since(t) < REFUSAL_LOG_INTERVAL)
+    {
+        refusals.1 += 1;
+        return false;
+    }
+    let earlier = std::mem::take(&mut refusals.1);
+    refusals.0 = Some(now);
+    drop(refusals);
+    let more = if earlier > 0 {
+        format!(" ({earlier} more refused since the last such line)")
+    } else {
+        String::new()
+    };
+    warning!(
+        "server",
+        "refused a connection from {peer}: not in --allow-from{more}"
+    );
+    false
 }
 
 fn io_error(what: impl Into<String>) -> impl FnOnce(io::Error) -> ListenError {

@@ -19,6 +19,7 @@ pub mod wedge;
 mod worker;
 
 use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -27,6 +28,7 @@ pub use self::handler::RequestHandler;
 use self::monitor::monitor_main;
 use self::shared::{Queue, Shared};
 pub use self::slot::waiting_on_client;
+use self::slot::IDLE;
 use self::wedge::{spawn_wedge_watch, Wedge};
 use crate::base::config::Model;
 use crate::base::log::warning;
@@ -115,6 +117,22 @@ impl WorkerPool {
     }
 }
 
+impl WorkerPool {
+    /// What tells, at any time, which worker threads run a request now (their Python thread
+    /// idents, for their stacks: see `watchdog::StackSource`).
+    pub fn busy_threads(&self) -> impl Fn() -> Vec<u64> + Send + Sync + 'static {
+        let shared = Arc::clone(&self.shared);
+        move || {
+            let slots = shared.slots.lock().unwrap_or_else(|e| e.into_inner());
+            slots
+                .iter()
+                .filter(|slot| slot.state.load(Ordering::Relaxed) != IDLE)
+                .map(|slot| slot.ident)
+                .collect()
+        }
+    }
+}
+
 impl Dispatcher for WorkerPool {
     fn dispatch(&mut self, request: Request) -> Result<(), Request> {
         let mut queue = self.shared.lock();
@@ -123,6 +141,7 @@ impl Dispatcher for WorkerPool {
             return Err(request);
         }
         queue.pending.push_back((request, Instant::now()));
+        queue.publish();
         if queue.pending.len() <= queue.allowed.saturating_sub(queue.running) {
             // It can run now: no backlog. A busy worker would take it only after its request.
             queue.emptied += 1;

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::handler::RequestHandler;
 use super::slot::WorkerSlot;
+use crate::base::metrics::{self, Gauge};
 use crate::seam::notifier::LoopWaker;
 use crate::seam::request::Request;
 use crate::server::dispatcher::HoldBack;
@@ -42,6 +43,15 @@ pub(super) struct Queue {
 }
 
 impl Queue {
+    /// Stores the pool's gauges for the metrics: requests waiting, threads busy and idle.
+    pub(super) fn publish(&self) {
+        if metrics::enabled() {
+            metrics::set(Gauge::Queued, self.pending.len());
+            metrics::set(Gauge::BusyThreads, self.running);
+            metrics::set(Gauge::IdleThreads, self.threads.saturating_sub(self.running));
+        }
+    }
+
     /// Requests wait while every request allowed to run is running.
     pub(super) fn backlogged(&self) -> bool {
         !self.pending.is_empty() && self.running >= self.allowed

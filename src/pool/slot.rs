@@ -18,6 +18,8 @@ pub(super) struct WorkerSlot {
     pub(super) state: AtomicU8,
     /// The thread's id, as the kernel knows it.
     tid: libc::pid_t,
+    /// The thread's id, as Python knows it (for its stack, see `watchdog::StackSource`).
+    pub(super) ident: u64,
 }
 
 /// Where a running worker is, from its system call.
@@ -34,6 +36,7 @@ impl WorkerSlot {
     pub(super) fn for_current_thread() -> WorkerSlot {
         WorkerSlot {
             state: AtomicU8::new(IDLE),
+            ident: super::watchdog::thread_ident(),
             // SAFETY: gettid has no preconditions.
             tid: unsafe { libc::gettid() },
         }

@@ -1,10 +1,11 @@
 //! Worker recycling from inside a worker: counts requests for `--max-requests`, and watches
 //! the requests running in the app for `--request-timeout`. Either way the process asks to be
-//! replaced ([`process::request_replacement`]); it then drains like on SIGTERM.
+//! replaced ([`process::request_replacement`]); it then drains like on SIGTERM. A request cut
+//! off for running too long has its Python stack logged first, from a [`StackSource`].
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -13,13 +14,29 @@ use pyo3::Python;
 use super::handler::RequestHandler;
 use crate::base::access;
 use crate::base::log::{self, error, info};
+use crate::base::metrics;
 use crate::base::process::{self, Message};
 use crate::proto::cgi::GATEWAY_TIMEOUT;
 use crate::seam::outbox::Outbox;
 use crate::seam::request::Request;
 
+/// Where the Python stacks of running requests are read: the embedded interpreter's threads,
+/// or the external worker's (the app side implements it, above this layer).
+pub trait StackSource: Send + Sync {
+    /// The stacks (as Python's traceback prints them, most recent call last) of what runs the
+    /// requests known as `runners`: thread idents in the embedded interpreter, request ids in
+    /// the external worker. Read within `timeout`; those that could not be are left out.
+    fn stacks(&self, runners: &[u64], timeout: Duration) -> Vec<(u64, String)>;
+}
+
+/// How long a stack may take to read (the app may hold the GIL) before the 504 goes out
+/// without it.
+pub const STACK_TIMEOUT: Duration = Duration::from_secs(1);
+
 struct Running {
     since: Instant,
+    /// What runs it (see [`StackSource`]).
+    runner: u64,
     what: String,
     outbox: Arc<Outbox>,
     cut: bool,
@@ -34,6 +51,7 @@ struct Shared {
     max_requests: Option<u64>,
     replacement_asked: AtomicBool,
     timeout: Option<Duration>,
+    stacks: OnceLock<Arc<dyn StackSource>>,
 }
 
 /// Request counting for `--max-requests` and the hung-request watch for `--request-timeout`,
@@ -53,6 +71,7 @@ impl RequestWatch {
             max_requests,
             replacement_asked: AtomicBool::new(false),
             timeout,
+            stacks: OnceLock::new(),
         });
         if let Some(limit) = timeout {
             let watched = Arc::clone(&shared);
@@ -63,9 +82,15 @@ impl RequestWatch {
         Arc::new(RequestWatch { shared })
     }
 
-    /// A request goes into the app: counts it and, with a timeout, starts watching it.
-    /// Give what it returns to [`RequestWatch::end`] when the app is done with it.
-    pub fn begin(&self, request: &Request) -> Option<u64> {
+    /// Names where the stacks of requests that run too long are read.
+    pub fn set_stacks(&self, stacks: Arc<dyn StackSource>) {
+        let _ = self.shared.stacks.set(stacks);
+    }
+
+    /// A request goes into the app, run by `runner` (see [`StackSource`]): counts it and,
+    /// with a timeout, starts watching it. Give what it returns to [`RequestWatch::end`]
+    /// when the app is done with it.
+    pub fn begin(&self, request: &Request, runner: u64) -> Option<u64> {
         let served = self.shared.served.fetch_add(1, Ordering::Relaxed) + 1;
         if let Some(max) = self.shared.max_requests {
             if served >= max && !self.shared.replacement_asked.swap(true, Ordering::Relaxed) {
@@ -81,10 +106,11 @@ impl RequestWatch {
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         let entry = Running {
             since: Instant::now(),
+            runner,
             what: describe(request),
             outbox: Arc::clone(&request.outbox),
             cut: false,
-            access: access::begin(request.header_block(), request.accepted),
+            access: access::begin(request.header_block(), request.accepted, request.head_at),
         };
         self.shared.lock().insert(id, entry);
         Some(id)
@@ -129,21 +155,12 @@ pub fn jittered(max_requests: u64, jitter: u64) -> u64 {
     if jitter == 0 {
         return max_requests;
     }
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos() as u64)
-        .unwrap_or(0);
-    // Mixing the pid in keeps workers forked in the same instant apart.
-    let mut x = nanos ^ (u64::from(std::process::id()) << 32) ^ 0x9e37_79b9_7f4a_7c15;
-    x ^= x >> 33;
-    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    x ^= x >> 33;
-    max_requests.saturating_add(x % (jitter + 1))
+    max_requests.saturating_add(process::random() % (jitter + 1))
 }
 
 impl RequestHandler for Watchdog {
     fn handle(&self, py: Python<'_>, request: Request) {
-        let id = self.watch.begin(&request);
+        let id = self.watch.begin(&request, thread_ident());
         self.inner.handle(py, request);
         self.watch.end(id);
     }
@@ -166,22 +183,69 @@ fn describe(request: &Request) -> String {
     format!("{} {}", log::printable(&method, &[]), log::printable(&uri, &[]))
 }
 
+/// The Python thread ident of the calling thread (as `threading.get_ident()` gives it).
+pub fn thread_ident() -> u64 {
+    // SAFETY: pthread_self has no preconditions and cannot fail.
+    unsafe { libc::pthread_self() as u64 }
+}
+
+/// One pass of the watch: the requests past `limit` are cut off (marked first, so that a
+/// request ending meanwhile is left alone), their stacks logged before the 504 goes out.
+fn cut_overdue(shared: &Shared, limit: Duration) -> Vec<(String, Duration, bool)> {
+    let mut marked = Vec::new();
+    for (id, running) in shared.lock().iter_mut() {
+        let ran = running.since.elapsed();
+        if ran > limit && !running.cut {
+            running.cut = true;
+            metrics::request_timed_out();
+            marked.push((*id, running.runner, running.what.clone(), ran));
+        }
+    }
+    if marked.is_empty() {
+        return Vec::new();
+    }
+    let runners: Vec<u64> = marked.iter().map(|m| m.1).collect();
+    let stacks = shared
+        .stacks
+        .get()
+        .map(|source| source.stacks(&runners, STACK_TIMEOUT))
+        .unwrap_or_default();
+    let mut overdue = Vec::new();
+    for (id, runner, what, ran) in marked {
+        match stacks.iter().find(|(r, _)| *r == runner) {
+            Some((_, stack)) => error!(
+                "server",
+                "request {what} has been in the app for {:.1} s (--request-timeout {:.1} s); its Python stack, most recent call last:\n{}",
+                ran.as_secs_f64(),
+                limit.as_secs_f64(),
+                stack.trim_end()
+            ),
+            None => error!(
+                "server",
+                "request {what} has been in the app for {:.1} s (--request-timeout {:.1} s); its Python stack could not be read (the app did not let go of the interpreter within {:.0} s)",
+                ran.as_secs_f64(),
+                limit.as_secs_f64(),
+                STACK_TIMEOUT.as_secs_f64()
+            ),
+        }
+        let mut running = shared.lock();
+        let Some(running) = running.get_mut(&id) else {
+            continue; // It ended meanwhile.
+        };
+        let answered = running.outbox.time_out(&GATEWAY_TIMEOUT.response());
+        if let Some(mut entry) = running.access.take().filter(|_| answered) {
+            entry.set_result(GATEWAY_TIMEOUT.code(), GATEWAY_TIMEOUT.body_len());
+        }
+        overdue.push((what, ran, answered));
+    }
+    overdue
+}
+
 fn watch(shared: &Shared, limit: Duration) {
     let tick = (limit / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
     loop {
         thread::sleep(tick);
-        let mut overdue = Vec::new();
-        for running in shared.lock().values_mut() {
-            let ran = running.since.elapsed();
-            if ran > limit && !running.cut {
-                running.cut = true;
-                let answered = running.outbox.time_out(&GATEWAY_TIMEOUT.response());
-                if let Some(mut entry) = running.access.take().filter(|_| answered) {
-                    entry.set_result(GATEWAY_TIMEOUT.code(), GATEWAY_TIMEOUT.body_len());
-                }
-                overdue.push((running.what.clone(), ran, answered));
-            }
-        }
+        let overdue = cut_overdue(shared, limit);
         for (what, ran, answered) in &overdue {
             let outcome = if *answered {
                 "answered 504"

@@ -10,6 +10,7 @@ use pyo3::Python;
 use super::shared::{Queue, Shared};
 use super::slot::{WorkerSlot, CURRENT_SLOT, IDLE, RUNNING};
 use crate::base::log::{debug, error};
+use crate::base::metrics;
 use crate::seam::request::Request;
 use crate::server::doorway::{Direct, Doorway, Woke};
 
@@ -27,6 +28,7 @@ impl Shared {
             queue.threads -= 1;
             error!("server", "cannot start a worker thread: {e}");
         }
+        queue.publish();
     }
 
     /// Waits (the caller has released the GIL) for the next request; `None` tells the thread
@@ -42,11 +44,13 @@ impl Shared {
             queue.running -= 1;
             queue.completed += 1;
             slot.set(IDLE);
+            queue.publish();
         }
         loop {
             let was_full = queue.pending.len() >= self.queue_limit;
             if queue.running < queue.allowed {
-                if let Some((request, _)) = queue.pending.pop_front() {
+                if let Some((request, queued)) = queue.pending.pop_front() {
+                    metrics::queue_waited(queued);
                     queue.running += 1;
                     slot.set(RUNNING);
                     let wake_monitor = queue.running > 1 && queue.monitor_parked;
@@ -59,6 +63,7 @@ impl Shared {
                     }
                     let waiting = queue.pending.len();
                     let wake_loop = queue.held_back.resumes(waiting) || was_full;
+                    queue.publish();
                     drop(queue);
                     if wake_monitor {
                         self.monitor.notify_one();
@@ -78,6 +83,7 @@ impl Shared {
                 }
                 if queue.stopping {
                     queue.threads -= 1;
+                    queue.publish();
                     return None;
                 }
             }
@@ -101,6 +107,7 @@ impl Shared {
             queue.idle -= 1;
             if waited.timed_out() && queue.pending.is_empty() && queue.threads > 1 {
                 queue.threads -= 1;
+                queue.publish();
                 return None;
             }
         }
@@ -135,6 +142,7 @@ impl Shared {
         match woke {
             Woke::Timeout if queue.pending.is_empty() && queue.threads > 1 => {
                 queue.threads -= 1;
+                queue.publish();
                 return Err(None);
             }
             Woke::Connection if queue.pending.is_empty() && queue.running < queue.allowed => {}
@@ -142,13 +150,17 @@ impl Shared {
         }
         queue.running += 1;
         slot.set(RUNNING);
+        queue.publish();
         drop(queue);
         if let Some((request, direct)) = door.take() {
+            // Taken at its accept: it waited for no thread.
+            metrics::queue_skipped();
             return Ok((request, Some(direct)));
         }
         let mut queue = self.lock();
         queue.running -= 1;
         slot.set(IDLE);
+        queue.publish();
         Err(Some(queue))
     }
 }
@@ -167,7 +179,16 @@ fn worker_main(shared: Arc<Shared>) {
     CURRENT_SLOT.with(|current| *current.borrow_mut() = Some(Arc::clone(&slot)));
     Python::attach(|py| {
         let mut finished = false;
-        while let Some((request, direct)) = py.detach(|| shared.next_request(&slot, finished)) {
+        loop {
+            // With metrics on, when the thread asked for the GIL back: its wait shows.
+            let (next, asked) = py.detach(|| {
+                let next = shared.next_request(&slot, finished);
+                (next, metrics::enabled().then(Instant::now))
+            });
+            if let Some(asked) = asked {
+                metrics::gil_waited(asked.elapsed());
+            }
+            let Some((request, direct)) = next else { break };
             shared.handler.handle(py, request);
             if let Some(direct) = direct {
                 direct.finish();

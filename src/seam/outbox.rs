@@ -19,6 +19,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use super::notifier::{ConnId, Notifier};
 use crate::base::log::debug;
+use crate::base::metrics;
 use crate::base::sys;
 
 /// A piece of a response on its way to the client.
@@ -355,6 +356,7 @@ impl Outbox {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
             Err(e) => {
                 debug!("server", "client went away while receiving the response: {e}");
+                metrics::client_gone();
                 state.client_gone = true;
                 state.chunks.clear();
                 state.unsent = 0;
@@ -629,6 +631,9 @@ impl Outbox {
     pub(crate) fn mark_client_gone(&self) {
         let mut state = self.lock();
         let was_gone = std::mem::replace(&mut state.client_gone, true);
+        if !was_gone {
+            metrics::client_gone();
+        }
         state.chunks.clear();
         state.unsent = 0;
         Self::wake_waiters(&self.room, &state);

@@ -29,6 +29,8 @@ pub struct Request {
     pub outbox: Arc<Outbox>,
     /// When the connection was accepted.
     pub accepted: Instant,
+    /// When the head was in (the request's duration counts from here).
+    pub head_at: Instant,
 }
 
 impl Request {

@@ -10,9 +10,10 @@ use super::doorway::{Doorway, Handed};
 use super::timers::WATCH_AFTER;
 use super::{overload_log_due, AcceptStarved, Server, LISTENER};
 use crate::base::log::{debug, error, info, warning};
+use crate::base::metrics::{self, Refused};
 use crate::base::process;
 use crate::net::conn::{Conn, Phase, ReadOutcome};
-use crate::net::listen::Stream;
+use crate::net::listen::{admitted, Stream};
 use crate::seam::notifier::ConnId;
 
 /// Most connections one call of `accept_all` takes (each with its first read, and its request
@@ -99,6 +100,7 @@ impl<D: Dispatcher> Server<D> {
                 None => self.conns.len() < self.limits.max_connections,
             };
             if !may_hold_more {
+                metrics::refused(Refused::MaxConnections);
                 // Leave the rest in the kernel's backlog until a slot frees up.
                 self.intake.pending = true;
                 if overload_log_due(&mut self.intake.conn_limit_logged) {
@@ -123,6 +125,7 @@ impl<D: Dispatcher> Server<D> {
             }
             let result = listener.accept();
             match result {
+                Ok(stream) if !admitted(&stream, self.limits.allow_from.as_deref()) => continue,
                 Ok(stream) => {
                     let key = self.adopt(stream);
                     accepted += 1;

@@ -10,6 +10,7 @@ use super::timers::WATCH_AFTER;
 use super::{overload_log_due, Server};
 use crate::base::access;
 use crate::base::log::{self, debug, error, info, warning, Level};
+use crate::base::metrics::{self, Refused};
 use crate::net::conn::{Phase, ReadOutcome, Watching};
 use crate::proto::cgi::Answer;
 use crate::seam::notifier::ConnId;
@@ -172,6 +173,7 @@ impl<D: Dispatcher> Server<D> {
                     let refusal = Answer::new("400 Bad Request", cause);
                     return self.answer(key, &refusal, Level::Info);
                 }
+                metrics::client_gone();
                 info!("server", "{cause}");
             }
             Phase::Body => {
@@ -183,6 +185,7 @@ impl<D: Dispatcher> Server<D> {
                     let refusal = Answer::new("400 Bad Request", cause);
                     return self.answer(key, &refusal, Level::Warning);
                 }
+                metrics::client_gone();
                 warning!("server", "{cause}");
             }
             Phase::Running => {
@@ -205,12 +208,14 @@ impl<D: Dispatcher> Server<D> {
                 .push((Instant::now() + WATCH_AFTER, key, serial), &self.conns);
         }
         if !self.held.is_empty() {
+            metrics::refused(Refused::QueueFull);
             self.held.push_back(request);
             return;
         }
         if let Err(request) = self.dispatcher.dispatch(request) {
             // The queue is full: hold the request here (no thread, no GIL) and stop accepting
             // until a worker takes one; the client is answered late, never dropped.
+            metrics::refused(Refused::QueueFull);
             self.log_queue_full();
             self.held.push_back(request);
         }
@@ -266,7 +271,10 @@ impl<D: Dispatcher> Server<D> {
         );
         // The access log has a line for every answer, the loop's own included (with what is
         // known of the request: nothing before its head is in).
-        if let Some(mut entry) = access::begin(conn.header_block(), conn.accepted) {
+        if let Some(cause) = Refused::of_status(refusal.code()) {
+            metrics::refused(cause);
+        }
+        if let Some(mut entry) = access::begin_answer(conn.header_block(), conn.accepted) {
             entry.set_result(refusal.code(), refusal.body_len());
         }
         if let Some(outbox) = conn.outbox.take() {

@@ -29,7 +29,7 @@ use crate::base::config::Limits;
 use crate::base::process;
 use crate::base::sys;
 use crate::net::conn::{Conn, ReadOutcome, HEAD_READ};
-use crate::net::listen::{Listener, Stream};
+use crate::net::listen::{admitted, Listener, Stream};
 use crate::seam::notifier::{ConnId, Notifier};
 use crate::seam::outbox::Outbox;
 use crate::seam::request::Request;
@@ -401,6 +401,10 @@ impl Doorway {
         };
         // SAFETY: accept4 returned a new descriptor, owned from here on.
         let stream = Stream::Tcp(unsafe { mio::net::TcpStream::from_raw_fd(accepted) });
+        if !admitted(&stream, self.limits.allow_from.as_deref()) {
+            self.held.fetch_sub(1, Ordering::SeqCst);
+            return None;
+        }
         let serial = self.serial.fetch_add(1, Ordering::Relaxed);
         let mut conn = Conn::new(stream, serial, Instant::now());
         // One buffer for every worker (they rarely accept at the same moment), rather than
@@ -501,6 +505,7 @@ mod tests {
             max_connections,
             write_buffer: 64 * 1024,
             max_queue: 10,
+            allow_from: None,
         }
     }
 

@@ -11,6 +11,7 @@ use super::{Exit, Server};
 use crate::base::log::info;
 use crate::base::process;
 use crate::base::sys;
+use crate::net::listen::admitted;
 
 impl<D: Dispatcher> Server<D> {
     pub(super) fn on_signals(&mut self) -> Option<Exit> {
@@ -70,6 +71,7 @@ impl<D: Dispatcher> Server<D> {
         let mut taken = 0;
         while let Some(listener) = &self.listener {
             match listener.accept() {
+                Ok(stream) if !admitted(&stream, self.limits.allow_from.as_deref()) => continue,
                 Ok(stream) => {
                     self.adopt(stream);
                     taken += 1;

@@ -32,6 +32,7 @@ use self::doorway::{Doorway, Handed};
 use self::timers::Timers;
 use crate::base::config::Limits;
 use crate::base::log::warning;
+use crate::base::metrics::{self, Gauge};
 use crate::net::conn::Conn;
 use crate::net::listen::Listener;
 use crate::seam::notifier::{ConnId, Notifier, QUIET_CLOSE_DELAY};
@@ -239,6 +240,10 @@ impl<D: Dispatcher> Server<D> {
             self.follow_doorway();
             self.read_more();
             self.expire_timers();
+            if metrics::enabled() {
+                metrics::set(Gauge::OpenConnections, self.conns.len() + self.workers_hold());
+                metrics::set(Gauge::Held, self.held.len());
+            }
             if self.intake.pending
                 || self.intake.more
                 || self.intake.paused_until.is_some_and(|t| t <= Instant::now())

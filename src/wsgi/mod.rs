@@ -9,6 +9,7 @@ pub mod input;
 pub mod interp;
 pub mod response;
 pub mod rplex;
+pub mod stacks;
 pub mod wsgidir;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};

@@ -17,6 +17,7 @@ use super::file_wrapper::{FileSource, FileWrapper};
 use super::input::InputStream;
 use crate::base::access;
 use crate::base::log::{self, debug, error, warning};
+use crate::base::metrics;
 use crate::pool::waiting_on_client;
 use crate::proto::cgi::INTERNAL_ERROR;
 use crate::seam::outbox::{Chunk, ClientGone, End, Outbox};
@@ -465,9 +466,10 @@ pub fn serve(
         body,
         outbox,
         accepted,
+        head_at,
     } = request;
     // Logged when dropped: on every way out of this function.
-    let mut access = access::begin(&buf[payload.clone()], accepted);
+    let mut access = access::begin(&buf[payload.clone()], accepted, head_at);
     let environ = match environ::build(py, &buf[payload], consts) {
         Ok(environ) => environ,
         Err(err) => {
@@ -724,6 +726,7 @@ fn fail(py: Python<'_>, environ: &Bound<'_, PyDict>, responder: &Bound<'_, Start
         outbox.finish(End::Abort);
         return;
     }
+    metrics::app_error();
     if this.state.head_sent {
         log_app_error(
             py,
