@@ -42,7 +42,6 @@ pub(super) fn run_server(
             return fatal(format!("cannot start the metrics thread: {e}"));
         }
     }
-    recycle::spawn_watch(&config.process);
     if let Err(e) = dump::install() {
         warning!(
             "server",
@@ -285,6 +284,8 @@ fn serve<D: Dispatcher>(
     );
     server.set_repeat_stops_at_once(!process::has_master());
     process::tell_master(Message::Ready);
+    // A worker's age counts from here: a slow import does not use it up.
+    recycle::spawn_watch(&config.process);
     let exit = server.run();
     drop(server);
     access::flush();

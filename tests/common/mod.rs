@@ -6,6 +6,8 @@
 //! help diagnose the failure.
 #![allow(dead_code)]
 
+pub mod load;
+
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::io::{self, Read, Write};
