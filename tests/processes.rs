@@ -495,31 +495,63 @@ fn sigterm_drains(to_every_process: bool) {
     );
 }
 
+/// To the master, a repeated SIGTERM continues the drain (the hung request goes on); SIGQUIT,
+/// or a second SIGINT (Ctrl-C twice), stops the workers at once.
 #[test]
-fn a_second_sigterm_stops_at_once() {
-    let apps = apps_dir_str();
-    let mut server = Server::start(&["--processes", "2", "-p", &apps, "-A", "procapp"]);
-    wait_for_workers(&server, 2, &[]);
-    let addr = server.addr.clone();
-    let client = thread::spawn(move || try_get(&addr, "/hang"));
-    assert!(server.wait_for_log("hanging in", Duration::from_secs(20)));
-    let started = Instant::now();
-    server.signal(libc::SIGTERM);
-    assert!(server.wait_for_log("SIGTERM: stopping 2 worker(s)", Duration::from_secs(10)));
-    server.signal(libc::SIGQUIT);
-    let status = server
-        .wait_exit(Duration::from_secs(20))
-        .expect("the master exits");
-    assert!(status.success(), "{status}");
-    assert!(
-        started.elapsed() < Duration::from_secs(15),
-        "took {:?}",
-        started.elapsed()
-    );
-    assert!(
-        client.join().unwrap().is_err(),
-        "the hung request cannot have completed"
-    );
+fn a_repeated_sigterm_goes_on_draining_sigquit_or_a_second_sigint_stops_at_once() {
+    for (signals, at_once) in [
+        (
+            [libc::SIGTERM, libc::SIGTERM, libc::SIGQUIT],
+            "SIGQUIT: stopping 1 worker(s) at once",
+        ),
+        (
+            [libc::SIGINT, libc::SIGTERM, libc::SIGINT],
+            "SIGINT again: stopping 1 worker(s) at once",
+        ),
+    ] {
+        let apps = apps_dir_str();
+        let mut server = Server::start(&["--processes", "2", "-p", &apps, "-A", "procapp"]);
+        wait_for_workers(&server, 2, &[]);
+        let addr = server.addr.clone();
+        let client = thread::spawn(move || try_get(&addr, "/hang"));
+        assert!(server.wait_for_log("hanging in", Duration::from_secs(20)));
+        let started = Instant::now();
+        server.signal(signals[0]);
+        assert!(server.wait_for_log("stopping 2 worker(s); they finish", Duration::from_secs(10)));
+        server.signal(signals[1]);
+        // By now the idle worker may have exited: the one holding the request remains.
+        assert!(
+            server.wait_for_log("already stopping; ", Duration::from_secs(10)),
+            "{}",
+            server.stderr_text()
+        );
+        assert!(
+            server.is_running() && !client.is_finished(),
+            "{}",
+            server.stderr_text()
+        );
+        // Only the worker holding the hung request is left once the other's drain is done.
+        wait_for_workers(&server, 1, &[]);
+        server.signal(signals[2]);
+        assert!(
+            server.wait_for_log(at_once, Duration::from_secs(10)),
+            "{}",
+            server.stderr_text()
+        );
+        let status = server
+            .wait_exit(Duration::from_secs(20))
+            .expect("the master exits");
+        assert!(status.success(), "{status}");
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "took {:?}",
+            started.elapsed()
+        );
+        assert!(
+            client.join().unwrap().is_err(),
+            "the hung request cannot have completed"
+        );
+    }
 }
 
 #[test]

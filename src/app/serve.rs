@@ -253,7 +253,6 @@ fn serve<D: Dispatcher>(
         config.module,
         std::process::id()
     );
-    server.set_repeat_stops_at_once(!process::has_master());
     process::tell_master(Message::Ready);
     let exit = server.run();
     drop(server);

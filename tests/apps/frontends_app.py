@@ -70,7 +70,20 @@ def error(environ, start_response):
     raise RuntimeError("the app failed on purpose")
 
 
-PAGES = {"/cookies": cookies, "/big": big, "/endless": endless, "/error": error}
+def slow(environ, start_response):
+    """Sleeps QUERY_STRING seconds, then answers SLOW_BLOCKS blocks (a drain must wait for it)."""
+    sys.stderr.write("slow request started\n")
+    sys.stderr.flush()
+    time.sleep(float(environ.get("QUERY_STRING") or "2"))
+    body = BLOCK * SLOW_BLOCKS
+    start_response("200 OK", [("Content-Type", "application/octet-stream"), ("Content-Length", str(len(body)))])
+    return [body]
+
+
+SLOW_BLOCKS = 4
+
+
+PAGES = {"/cookies": cookies, "/big": big, "/endless": endless, "/error": error, "/slow": slow}
 
 
 def application(environ, start_response):
