@@ -563,6 +563,87 @@ fn client_disconnects(front: &Frontend, backend: &Server) {
     assert_eq!(front.get("/after").report_str("PATH_INFO"), "/after");
 }
 
+/// Reads a response to `/chunks` until the end, noting when each of its five pieces arrived
+/// (counted from `sent`). Returns everything read and the arrival times.
+fn chunk_arrivals(stream: &mut impl Read, sent: Instant) -> (Vec<u8>, Vec<Duration>) {
+    let mut raw = Vec::new();
+    let mut arrivals = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => panic!("reading /chunks: {e} after {}", show_bytes(&raw)),
+        };
+        raw.extend_from_slice(&buf[..n]);
+        let at = sent.elapsed();
+        while arrivals.len() < 5 {
+            let marker = format!("chunk-{}\n", arrivals.len());
+            if !raw.windows(marker.len()).any(|w| w == marker.as_bytes()) {
+                break;
+            }
+            arrivals.push(at);
+        }
+    }
+    assert_eq!(arrivals.len(), 5, "not every piece arrived: {}", show_bytes(&raw));
+    (raw, arrivals)
+}
+
+/// The five pieces, made 0.2 s apart, reached the client spread out, not all at the end.
+fn assert_streamed(name: &str, arrivals: &[Duration]) {
+    eprintln!("{name}: /chunks pieces arrived at {arrivals:.2?}");
+    let spread = arrivals[4] - arrivals[0];
+    assert!(
+        spread >= Duration::from_millis(500),
+        "{name} held the streamed response back: its pieces arrived at {arrivals:.2?}"
+    );
+}
+
+/// GET `target` (a `/chunks` page) through the frontend: the arrival time of each piece.
+fn http_chunk_arrivals(front: &Frontend, target: &str) -> Vec<Duration> {
+    let mut stream = TcpStream::connect(("127.0.0.1", front.port)).unwrap();
+    stream.set_read_timeout(Some(HTTP_TIMEOUT)).unwrap();
+    let port = front.port;
+    write!(
+        stream,
+        "GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let (raw, arrivals) = chunk_arrivals(&mut stream, Instant::now());
+    let r = parse_http(raw, false);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, b"chunk-0\nchunk-1\nchunk-2\nchunk-3\nchunk-4\n");
+    arrivals
+}
+
+/// A streamed response, through the frontend as its contrib config ships it.
+fn streaming_as_shipped(front: &Frontend) {
+    assert_streamed(front.name, &http_chunk_arrivals(front, "/chunks"));
+}
+
+/// The app sees the Host the client sent, port included, once: the URLs it builds for
+/// itself (Flask's `url_for(..., _external=True)`) keep the port.
+fn host_keeps_its_port(front: &Frontend) {
+    let port = front.port;
+    let r = front.get("/where");
+    assert_eq!(
+        r.report_str("HTTP_HOST"),
+        format!("127.0.0.1:{port}"),
+        "{}",
+        front.name
+    );
+    for mount in ["", "/app2"] {
+        let r = front.get(&format!("{mount}/flask/url"));
+        assert_eq!(
+            (r.status, String::from_utf8_lossy(&r.body).into_owned()),
+            (200, format!("http://127.0.0.1:{port}{mount}/flask/url\n")),
+            "{}",
+            front.name
+        );
+    }
+}
+
 /// Everything, against one frontend.
 fn exercise(front: &Frontend, backends: &Backends, chunked_accepted: bool) {
     routing_at_root_and_query(front);
@@ -575,6 +656,8 @@ fn exercise(front: &Frontend, backends: &Backends, chunked_accepted: bool) {
     streamed_20_mib(front);
     app_error(front, &backends.root);
     client_disconnects(front, &backends.root);
+    streaming_as_shipped(front);
+    host_keeps_its_port(front);
 }
 
 #[test]
@@ -582,6 +665,12 @@ fn nginx_tcp_and_unix_socket() {
     let backends = Backends::start(true);
     let front = start_nginx(&backends);
     exercise(&front, &backends, true);
+    // The way back to buffering that the config's comment gives: the app asks for it.
+    let arrivals = http_chunk_arrivals(&front, "/chunks?buffered");
+    assert!(
+        arrivals[4] - arrivals[0] < Duration::from_millis(100),
+        "X-Accel-Buffering: yes did not make nginx buffer: {arrivals:.2?}"
+    );
 }
 
 #[test]
@@ -857,11 +946,29 @@ fn ashd_callscgi_at_the_root() {
     let r = server.request("", "/a/b", "", &[], b"");
     assert_eq!(report_value(&r, "SCRIPT_NAME"), b"");
     assert_eq!(report_value(&r, "PATH_INFO"), b"/a/b");
+    assert_eq!(report_value(&r, "HTTP_HOST"), b"127.0.0.1:8080");
     // ashd passes a chunked body on as CONTENT_LENGTH=0 followed by the de-chunked bytes:
     // the app sees an empty body, and the response still arrives whole.
     let r = server.request("", "/c", "", &[("CONTENT_LENGTH", "0")], &body_of(20_000));
     assert_eq!(report_value(&r, "BODY_LEN"), b"0");
     assert_eq!(report_value(&r, "REQUEST_METHOD"), b"POST");
+    // What callscgi passes on: the Host with its port, and the pieces of a streamed response
+    // as the app makes them (what htparser then does with them is ashd's).
+    let r = server.request("", "/flask/url", "", &[], b"");
+    assert_eq!(
+        (r.status, r.text()),
+        (200, "http://127.0.0.1:8080/flask/url\n".into())
+    );
+    let mut stream = server.connect();
+    stream
+        .send_all(
+            &callscgi_request("", "/chunks", "", b"").encode(),
+            REQUEST_TIMEOUT,
+        )
+        .unwrap();
+    let (raw, arrivals) = chunk_arrivals(&mut stream, Instant::now());
+    assert_eq!(Response::parse(raw).status, 200);
+    assert_streamed("ashd (simulated callscgi)", &arrivals);
     server.terminate();
 }
 
