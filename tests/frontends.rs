@@ -523,6 +523,23 @@ fn app_error(front: &Frontend, backend: &Server) {
     let r = front.get("/error");
     assert_eq!(r.status, 500);
     assert!(backend.wait_for_log("the app failed on purpose", Duration::from_secs(10)));
+    assert_traceback_prefixed(&backend.stderr_text(), "scgi-wsgi[wsgi]: ERROR: ");
+}
+
+/// Every line of the tracebacks in `log` carries `prefix`, as every line the server writes
+/// does (the app's own writes to stderr aside).
+fn assert_traceback_prefixed(log: &str, prefix: &str) {
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| ["Traceback", "File \"", "Error: "].iter().any(|n| l.contains(n)))
+        .collect();
+    assert!(lines.len() >= 3, "no traceback in:\n{log}");
+    for line in lines {
+        assert!(
+            line.starts_with(prefix),
+            "not prefixed with {prefix:?}: {line:?}\n{log}"
+        );
+    }
 }
 
 /// A client that goes away mid-response: the app's iterable is closed, serving goes on.
@@ -969,6 +986,9 @@ fn ashd_callscgi_at_the_root() {
     let (raw, arrivals) = chunk_arrivals(&mut stream, Instant::now());
     assert_eq!(Response::parse(raw).status, 200);
     assert_streamed("ashd (simulated callscgi)", &arrivals);
+    assert_eq!(server.request("", "/error", "", &[], b"").status, 500);
+    assert!(server.wait_for_log("the app failed on purpose"));
+    assert_traceback_prefixed(&server.stderr_text(), "scgi-wsgi[wsgi]: ERROR: ");
     server.terminate();
 }
 
@@ -1061,6 +1081,19 @@ fn ashd_dirplex_wsgidir() {
         "{}",
         server.stderr_text()
     );
+    // A file that fails to load: a 500, and its traceback in the log, line by line.
+    let broken = dir.path().join("broken.wsgi");
+    fs::write(&broken, "def application(:\n").unwrap();
+    let extra = [
+        ("HTTP_X_ASH_PYTHON_HANDLER", "chain"),
+        ("SCRIPT_FILENAME", broken.to_str().unwrap()),
+    ];
+    assert_eq!(
+        server.request("/dir/broken.wsgi", "", "", &extra, b"").status,
+        500
+    );
+    assert!(server.wait_for_log("SyntaxError"), "{}", server.stderr_text());
+    assert_traceback_prefixed(&server.stderr_text(), "scgi-wsgi[wsgidir]: ERROR: ");
     server.terminate();
 }
 

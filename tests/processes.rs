@@ -1118,3 +1118,64 @@ fn without_a_master_a_timed_out_request_makes_the_process_exit() {
     assert!(log.contains("being replaced: no longer accepting"), "{log}");
     assert!(!log.contains("SIGTERM:"), "{log}");
 }
+
+/// Under a master, every line a worker writes names it: the server's own lines, an app
+/// error's traceback and the app's `logging` records (tracebacks included) all read
+/// `scgi-wsgi[NAME]: LEVEL: worker PID: ...`, PID one of the workers (in the external mode
+/// too, where the app runs in a child of the worker). The master's lines name no worker.
+#[test]
+fn worker_lines_say_which_worker_on_every_line() {
+    let apps = apps_dir_str();
+    let server = Server::start(&["--processes", "2", "-p", &apps, "-A", "procapp"]);
+    let pids = wait_for_workers(&server, 2, &[]);
+    assert_eq!(server.get("/fail").status, 500);
+    assert_eq!(server.get("/log-error").text(), "logged");
+    assert!(wait_until(Duration::from_secs(10), || {
+        let log = server.stderr_text();
+        log.contains("RuntimeError: deliberate failure") && log.contains("ValueError: logged on purpose")
+    }));
+    let log = server.stderr_text();
+    // The worker named on a line, if any, after the `scgi-wsgi[NAME]: LEVEL: ` prefix.
+    let worker_of = |line: &str| -> Option<u32> {
+        let rest = line.split_once("]: ")?.1.split_once(": ")?.1;
+        rest.strip_prefix("worker ")?.split_once(": ")?.0.parse().ok()
+    };
+    let traceback_lines: Vec<&str> = log
+        .lines()
+        .filter(|l| {
+            [
+                "Traceback",
+                "File \"",
+                "deliberate failure",
+                "logged on purpose",
+                "caught and logged",
+            ]
+            .iter()
+            .any(|needle| l.contains(needle))
+        })
+        .collect();
+    assert!(traceback_lines.len() >= 8, "{log}");
+    for line in traceback_lines {
+        let from_app = line.starts_with("scgi-wsgi[wsgi]: ERROR: worker ")
+            || line.starts_with("scgi-wsgi[procapp]: ERROR: worker ");
+        assert!(from_app, "not prefixed with its worker: {line:?}\n{log}");
+        let pid = worker_of(line).unwrap_or_else(|| panic!("no worker pid in {line:?}"));
+        assert!(
+            pids.contains(&pid),
+            "{pid} is not one of the workers {pids:?}: {line:?}"
+        );
+    }
+    for pid in &pids {
+        assert!(
+            log.contains(&format!(
+                "scgi-wsgi[server]: INFO: worker {pid}: serving procapp on "
+            )),
+            "{log}"
+        );
+    }
+    let master = log
+        .lines()
+        .find(|l| l.contains("master process"))
+        .expect("the master's first line");
+    assert_eq!(worker_of(master), None, "{master}");
+}

@@ -9,7 +9,7 @@ use pyo3::prelude::*;
 use super::setup::tune_malloc;
 use crate::base::access;
 use crate::base::config::Config;
-use crate::base::log::{fatal, info, warning};
+use crate::base::log::{self, fatal, info, warning};
 use crate::base::process::{self, Message};
 use crate::base::sys;
 use crate::external::{ExternalDispatcher, WorkerSpec};
@@ -184,7 +184,8 @@ fn start_python(config: &Config) -> Result<wsgi::WsgiHandler, String> {
     wsgi::interp::initialize(program.as_deref(), &argv).map_err(|e| e.to_string())?;
     Python::attach(|py| {
         if !config.no_logging {
-            wsgi::interp::configure_logging(py).map_err(|e| format!("cannot configure logging: {e}"))?;
+            wsgi::interp::configure_logging(py, &log::worker_tag())
+                .map_err(|e| format!("cannot configure logging: {e}"))?;
         }
         wsgi::interp::prepend_paths(py, &config.module_paths)
             .map_err(|e| format!("cannot set sys.path: {e}"))?;
