@@ -1052,6 +1052,88 @@ fn ashd_callscgi_restarting_the_server_does_not_cut_its_drain_short() {
     server.terminate();
 }
 
+/// What ashd does with request bodies, named in the log: htparser forwards no body without a
+/// Content-Type (callscgi still sends the length), and a chunked upload arrives as
+/// CONTENT_LENGTH 0 with the de-chunked bytes after the head.
+#[test]
+fn ashd_bodies_the_app_cannot_get_are_explained_in_the_log() {
+    let mut args = vec!["--body-timeout".to_string(), "1".into()];
+    args.extend(callscgi_root_args());
+    let mut server = CallScgi::start(&args);
+
+    let no_type = callscgi_request("", "/up", "", b"")
+        .method("POST")
+        .without("CONTENT_TYPE")
+        .set_header("CONTENT_LENGTH", "10");
+    assert_eq!(server.send(&no_type).status, 408);
+    let with_type = no_type.clone().header("CONTENT_TYPE", "text/plain");
+    assert_eq!(server.send(&with_type).status, 408);
+    let log = server.stderr_text();
+    let stalls: Vec<&str> = log.lines().filter(|l| l.contains("--body-timeout")).collect();
+    assert_eq!(stalls.len(), 2, "{log}");
+    assert!(
+        stalls[0].contains("no Content-Type") && stalls[0].contains("ashd"),
+        "{log}"
+    );
+    assert!(
+        !stalls[1].contains("ashd"),
+        "a body with a type just stalled: {log}"
+    );
+
+    let chunked = callscgi_request("", "/c", "", &body_of(20_000))
+        .set_header("CONTENT_LENGTH", "0")
+        .header("HTTP_TRANSFER_ENCODING", "chunked");
+    let r = server.send(&chunked);
+    assert_eq!(report_value(&r, "BODY_LEN"), b"0");
+    assert!(
+        server.wait_for_log("HTTP_TRANSFER_ENCODING chunked"),
+        "{}",
+        server.stderr_text()
+    );
+    let log = server.stderr_text();
+    let warning = log
+        .lines()
+        .find(|l| l.contains("HTTP_TRANSFER_ENCODING chunked"))
+        .unwrap();
+    assert!(warning.contains("WARNING") && warning.contains("ashd"), "{log}");
+    // The bytes may come a moment after the head, the answer already made: the server waits
+    // for them (briefly) rather than let them reset the answer, and says so too.
+    let late = callscgi_request("", "/c", "", b"")
+        .method("POST")
+        .header("HTTP_TRANSFER_ENCODING", "chunked");
+    let mut stream = server.connect();
+    stream.send_all(&late.encode(), REQUEST_TIMEOUT).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    stream.send_all(&body_of(5_000), REQUEST_TIMEOUT).unwrap();
+    let (raw, end) = stream.read_until_eof(REQUEST_TIMEOUT);
+    assert_eq!(end, ReadEnd::Eof);
+    assert_eq!(report_value(&Response::parse(raw), "BODY_LEN"), b"0");
+    assert!(
+        wait_until(Duration::from_secs(10), || server
+            .stderr_text()
+            .matches("HTTP_TRANSFER_ENCODING chunked")
+            .count()
+            == 2),
+        "{}",
+        server.stderr_text()
+    );
+    // An empty chunked body (nginx sends CONTENT_LENGTH 0 and the header) is no news.
+    let empty = callscgi_request("", "/c", "", b"")
+        .method("POST")
+        .header("HTTP_TRANSFER_ENCODING", "chunked");
+    assert_eq!(server.send(&empty).status, 200);
+    assert_eq!(
+        server
+            .stderr_text()
+            .matches("HTTP_TRANSFER_ENCODING chunked")
+            .count(),
+        2,
+        "{}",
+        server.stderr_text()
+    );
+    server.terminate();
+}
+
 #[test]
 fn ashd_dirplex_wsgidir() {
     let args = callscgi_args("ashd/dirplex.rc");

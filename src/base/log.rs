@@ -136,6 +136,23 @@ pub fn printable<'a>(text: &'a str, keep: &[char]) -> std::borrow::Cow<'a, str> 
     out.into()
 }
 
+/// `GET /path?query` for log lines, from a request's SCGI header block (REQUEST_URI, else
+/// SCRIPT_NAME and PATH_INFO), control characters escaped.
+pub fn describe_request(header_block: &[u8]) -> String {
+    let value = |name: &[u8]| {
+        crate::proto::scgi::headers(header_block)
+            .find_map(|(n, v)| (n == name).then_some(v))
+            .unwrap_or_default()
+    };
+    let text = |name: &[u8]| String::from_utf8_lossy(value(name)).into_owned();
+    let uri = match value(b"REQUEST_URI") {
+        b"" => text(b"SCRIPT_NAME") + &text(b"PATH_INFO"),
+        uri => String::from_utf8_lossy(uri).into_owned(),
+    };
+    let method = text(b"REQUEST_METHOD");
+    format!("{} {}", printable(&method, &[]), printable(&uri, &[]))
+}
+
 /// Prints a start-up failure on one line and gives exit status 1. In a worker under a master
 /// (whose own line then says the worker failed) it is an ERROR line naming the worker.
 pub fn fatal(message: impl std::fmt::Display) -> ExitCode {
