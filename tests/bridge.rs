@@ -656,3 +656,69 @@ fn unix_socket_replaces_a_stale_file_and_refuses_a_live_one() {
     assert_eq!(status.code(), Some(0));
     assert!(!path.exists(), "the socket file is removed at exit");
 }
+
+/// Stop signals during a drain: a repeated SIGTERM (callscgi sends one when it replaces a
+/// server that stopped accepting) goes on draining; a second SIGINT (Ctrl-C twice) or a
+/// SIGQUIT stops at once.
+#[test]
+fn a_repeated_sigterm_goes_on_draining_a_second_sigint_or_a_sigquit_stops_at_once() {
+    let apps = apps_dir_str();
+    let cases = [
+        (
+            libc::SIGTERM,
+            libc::SIGTERM,
+            false,
+            "SIGTERM again: still finishing 1 open connection(s)",
+        ),
+        (
+            libc::SIGINT,
+            libc::SIGTERM,
+            false,
+            "SIGTERM: still finishing 1 open connection(s)",
+        ),
+        (
+            libc::SIGTERM,
+            libc::SIGINT,
+            false,
+            "SIGINT: still finishing 1 open connection(s)",
+        ),
+        (
+            libc::SIGINT,
+            libc::SIGINT,
+            true,
+            "SIGINT again: stopping at once (1 connection(s) open)",
+        ),
+        (
+            libc::SIGTERM,
+            libc::SIGQUIT,
+            true,
+            "SIGQUIT: stopping at once (1 connection(s) open)",
+        ),
+    ];
+    for (first, second, at_once, said) in cases {
+        let mut server = Server::start(&["-p", &apps, "-A", "frontends_app"]);
+        let mut stream = server.connect();
+        stream.write_all(&ScgiRequest::get("/slow?1.5").encode()).unwrap();
+        assert!(server.wait_for_log("slow request started", Duration::from_secs(10)));
+        server.signal(first);
+        assert!(server.wait_for_log("no longer accepting", Duration::from_secs(10)));
+        server.signal(second);
+        assert!(
+            server.wait_for_log(said, Duration::from_secs(10)),
+            "{first} then {second}:\n{}",
+            server.stderr_text()
+        );
+        let (raw, _) = stream.read_until_eof(Duration::from_secs(10));
+        let answered = Response::try_parse(raw).is_ok_and(|r| r.status == 200 && r.body.len() == 4 * 65536);
+        assert_eq!(
+            answered,
+            !at_once,
+            "{first} then {second}:\n{}",
+            server.stderr_text()
+        );
+        let status = server
+            .wait_exit(Duration::from_secs(10))
+            .expect("the server exits");
+        assert_eq!(status.code(), Some(0), "{}", server.stderr_text());
+    }
+}

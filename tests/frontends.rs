@@ -19,6 +19,8 @@ use common::*;
 const APP: &str = "frontends_app";
 /// Bytes of the streamed response: 320 blocks of 64 KiB.
 const BIG_BLOCKS: usize = 320;
+/// Blocks of 64 KiB in the answer to `/slow` (`SLOW_BLOCKS` in the app).
+const SLOW_BLOCKS: usize = 4;
 const HTTP_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn contrib(path: &str) -> String {
@@ -296,7 +298,6 @@ fn start_nginx(backends: &Backends) -> Frontend {
         ],
     );
     fs::write(prefix.path().join("site.conf"), site).unwrap();
-    fs::copy("/etc/nginx/scgi_params", prefix.path().join("scgi_params")).unwrap();
     let main = format!(
         "daemon off;\nuser root;\nworker_processes 1;\npid {dir}/nginx.pid;\nerror_log {dir}/error.log info;\n\
          events {{ worker_connections 64; }}\n\
@@ -522,6 +523,23 @@ fn app_error(front: &Frontend, backend: &Server) {
     let r = front.get("/error");
     assert_eq!(r.status, 500);
     assert!(backend.wait_for_log("the app failed on purpose", Duration::from_secs(10)));
+    assert_traceback_prefixed(&backend.stderr_text(), "scgi-wsgi[wsgi]: ERROR: ");
+}
+
+/// Every line of the tracebacks in `log` carries `prefix`, as every line the server writes
+/// does (the app's own writes to stderr aside).
+fn assert_traceback_prefixed(log: &str, prefix: &str) {
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| ["Traceback", "File \"", "Error: "].iter().any(|n| l.contains(n)))
+        .collect();
+    assert!(lines.len() >= 3, "no traceback in:\n{log}");
+    for line in lines {
+        assert!(
+            line.starts_with(prefix),
+            "not prefixed with {prefix:?}: {line:?}\n{log}"
+        );
+    }
 }
 
 /// A client that goes away mid-response: the app's iterable is closed, serving goes on.
@@ -562,6 +580,87 @@ fn client_disconnects(front: &Frontend, backend: &Server) {
     assert_eq!(front.get("/after").report_str("PATH_INFO"), "/after");
 }
 
+/// Reads a response to `/chunks` until the end, noting when each of its five pieces arrived
+/// (counted from `sent`). Returns everything read and the arrival times.
+fn chunk_arrivals(stream: &mut impl Read, sent: Instant) -> (Vec<u8>, Vec<Duration>) {
+    let mut raw = Vec::new();
+    let mut arrivals = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => panic!("reading /chunks: {e} after {}", show_bytes(&raw)),
+        };
+        raw.extend_from_slice(&buf[..n]);
+        let at = sent.elapsed();
+        while arrivals.len() < 5 {
+            let marker = format!("chunk-{}\n", arrivals.len());
+            if !raw.windows(marker.len()).any(|w| w == marker.as_bytes()) {
+                break;
+            }
+            arrivals.push(at);
+        }
+    }
+    assert_eq!(arrivals.len(), 5, "not every piece arrived: {}", show_bytes(&raw));
+    (raw, arrivals)
+}
+
+/// The five pieces, made 0.2 s apart, reached the client spread out, not all at the end.
+fn assert_streamed(name: &str, arrivals: &[Duration]) {
+    eprintln!("{name}: /chunks pieces arrived at {arrivals:.2?}");
+    let spread = arrivals[4] - arrivals[0];
+    assert!(
+        spread >= Duration::from_millis(500),
+        "{name} held the streamed response back: its pieces arrived at {arrivals:.2?}"
+    );
+}
+
+/// GET `target` (a `/chunks` page) through the frontend: the arrival time of each piece.
+fn http_chunk_arrivals(front: &Frontend, target: &str) -> Vec<Duration> {
+    let mut stream = TcpStream::connect(("127.0.0.1", front.port)).unwrap();
+    stream.set_read_timeout(Some(HTTP_TIMEOUT)).unwrap();
+    let port = front.port;
+    write!(
+        stream,
+        "GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let (raw, arrivals) = chunk_arrivals(&mut stream, Instant::now());
+    let r = parse_http(raw, false);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, b"chunk-0\nchunk-1\nchunk-2\nchunk-3\nchunk-4\n");
+    arrivals
+}
+
+/// A streamed response, through the frontend as its contrib config ships it.
+fn streaming_as_shipped(front: &Frontend) {
+    assert_streamed(front.name, &http_chunk_arrivals(front, "/chunks"));
+}
+
+/// The app sees the Host the client sent, port included, once: the URLs it builds for
+/// itself (Flask's `url_for(..., _external=True)`) keep the port.
+fn host_keeps_its_port(front: &Frontend) {
+    let port = front.port;
+    let r = front.get("/where");
+    assert_eq!(
+        r.report_str("HTTP_HOST"),
+        format!("127.0.0.1:{port}"),
+        "{}",
+        front.name
+    );
+    for mount in ["", "/app2"] {
+        let r = front.get(&format!("{mount}/flask/url"));
+        assert_eq!(
+            (r.status, String::from_utf8_lossy(&r.body).into_owned()),
+            (200, format!("http://127.0.0.1:{port}{mount}/flask/url\n")),
+            "{}",
+            front.name
+        );
+    }
+}
+
 /// Everything, against one frontend.
 fn exercise(front: &Frontend, backends: &Backends, chunked_accepted: bool) {
     routing_at_root_and_query(front);
@@ -574,6 +673,8 @@ fn exercise(front: &Frontend, backends: &Backends, chunked_accepted: bool) {
     streamed_20_mib(front);
     app_error(front, &backends.root);
     client_disconnects(front, &backends.root);
+    streaming_as_shipped(front);
+    host_keeps_its_port(front);
 }
 
 #[test]
@@ -581,6 +682,12 @@ fn nginx_tcp_and_unix_socket() {
     let backends = Backends::start(true);
     let front = start_nginx(&backends);
     exercise(&front, &backends, true);
+    // The way back to buffering that the config's comment gives: the app asks for it.
+    let arrivals = http_chunk_arrivals(&front, "/chunks?buffered");
+    assert!(
+        arrivals[4] - arrivals[0] < Duration::from_millis(100),
+        "X-Accel-Buffering: yes did not make nginx buffer: {arrivals:.2?}"
+    );
 }
 
 #[test]
@@ -611,20 +718,49 @@ fn callscgi_args(file: &str) -> Vec<String> {
     line.split_whitespace().map(str::to_string).collect()
 }
 
-/// A backend started the way callscgi starts it: a listening Unix socket on fd 0.
-struct CallScgi {
+/// One scgi-wsgi process started the way callscgi starts it: a listening Unix socket on fd 0.
+struct Backend {
     child: Child,
     socket: PathBuf,
     stderr: PathBuf,
-    _dir: TempDir,
+}
+
+impl Backend {
+    fn stderr_text(&self) -> String {
+        fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+}
+
+/// What callscgi does in its anonymous mode: it makes a Unix socket, starts the program with
+/// it on fd 0 and connects to it once per request. When a connect is refused (the program
+/// no longer listens), it sends that program SIGTERM (`killcuraddr()` in callscgi.c) and
+/// starts a new one on a new socket. At its own end it sends SIGTERM too.
+struct CallScgi {
+    args: Vec<String>,
+    current: Backend,
+    /// Programs replaced after a refused connect, each with when it was sent SIGTERM.
+    replaced: Vec<(Backend, Instant)>,
+    dir: TempDir,
 }
 
 impl CallScgi {
     fn start(args: &[String]) -> CallScgi {
         let dir = TempDir::new("callscgi");
-        let socket = dir.path().join("scgi.sock");
+        let current = Self::spawn(args, &dir, 0);
+        CallScgi {
+            args: args.to_vec(),
+            current,
+            replaced: Vec::new(),
+            dir,
+        }
+    }
+
+    /// Binds the `n`th socket and starts the program with it as fd 0 (our copy closes, so a
+    /// program that stops listening makes connects fail).
+    fn spawn(args: &[String], dir: &TempDir, n: usize) -> Backend {
+        let socket = dir.path().join(format!("scgi-{n}.sock"));
         let listener = UnixListener::bind(&socket).unwrap();
-        let stderr = dir.path().join("stderr.log");
+        let stderr = dir.path().join(format!("stderr-{n}.log"));
         let child = server_command()
             .args(args)
             .stdin(Stdio::from(OwnedFd::from(listener)))
@@ -632,94 +768,80 @@ impl CallScgi {
             .stderr(fs::File::create(&stderr).unwrap())
             .spawn()
             .unwrap();
-        CallScgi {
+        Backend {
             child,
             socket,
             stderr,
-            _dir: dir,
         }
     }
 
     fn stderr_text(&self) -> String {
-        fs::read_to_string(&self.stderr).unwrap_or_default()
+        self.current.stderr_text()
     }
 
-    /// One request in callscgi's order: CONTENT_LENGTH late, X-Ash-* headers, and
-    /// SCRIPT_FILENAME when given. Retries connecting until the server is up.
+    /// Waits until the current program's stderr holds `needle`.
+    fn wait_for_log(&self, needle: &str) -> bool {
+        wait_until(Duration::from_secs(20), || self.stderr_text().contains(needle))
+    }
+
+    /// Connects for a request, replacing the program as callscgi does when it is refused.
+    fn connect(&mut self) -> Stream {
+        let addr = Addr::Unix(self.current.socket.clone());
+        match Stream::connect(&addr) {
+            Ok(stream) => stream,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                self.replace();
+                let addr = Addr::Unix(self.current.socket.clone());
+                Stream::connect(&addr).unwrap_or_else(|e| panic!("the new program's socket: {e}"))
+            }
+            Err(e) => panic!("cannot connect: {e}; stderr:\n{}", self.stderr_text()),
+        }
+    }
+
+    /// callscgi's `killcuraddr()`, then a new program on a new socket.
+    fn replace(&mut self) {
+        let old_pid = self.current.child.id();
+        kill(old_pid, libc::SIGTERM);
+        let signalled = Instant::now();
+        let next = Self::spawn(&self.args, &self.dir, self.replaced.len() + 1);
+        let old = std::mem::replace(&mut self.current, next);
+        self.replaced.push((old, signalled));
+    }
+
+    /// Sends one request and reads the whole response.
+    fn send(&mut self, req: &ScgiRequest) -> Response {
+        let mut stream = self.connect();
+        stream.send_all(&req.encode(), REQUEST_TIMEOUT).unwrap();
+        let (raw, end) = stream.read_until_eof(REQUEST_TIMEOUT);
+        assert_eq!(end, ReadEnd::Eof, "stderr:\n{}", self.stderr_text());
+        Response::try_parse(raw).unwrap_or_else(|(why, _)| panic!("{why}; stderr:\n{}", self.stderr_text()))
+    }
+
+    /// One request in callscgi's order (see [`callscgi_request`]); `extra` headers are added,
+    /// an extra CONTENT_LENGTH replaces the body's length (ashd's chunked bodies).
     fn request(
-        &self,
+        &mut self,
         script_name: &str,
         path_info: &str,
         query: &str,
         extra: &[(&str, &str)],
         body: &[u8],
     ) -> Response {
-        let uri = format!(
-            "{script_name}{path_info}{}{query}",
-            if query.is_empty() { "" } else { "?" }
-        );
-        let mut req = ScgiRequest::default();
-        let method = if body.is_empty() { "GET" } else { "POST" };
-        // An extra CONTENT_LENGTH replaces the body's length (ashd's chunked bodies).
-        let content_length = extra
-            .iter()
-            .find(|(n, _)| *n == "CONTENT_LENGTH")
-            .map_or(body.len().to_string(), |(_, v)| v.to_string());
-        let extra = extra.iter().filter(|(n, _)| *n != "CONTENT_LENGTH");
-        let fields: Vec<(&str, &str)> = vec![
-            ("SERVER_SOFTWARE", "ashd/0.13"),
-            ("GATEWAY_INTERFACE", "CGI/1.1"),
-            ("SCGI", "1"),
-            ("SERVER_PROTOCOL", "HTTP/1.1"),
-            ("REQUEST_METHOD", method),
-            ("REQUEST_URI", &uri),
-            ("SCRIPT_NAME", script_name),
-            ("PATH_INFO", path_info),
-            ("QUERY_STRING", query),
-            ("SERVER_NAME", "127.0.0.1:8080"),
-            ("SERVER_PORT", "8080"),
-            ("REMOTE_ADDR", "127.0.0.1"),
-            ("REMOTE_PORT", "40000"),
-            ("HTTP_HOST", "127.0.0.1:8080"),
-            ("CONTENT_TYPE", "application/octet-stream"),
-            ("CONTENT_LENGTH", &content_length),
-            ("HTTP_X_ASH_ADDRESS", "127.0.0.1"),
-            ("HTTP_X_ASH_PORT", "40000"),
-            ("HTTP_X_ASH_PROTOCOL", "http"),
-            ("HTTP_X_ASH_CONNECTION_ID", "1"),
-        ];
-        for (n, v) in fields.iter().chain(extra) {
-            req = req.header(n, v);
+        let mut req = callscgi_request(script_name, path_info, query, body);
+        for (name, value) in extra {
+            req = if *name == "CONTENT_LENGTH" {
+                req.set_header(name, value)
+            } else {
+                req.header(name, value)
+            };
         }
-        req = req.raw_body(body);
-        let deadline = Instant::now() + START_TIMEOUT;
-        let addr = Addr::Unix(self.socket.clone());
-        loop {
-            match Stream::connect(&addr) {
-                Ok(mut stream) => {
-                    stream.send_all(&req.encode(), REQUEST_TIMEOUT).unwrap();
-                    let (raw, end) = stream.read_until_eof(REQUEST_TIMEOUT);
-                    assert_eq!(end, ReadEnd::Eof, "stderr:\n{}", self.stderr_text());
-                    return Response::try_parse(raw)
-                        .unwrap_or_else(|(why, _)| panic!("{why}; stderr:\n{}", self.stderr_text()));
-                }
-                Err(e) => {
-                    assert!(
-                        Instant::now() < deadline,
-                        "not accepting: {e}; stderr:\n{}",
-                        self.stderr_text()
-                    );
-                    std::thread::sleep(POLL);
-                }
-            }
-        }
+        self.send(&req)
     }
 
     /// callscgi's end: SIGTERM, and the server exits cleanly.
     fn terminate(mut self) {
-        // SAFETY: kill(2) has no memory-safety preconditions.
-        kill(self.child.id(), libc::SIGTERM);
-        let status = wait_child(&mut self.child, Duration::from_secs(20));
+        kill(self.current.child.id(), libc::SIGTERM);
+        let status = wait_child(&mut self.current.child, Duration::from_secs(20));
         assert_eq!(
             status.map(|s| s.success()),
             Some(true),
@@ -731,9 +853,51 @@ impl CallScgi {
 
 impl Drop for CallScgi {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        for backend in std::iter::once(&mut self.current).chain(self.replaced.iter_mut().map(|(b, _)| b)) {
+            let _ = backend.child.kill();
+            let _ = backend.child.wait();
+        }
     }
+}
+
+/// A request as callscgi sends it: CONTENT_LENGTH late, X-Ash-* headers, a Content-Type.
+fn callscgi_request(script_name: &str, path_info: &str, query: &str, body: &[u8]) -> ScgiRequest {
+    let uri = format!(
+        "{script_name}{path_info}{}{query}",
+        if query.is_empty() { "" } else { "?" }
+    );
+    let method = if body.is_empty() { "GET" } else { "POST" };
+    let content_length = body.len().to_string();
+    let fields: [(&str, &str); 20] = [
+        ("SERVER_SOFTWARE", "ashd/0.13"),
+        ("GATEWAY_INTERFACE", "CGI/1.1"),
+        ("SCGI", "1"),
+        ("SERVER_PROTOCOL", "HTTP/1.1"),
+        ("REQUEST_METHOD", method),
+        ("REQUEST_URI", &uri),
+        ("SCRIPT_NAME", script_name),
+        ("PATH_INFO", path_info),
+        ("QUERY_STRING", query),
+        ("SERVER_NAME", "127.0.0.1:8080"),
+        ("SERVER_PORT", "8080"),
+        ("REMOTE_ADDR", "127.0.0.1"),
+        ("REMOTE_PORT", "40000"),
+        ("HTTP_HOST", "127.0.0.1:8080"),
+        ("CONTENT_TYPE", "application/octet-stream"),
+        ("CONTENT_LENGTH", &content_length),
+        ("HTTP_X_ASH_ADDRESS", "127.0.0.1"),
+        ("HTTP_X_ASH_PORT", "40000"),
+        ("HTTP_X_ASH_PROTOCOL", "http"),
+        ("HTTP_X_ASH_CONNECTION_ID", "1"),
+    ];
+    let mut req = ScgiRequest {
+        headers: Vec::new(),
+        body: Vec::new(),
+    };
+    for (name, value) in fields {
+        req = req.header(name, value);
+    }
+    req.raw_body(body)
 }
 
 fn report_value(r: &Response, key: &str) -> Vec<u8> {
@@ -756,7 +920,7 @@ fn ashd_callscgi_under_patplex() {
         .expect("-p in the handler line");
     args.truncate(at);
     args.extend(["-p".into(), apps_dir_str(), "-A".into(), APP.into()]);
-    let server = CallScgi::start(&args);
+    let mut server = CallScgi::start(&args);
 
     // patplex took "app2/" off the path: SCRIPT_NAME=/app2/, PATH_INFO without its slash.
     let r = server.request("/app2/", "x/%C3%A9", "a=1", &[], b"");
@@ -779,9 +943,8 @@ fn ashd_callscgi_under_patplex() {
     server.terminate();
 }
 
-#[test]
-fn ashd_callscgi_at_the_root() {
-    // The single-app line from the comment of contrib/ashd/patplex.rc.
+/// The single-app line from the comment of contrib/ashd/patplex.rc, serving the test's app.
+fn callscgi_root_args() -> Vec<String> {
     let text = contrib("ashd/patplex.rc");
     let line = text
         .lines()
@@ -791,15 +954,183 @@ fn ashd_callscgi_at_the_root() {
     assert_eq!(args[0], "-p");
     args[1] = apps_dir_str();
     args[3] = APP.into();
-    let server = CallScgi::start(&args);
+    args
+}
+
+#[test]
+fn ashd_callscgi_at_the_root() {
+    let mut server = CallScgi::start(&callscgi_root_args());
     let r = server.request("", "/a/b", "", &[], b"");
     assert_eq!(report_value(&r, "SCRIPT_NAME"), b"");
     assert_eq!(report_value(&r, "PATH_INFO"), b"/a/b");
+    assert_eq!(report_value(&r, "HTTP_HOST"), b"127.0.0.1:8080");
     // ashd passes a chunked body on as CONTENT_LENGTH=0 followed by the de-chunked bytes:
     // the app sees an empty body, and the response still arrives whole.
     let r = server.request("", "/c", "", &[("CONTENT_LENGTH", "0")], &body_of(20_000));
     assert_eq!(report_value(&r, "BODY_LEN"), b"0");
     assert_eq!(report_value(&r, "REQUEST_METHOD"), b"POST");
+    // What callscgi passes on: the Host with its port, and the pieces of a streamed response
+    // as the app makes them (what htparser then does with them is ashd's).
+    let r = server.request("", "/flask/url", "", &[], b"");
+    assert_eq!(
+        (r.status, r.text()),
+        (200, "http://127.0.0.1:8080/flask/url\n".into())
+    );
+    let mut stream = server.connect();
+    stream
+        .send_all(
+            &callscgi_request("", "/chunks", "", b"").encode(),
+            REQUEST_TIMEOUT,
+        )
+        .unwrap();
+    let (raw, arrivals) = chunk_arrivals(&mut stream, Instant::now());
+    assert_eq!(Response::parse(raw).status, 200);
+    assert_streamed("ashd (simulated callscgi)", &arrivals);
+    assert_eq!(server.request("", "/error", "", &[], b"").status, 500);
+    assert!(server.wait_for_log("the app failed on purpose"));
+    assert_traceback_prefixed(&server.stderr_text(), "scgi-wsgi[wsgi]: ERROR: ");
+    server.terminate();
+}
+
+/// A graceful drain holds behind callscgi. SIGTERM while a request runs, then a new request:
+/// callscgi's connect is refused, so it starts a new server and sends the old one SIGTERM
+/// again. That second SIGTERM continues the drain: the request in flight gets its whole answer.
+#[test]
+fn ashd_callscgi_restarting_the_server_does_not_cut_its_drain_short() {
+    let mut server = CallScgi::start(&callscgi_root_args());
+    let mut in_flight = server.connect();
+    in_flight
+        .send_all(&callscgi_request("", "/slow", "3", b"").encode(), REQUEST_TIMEOUT)
+        .unwrap();
+    let reader = std::thread::spawn(move || {
+        let (raw, end) = in_flight.read_until_eof(REQUEST_TIMEOUT);
+        (raw, end, Instant::now())
+    });
+    assert!(
+        server.wait_for_log("slow request started"),
+        "{}",
+        server.stderr_text()
+    );
+    let first = server.current.child.id();
+    kill(first, libc::SIGTERM);
+    assert!(
+        server.wait_for_log("no longer accepting"),
+        "{}",
+        server.stderr_text()
+    );
+
+    // The next request: refused by the draining server, served by a new one.
+    let r = server.request("", "/after", "", &[], b"");
+    assert_eq!(report_value(&r, "PATH_INFO"), b"/after");
+    let (old, second_sigterm) = &mut server.replaced[0];
+    assert_eq!(
+        old.child.id(),
+        first,
+        "callscgi replaced the server that was refusing"
+    );
+
+    let (raw, end, finished) = reader.join().unwrap();
+    assert!(
+        finished > *second_sigterm,
+        "the slow request ended before the second SIGTERM: nothing was tested"
+    );
+    assert_eq!(end, ReadEnd::Eof, "{}", old.stderr_text());
+    let response = Response::try_parse(raw)
+        .unwrap_or_else(|(why, raw)| panic!("{why}: {}\n{}", show_bytes(&raw), old.stderr_text()));
+    assert_eq!(response.status, 200, "{}", old.stderr_text());
+    let block = b"0123456789abcdef".repeat(4096);
+    assert_eq!(response.body, block.repeat(SLOW_BLOCKS), "the whole body arrived");
+
+    let status = wait_child(&mut old.child, Duration::from_secs(20));
+    let log = old.stderr_text();
+    assert_eq!(status.map(|s| s.success()), Some(true), "{log}");
+    assert!(
+        log.contains("SIGTERM again: still finishing 1 open connection(s)"),
+        "{log}"
+    );
+    assert!(!log.contains("stopping at once"), "{log}");
+    server.terminate();
+}
+
+/// What ashd does with request bodies, named in the log: htparser forwards no body without a
+/// Content-Type (callscgi still sends the length), and a chunked upload arrives as
+/// CONTENT_LENGTH 0 with the de-chunked bytes after the head.
+#[test]
+fn ashd_bodies_the_app_cannot_get_are_explained_in_the_log() {
+    let mut args = vec!["--body-timeout".to_string(), "1".into()];
+    args.extend(callscgi_root_args());
+    let mut server = CallScgi::start(&args);
+
+    let no_type = callscgi_request("", "/up", "", b"")
+        .method("POST")
+        .without("CONTENT_TYPE")
+        .set_header("CONTENT_LENGTH", "10");
+    assert_eq!(server.send(&no_type).status, 408);
+    let with_type = no_type.clone().header("CONTENT_TYPE", "text/plain");
+    assert_eq!(server.send(&with_type).status, 408);
+    let log = server.stderr_text();
+    let stalls: Vec<&str> = log.lines().filter(|l| l.contains("--body-timeout")).collect();
+    assert_eq!(stalls.len(), 2, "{log}");
+    assert!(
+        stalls[0].contains("no Content-Type") && stalls[0].contains("ashd"),
+        "{log}"
+    );
+    assert!(
+        !stalls[1].contains("ashd"),
+        "a body with a type just stalled: {log}"
+    );
+
+    let chunked = callscgi_request("", "/c", "", &body_of(20_000))
+        .set_header("CONTENT_LENGTH", "0")
+        .header("HTTP_TRANSFER_ENCODING", "chunked");
+    let r = server.send(&chunked);
+    assert_eq!(report_value(&r, "BODY_LEN"), b"0");
+    assert!(
+        server.wait_for_log("HTTP_TRANSFER_ENCODING chunked"),
+        "{}",
+        server.stderr_text()
+    );
+    let log = server.stderr_text();
+    let warning = log
+        .lines()
+        .find(|l| l.contains("HTTP_TRANSFER_ENCODING chunked"))
+        .unwrap();
+    assert!(warning.contains("WARNING") && warning.contains("ashd"), "{log}");
+    // The bytes may come a moment after the head, the answer already made: the server waits
+    // for them (briefly) rather than let them reset the answer, and says so too.
+    let late = callscgi_request("", "/c", "", b"")
+        .method("POST")
+        .header("HTTP_TRANSFER_ENCODING", "chunked");
+    let mut stream = server.connect();
+    stream.send_all(&late.encode(), REQUEST_TIMEOUT).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    stream.send_all(&body_of(5_000), REQUEST_TIMEOUT).unwrap();
+    let (raw, end) = stream.read_until_eof(REQUEST_TIMEOUT);
+    assert_eq!(end, ReadEnd::Eof);
+    assert_eq!(report_value(&Response::parse(raw), "BODY_LEN"), b"0");
+    assert!(
+        wait_until(Duration::from_secs(10), || server
+            .stderr_text()
+            .matches("HTTP_TRANSFER_ENCODING chunked")
+            .count()
+            == 2),
+        "{}",
+        server.stderr_text()
+    );
+    // An empty chunked body (nginx sends CONTENT_LENGTH 0 and the header) is no news.
+    let empty = callscgi_request("", "/c", "", b"")
+        .method("POST")
+        .header("HTTP_TRANSFER_ENCODING", "chunked");
+    assert_eq!(server.send(&empty).status, 200);
+    assert_eq!(
+        server
+            .stderr_text()
+            .matches("HTTP_TRANSFER_ENCODING chunked")
+            .count(),
+        2,
+        "{}",
+        server.stderr_text()
+    );
     server.terminate();
 }
 
@@ -818,7 +1149,7 @@ fn ashd_dirplex_wsgidir() {
          \x20   return [('%s|%s' % (environ['SCRIPT_NAME'], environ['PATH_INFO'])).encode('latin-1')]\n",
     )
     .unwrap();
-    let server = CallScgi::start(&args);
+    let mut server = CallScgi::start(&args);
     let filename = file.to_str().unwrap();
     // What dirplex then callscgi send for /dir/index.wsgi/more.
     let extra = [
@@ -832,6 +1163,19 @@ fn ashd_dirplex_wsgidir() {
         "{}",
         server.stderr_text()
     );
+    // A file that fails to load: a 500, and its traceback in the log, line by line.
+    let broken = dir.path().join("broken.wsgi");
+    fs::write(&broken, "def application(:\n").unwrap();
+    let extra = [
+        ("HTTP_X_ASH_PYTHON_HANDLER", "chain"),
+        ("SCRIPT_FILENAME", broken.to_str().unwrap()),
+    ];
+    assert_eq!(
+        server.request("/dir/broken.wsgi", "", "", &extra, b"").status,
+        500
+    );
+    assert!(server.wait_for_log("SyntaxError"), "{}", server.stderr_text());
+    assert_traceback_prefixed(&server.stderr_text(), "scgi-wsgi[wsgidir]: ERROR: ");
     server.terminate();
 }
 
@@ -897,7 +1241,7 @@ fn systemd_units_verify_and_their_command_serves() {
     words[at + 1] = &apps;
     words[at + 3] = APP;
     let args: Vec<String> = words[1..].iter().map(|w| w.to_string()).collect();
-    let server = CallScgi::start(&args);
+    let mut server = CallScgi::start(&args);
     let r = server.request("", "/via/systemd", "", &[], b"");
     assert_eq!(report_value(&r, "PATH_INFO"), b"/via/systemd");
     server.terminate();

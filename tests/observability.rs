@@ -277,6 +277,8 @@ fn a_hung_request_has_its_python_stack_logged_before_the_504() {
     let server = Server::start(&["--request-timeout", "1", "-p", &apps, "-A", "observeapp"]);
     let response = server.get("/stuck");
     assert_eq!(response.status, 504);
+    // The line saying so follows the answer.
+    assert!(server.wait_for_log("answered 504", Duration::from_secs(10)));
     let log = server.stderr_text();
     let stack_at = log
         .find("its Python stack, most recent call last:")

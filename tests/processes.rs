@@ -365,31 +365,65 @@ fn sigterm_drains(to_every_process: bool) {
     );
 }
 
+/// To the master, a repeated SIGTERM continues the drain (the hung request goes on); SIGQUIT,
+/// or a second SIGINT (Ctrl-C twice), stops the workers at once.
 #[test]
-fn a_second_sigterm_stops_at_once() {
-    let apps = apps_dir_str();
-    let mut server = Server::start(&["--processes", "2", "-p", &apps, "-A", "procapp"]);
-    wait_for_workers(&server, 2, &[]);
-    let addr = server.addr.clone();
-    let client = thread::spawn(move || try_get(&addr, "/hang"));
-    assert!(server.wait_for_log("hanging in", Duration::from_secs(20)));
-    let started = Instant::now();
-    server.signal(libc::SIGTERM);
-    assert!(server.wait_for_log("SIGTERM: stopping 2 worker(s)", Duration::from_secs(10)));
-    server.signal(libc::SIGQUIT);
-    let status = server
-        .wait_exit(Duration::from_secs(20))
-        .expect("the master exits");
-    assert!(status.success(), "{status}");
-    assert!(
-        started.elapsed() < Duration::from_secs(15),
-        "took {:?}",
-        started.elapsed()
-    );
-    assert!(
-        client.join().unwrap().is_err(),
-        "the hung request cannot have completed"
-    );
+fn a_repeated_sigterm_goes_on_draining_sigquit_or_a_second_sigint_stops_at_once() {
+    for (signals, at_once) in [
+        (
+            [libc::SIGTERM, libc::SIGTERM, libc::SIGQUIT],
+            "SIGQUIT: stopping ",
+        ),
+        (
+            [libc::SIGINT, libc::SIGTERM, libc::SIGINT],
+            "SIGINT again: stopping ",
+        ),
+    ] {
+        let apps = apps_dir_str();
+        let mut server = Server::start(&["--processes", "2", "-p", &apps, "-A", "procapp"]);
+        wait_for_workers(&server, 2, &[]);
+        let addr = server.addr.clone();
+        let client = thread::spawn(move || try_get(&addr, "/hang"));
+        assert!(server.wait_for_log("hanging in", Duration::from_secs(20)));
+        let started = Instant::now();
+        server.signal(signals[0]);
+        assert!(server.wait_for_log("stopping 2 worker(s); they finish", Duration::from_secs(10)));
+        server.signal(signals[1]);
+        // By now the idle worker may have exited: the one holding the request remains.
+        assert!(
+            server.wait_for_log("already stopping; ", Duration::from_secs(10)),
+            "{}",
+            server.stderr_text()
+        );
+        assert!(
+            server.is_running() && !client.is_finished(),
+            "{}",
+            server.stderr_text()
+        );
+        server.signal(signals[2]);
+        // (The idle worker may be gone by now, or not yet.)
+        assert!(
+            wait_until(Duration::from_secs(10), || server
+                .stderr_text()
+                .lines()
+                .any(|l| l.contains(at_once) && l.ends_with(" worker(s) at once"))),
+            "{}",
+            server.stderr_text()
+        );
+        let status = server
+            .wait_exit(Duration::from_secs(20))
+            .expect("the master exits");
+        assert!(status.success(), "{status}");
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "took {:?}",
+            started.elapsed()
+        );
+        assert!(
+            client.join().unwrap().is_err(),
+            "the hung request cannot have completed"
+        );
+    }
 }
 
 #[test]
@@ -953,4 +987,65 @@ fn without_a_master_a_timed_out_request_makes_the_process_exit() {
     // Nobody sent it a stop signal: the log says why it stops.
     assert!(log.contains("being replaced: no longer accepting"), "{log}");
     assert!(!log.contains("SIGTERM:"), "{log}");
+}
+
+/// Under a master, every line a worker writes names it: the server's own lines, an app
+/// error's traceback and the app's `logging` records (tracebacks included) all read
+/// `scgi-wsgi[NAME]: LEVEL: worker PID: ...`, PID one of the workers (in the external mode
+/// too, where the app runs in a child of the worker). The master's lines name no worker.
+#[test]
+fn worker_lines_say_which_worker_on_every_line() {
+    let apps = apps_dir_str();
+    let server = Server::start(&["--processes", "2", "-p", &apps, "-A", "procapp"]);
+    let pids = wait_for_workers(&server, 2, &[]);
+    assert_eq!(server.get("/fail").status, 500);
+    assert_eq!(server.get("/log-error").text(), "logged");
+    assert!(wait_until(Duration::from_secs(10), || {
+        let log = server.stderr_text();
+        log.contains("RuntimeError: deliberate failure") && log.contains("ValueError: logged on purpose")
+    }));
+    let log = server.stderr_text();
+    // The worker named on a line, if any, after the `scgi-wsgi[NAME]: LEVEL: ` prefix.
+    let worker_of = |line: &str| -> Option<u32> {
+        let rest = line.split_once("]: ")?.1.split_once(": ")?.1;
+        rest.strip_prefix("worker ")?.split_once(": ")?.0.parse().ok()
+    };
+    let traceback_lines: Vec<&str> = log
+        .lines()
+        .filter(|l| {
+            [
+                "Traceback",
+                "File \"",
+                "deliberate failure",
+                "logged on purpose",
+                "caught and logged",
+            ]
+            .iter()
+            .any(|needle| l.contains(needle))
+        })
+        .collect();
+    assert!(traceback_lines.len() >= 8, "{log}");
+    for line in traceback_lines {
+        let from_app = line.starts_with("scgi-wsgi[wsgi]: ERROR: worker ")
+            || line.starts_with("scgi-wsgi[procapp]: ERROR: worker ");
+        assert!(from_app, "not prefixed with its worker: {line:?}\n{log}");
+        let pid = worker_of(line).unwrap_or_else(|| panic!("no worker pid in {line:?}"));
+        assert!(
+            pids.contains(&pid),
+            "{pid} is not one of the workers {pids:?}: {line:?}"
+        );
+    }
+    for pid in &pids {
+        assert!(
+            log.contains(&format!(
+                "scgi-wsgi[server]: INFO: worker {pid}: serving procapp on "
+            )),
+            "{log}"
+        );
+    }
+    let master = log
+        .lines()
+        .find(|l| l.contains("master process"))
+        .expect("the master's first line");
+    assert_eq!(worker_of(master), None, "{master}");
 }

@@ -126,3 +126,28 @@ fn extension_arguments_are_checked() {
     assert_eq!(run.status.and_then(|s| s.code()), Some(1), "{}", run.stderr);
     assert!(run.stderr.contains("EXT=HANDLER"), "{}", run.stderr);
 }
+
+/// A file that fails to load: its traceback comes out as log lines, each with the prefix,
+/// like every other line the server writes.
+#[test]
+fn a_file_that_fails_to_load_gives_only_prefixed_lines() {
+    let dir = TempDir::new("wsgidir");
+    let broken = dir.path().join("broken.wsgi");
+    fs::write(&broken, "import os\ndef application(:\n").unwrap();
+    let server = Server::start(&["scgi_wsgi.wsgidir"]);
+    assert_eq!(server.request(&for_file(&broken, None)).status, 500);
+    assert!(server.wait_for_log("SyntaxError", Duration::from_secs(5)));
+    let log = server.stderr_text();
+    assert!(log.contains("scgi-wsgi[wsgidir]: ERROR: cannot load "), "{log}");
+    for line in log.lines() {
+        assert!(
+            line.starts_with("scgi-wsgi["),
+            "a line without the prefix: {line:?}\n{log}"
+        );
+    }
+    let traceback = log
+        .lines()
+        .filter(|l| l.starts_with("scgi-wsgi[wsgidir]: ERROR: "))
+        .count();
+    assert!(traceback >= 4, "the traceback is there, line by line:\n{log}");
+}

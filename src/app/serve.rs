@@ -13,7 +13,7 @@ use super::recycle;
 use super::setup::tune_malloc;
 use crate::base::access;
 use crate::base::config::Config;
-use crate::base::log::{fatal, info, warning};
+use crate::base::log::{self, fatal, info, warning};
 use crate::base::process::{self, Message};
 use crate::base::sys;
 use crate::external::{ExternalDispatcher, WorkerSpec};
@@ -213,7 +213,8 @@ fn start_python(config: &Config) -> Result<wsgi::WsgiHandler, String> {
     wsgi::interp::initialize(program.as_deref(), &argv).map_err(|e| e.to_string())?;
     Python::attach(|py| {
         if !config.no_logging {
-            wsgi::interp::configure_logging(py).map_err(|e| format!("cannot configure logging: {e}"))?;
+            wsgi::interp::configure_logging(py, &log::worker_tag())
+                .map_err(|e| format!("cannot configure logging: {e}"))?;
         }
         wsgi::interp::prepend_paths(py, &config.module_paths)
             .map_err(|e| format!("cannot set sys.path: {e}"))?;
@@ -282,7 +283,6 @@ fn serve<D: Dispatcher>(
         config.module,
         std::process::id()
     );
-    server.set_repeat_stops_at_once(!process::has_master());
     process::tell_master(Message::Ready);
     // A worker's age counts from here: a slow import does not use it up.
     recycle::spawn_watch(&config.process);

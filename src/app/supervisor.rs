@@ -5,7 +5,7 @@
 //! Workers talk back through one pipe shared by all of them (see `base::process`).
 //!
 //! Signals to the master: SIGTERM/SIGINT drain every worker (bounded by --graceful-timeout),
-//! a second one or SIGQUIT stops them at once; SIGHUP starts a fresh set of workers (which
+//! a repeated SIGTERM continues that drain, a second SIGINT or SIGQUIT stops them at once; SIGHUP starts a fresh set of workers (which
 //! import the app anew) and, once all of them are ready, lets the old ones finish and exit;
 //! SIGUSR1 is passed on to the workers (they reopen the access log).
 
@@ -88,6 +88,8 @@ struct Master {
     start_failures: u32,
     next_start: Option<Instant>,
     stopping: bool,
+    /// A SIGINT came: a second one (Ctrl-C twice) stops the workers at once.
+    sigint_seen: bool,
     exit_code: u8,
     signal_read: RawFd,
     message_read: RawFd,
@@ -224,6 +226,7 @@ pub fn run(mut plan: Plan, listener: Listener) -> Role {
         start_failures: 0,
         next_start: None,
         stopping: false,
+        sigint_seen: false,
         exit_code: 0,
         signal_read,
         message_read,
@@ -434,21 +437,26 @@ impl Master {
                     self.plan.graceful_timeout.as_secs_f64()
                 );
                 self.stopping = true;
+                self.sigint_seen = signal == libc::SIGINT;
                 self.stop_listening();
                 let pids: Vec<_> = self.workers.iter().map(|w| w.pid).collect();
                 for pid in pids {
                     self.retire(pid);
                 }
             }
-            libc::SIGTERM | libc::SIGINT | libc::SIGQUIT => {
-                info!("server", "stopping {} worker(s) at once", self.workers.len());
-                self.stopping = true;
-                self.stop_listening();
-                let deadline = Instant::now() + QUIT_GRACE;
-                for worker in &mut self.workers {
-                    send_signal(worker.pid, libc::SIGQUIT);
-                    worker.kill_at = Some(worker.kill_at.map_or(deadline, |t| t.min(deadline)));
-                }
+            // Ctrl-C twice, or SIGQUIT: the workers stop at once.
+            libc::SIGINT if self.sigint_seen => self.stop_at_once("SIGINT again"),
+            libc::SIGQUIT => self.stop_at_once("SIGQUIT"),
+            // A repeated SIGTERM (a service manager, or a supervisor that signals again) is the
+            // same request: the workers go on finishing what they have.
+            libc::SIGTERM | libc::SIGINT => {
+                self.sigint_seen |= signal == libc::SIGINT;
+                info!(
+                    "server",
+                    "{}: already stopping; {} worker(s) still finishing open requests (SIGQUIT stops them at once)",
+                    sys::signal_abbrev(signal).unwrap_or("SIGTERM"),
+                    self.workers.len()
+                );
             }
             libc::SIGHUP if !self.stopping => {
                 if self.reloading {
@@ -491,6 +499,22 @@ impl Master {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// Tells every worker to stop at once (SIGQUIT), and kills those still there after a moment.
+    fn stop_at_once(&mut self, why: &str) {
+        info!(
+            "server",
+            "{why}: stopping {} worker(s) at once",
+            self.workers.len()
+        );
+        self.stopping = true;
+        self.stop_listening();
+        let deadline = Instant::now() + QUIT_GRACE;
+        for worker in &mut self.workers {
+            send_signal(worker.pid, libc::SIGQUIT);
+            worker.kill_at = Some(worker.kill_at.map_or(deadline, |t| t.min(deadline)));
         }
     }
 

@@ -1,11 +1,13 @@
-//! Log lines in the original's format, `scgi-wsgi[NAME]: LEVEL: message`, on stderr or syslog.
+//! Log lines in the original's format, `scgi-wsgi[NAME]: LEVEL: message`, on stderr or syslog;
+//! in a worker under a master, `scgi-wsgi[NAME]: LEVEL: worker PID: message`.
 //!
 //! Each line goes out in one `write(2)` so lines from different threads never interleave,
-//! and the Python side's `logging` output (configured to the same format) shares the stream.
+//! and the Python side's `logging` output (configured to the same format, with the same
+//! worker tag: see [`worker_tag`]) shares the stream.
 
 use std::fmt::{self, Write as _};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
 
 use super::sys::retry;
 
@@ -44,6 +46,22 @@ impl Level {
 
 static USE_SYSLOG: AtomicBool = AtomicBool::new(false);
 static MIN_LEVEL: AtomicU8 = AtomicU8::new(Level::Info as u8);
+/// This process's pid when it is a worker under a master (its lines name it); 0 otherwise.
+static WORKER_PID: AtomicU32 = AtomicU32::new(0);
+
+/// Marks later lines as this worker's: `worker PID: ` after the level (right after fork).
+pub fn set_worker(pid: u32) {
+    WORKER_PID.store(pid, Ordering::Relaxed);
+}
+
+/// What follows `LEVEL: ` on every line of this process: `worker PID: ` in a worker under a
+/// master, else nothing. Python's `logging` is given the same (see `wsgi::interp`).
+pub fn worker_tag() -> String {
+    match WORKER_PID.load(Ordering::Relaxed) {
+        0 => String::new(),
+        pid => format!("worker {pid}: "),
+    }
+}
 
 /// Sends later lines to syslog (facility daemon) instead of stderr, as `ASHD_USESYSLOG` asks.
 pub fn use_syslog() {
@@ -71,9 +89,11 @@ pub fn write(level: Level, name: &str, args: fmt::Arguments<'_>) {
     }
     let mut message = String::with_capacity(128);
     let _ = message.write_fmt(args);
+    let tag = worker_tag();
     if USE_SYSLOG.load(Ordering::Relaxed) {
         for line in message.lines() {
-            let text = format!("[{name}]: {}: {}", level.name(), printable(line, &['\t'])).replace('\0', " ");
+            let text =
+                format!("[{name}]: {}: {tag}{}", level.name(), printable(line, &['\t'])).replace('\0', " ");
             if let Ok(text) = std::ffi::CString::new(text) {
                 let priority = libc::LOG_DAEMON | level.syslog_priority();
                 // SAFETY: a constant "%s" format with one NUL-terminated string argument.
@@ -88,7 +108,7 @@ pub fn write(level: Level, name: &str, args: fmt::Arguments<'_>) {
         // what a reader of the log sees.
         let _ = writeln!(
             out,
-            "scgi-wsgi[{name}]: {}: {}",
+            "scgi-wsgi[{name}]: {}: {tag}{}",
             level.name(),
             printable(line, &['\t'])
         );
@@ -116,9 +136,31 @@ pub fn printable<'a>(text: &'a str, keep: &[char]) -> std::borrow::Cow<'a, str> 
     out.into()
 }
 
-/// Prints a start-up failure on one line and gives exit status 1.
+/// `GET /path?query` for log lines, from a request's SCGI header block (REQUEST_URI, else
+/// SCRIPT_NAME and PATH_INFO), control characters escaped.
+pub fn describe_request(header_block: &[u8]) -> String {
+    let value = |name: &[u8]| {
+        crate::proto::scgi::headers(header_block)
+            .find_map(|(n, v)| (n == name).then_some(v))
+            .unwrap_or_default()
+    };
+    let text = |name: &[u8]| String::from_utf8_lossy(value(name)).into_owned();
+    let uri = match value(b"REQUEST_URI") {
+        b"" => text(b"SCRIPT_NAME") + &text(b"PATH_INFO"),
+        uri => String::from_utf8_lossy(uri).into_owned(),
+    };
+    let method = text(b"REQUEST_METHOD");
+    format!("{} {}", printable(&method, &[]), printable(&uri, &[]))
+}
+
+/// Prints a start-up failure on one line and gives exit status 1. In a worker under a master
+/// (whose own line then says the worker failed) it is an ERROR line naming the worker.
 pub fn fatal(message: impl std::fmt::Display) -> ExitCode {
-    write_stderr(format!("scgi-wsgi: {message}\n").as_bytes());
+    if WORKER_PID.load(Ordering::Relaxed) != 0 {
+        write(Level::Error, "server", format_args!("{message}"));
+    } else {
+        write_stderr(format!("scgi-wsgi: {message}\n").as_bytes());
+    }
     ExitCode::from(1)
 }
 

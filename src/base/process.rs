@@ -61,9 +61,11 @@ static MASTER_PIPE: AtomicI32 = AtomicI32::new(-1);
 /// Set when this process sent itself SIGTERM to be replaced (see [`request_replacement`]).
 static REPLACING: AtomicBool = AtomicBool::new(false);
 
-/// Makes this process a worker that reports to its master through `pipe` (right after fork).
+/// Makes this process a worker that reports to its master through `pipe` (right after fork);
+/// its log lines name it from now on.
 pub fn set_master_pipe(pipe: RawFd) {
     MASTER_PIPE.store(pipe, Ordering::Relaxed);
+    super::log::set_worker(std::process::id());
 }
 
 /// Whether this process is a worker under a master.

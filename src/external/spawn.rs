@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use super::frames::FrameReader;
 use crate::base::config::Model;
+use crate::base::log;
 use crate::base::metrics;
 use crate::base::sys;
 use crate::pool::watchdog::RequestWatch;
@@ -72,7 +73,7 @@ impl WorkerSpec {
         format!(
             "{{\"fd\":{WORKER_FD},\"module\":{},\"application\":{},\"args\":{},\"paths\":{},\"no_logging\":{},\
              \"threads\":{},\"multithread\":{},\"multiprocess\":{},\"window\":{},\"rplex\":{},\"argv\":{},\
-             \"modules\":{{\"scgi_wsgi.wsgidir\":{}}}}}",
+             \"log_tag\":{},\"modules\":{{\"scgi_wsgi.wsgidir\":{}}}}}",
             json_str(&self.module),
             self.use_application,
             list(&self.args),
@@ -84,6 +85,7 @@ impl WorkerSpec {
             self.window,
             matches!(self.model, Model::Rplex { .. }),
             list(argv),
+            json_str(&log::worker_tag()),
             json_str(WSGIDIR_SOURCE),
         )
     }

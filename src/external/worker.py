@@ -39,10 +39,11 @@ HOP_BY_HOP = frozenset(
      "transfer-encoding", "upgrade")
 )
 TOKEN = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
-FORMAT = "scgi-wsgi[%(name)s]: %(levelname)s: %(message)s"
-
-
 _CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+
+# What follows "LEVEL: " on every line: "worker PID: " (the scgi-wsgi worker process that
+# started this one) under a master, as on the front's own lines.
+LOG_TAG = ""
 
 
 def printable(text, keep_tab=False):
@@ -53,11 +54,23 @@ def printable(text, keep_tab=False):
 
 
 def log_line(level, name, message):
-    lines = "".join("scgi-wsgi[%s]: %s: %s\n" % (name, level, printable(line, True)) for line in message.splitlines())
+    lines = "".join(
+        "scgi-wsgi[%s]: %s: %s%s\n" % (name, level, LOG_TAG, printable(line, True)) for line in message.splitlines()
+    )
     try:
         os.write(2, lines.encode("utf-8", "replace"))
     except OSError:
         pass
+
+
+class PrefixEveryLine(logging.Formatter):
+    """`scgi-wsgi[NAME]: LEVEL: ` on every line of a record, its traceback included (the
+    embedded interpreter's logging set-up does the same)."""
+
+    def format(self, record):
+        text = logging.Formatter.format(self, record)
+        prefix = "scgi-wsgi[%s]: %s: %s" % (record.name, record.levelname, LOG_TAG)
+        return "\n".join(prefix + printable(line, True) for line in text.splitlines() or [""])
 
 
 class ClientGone(BrokenPipeError):
@@ -696,6 +709,8 @@ def main():
     for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGUSR1", "SIGUSR2"):
         signal.signal(getattr(signal, name), _left_to_the_front)
     config = json.loads(os.environ.pop("SCGI_WSGI_WORKER_CONFIG"))
+    global LOG_TAG
+    LOG_TAG = config["log_tag"]
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, fileno=config["fd"])
     sys.argv = config["argv"]
     if not config["no_logging"]:
@@ -707,7 +722,7 @@ def main():
                 handler = None
         if handler is None:
             handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter(FORMAT))
+        handler.setFormatter(PrefixEveryLine())
         logging.getLogger().addHandler(handler)
         logging.getLogger().setLevel(logging.INFO)
     worker = Worker(config, sock)

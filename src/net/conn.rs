@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::listen::Stream;
 use crate::base::config::Limits;
-use crate::base::log::warning;
+use crate::base::log::{self, warning};
 use crate::base::metrics;
 use crate::base::sys;
 use crate::proto::cgi::Answer;
@@ -117,6 +117,10 @@ pub struct Conn {
     end: Option<End>,
     /// Input arrived beyond the request (or is still arriving): close gently.
     extra_input: bool,
+    /// A request (`METHOD URI`) with CONTENT_LENGTH 0 and a chunked Transfer-Encoding, until
+    /// bytes arrive past its head: ashd's way of passing a chunked upload on, whose body the
+    /// app never sees. Logged once when they come.
+    unread_upload: Option<String>,
     /// The client has finished sending (a read gave end of stream). Once the request is in,
     /// that is a half-close, not a departure: the response still goes to it.
     peer_eof: bool,
@@ -149,6 +153,7 @@ impl Conn {
             out_pos: 0,
             end: None,
             extra_input: false,
+            unread_upload: None,
             peer_eof: false,
             read_budget: READ_BUDGET,
             watching: Watching::Nothing,
@@ -182,6 +187,14 @@ impl Conn {
             Some(head) if self.buf.len() >= head.payload.end => &self.buf[head.payload.clone()],
             _ => &[],
         }
+    }
+
+    /// Whether the request names a Content-Type (a non-empty CONTENT_TYPE or HTTP_CONTENT_TYPE),
+    /// once the head is in: ashd forwards no body without one.
+    pub fn has_content_type(&self) -> bool {
+        crate::proto::scgi::headers(self.header_block()).any(|(name, value)| {
+            (name == b"CONTENT_TYPE" || name == b"HTTP_CONTENT_TYPE") && !value.is_empty()
+        })
     }
 
     /// The declared body length and how much of it arrived.
@@ -275,6 +288,7 @@ impl Conn {
                             outbox.note_extra_input();
                         }
                     }
+                    self.note_unread_upload();
                 }
             }
         }
@@ -290,6 +304,9 @@ impl Conn {
             };
             let head_len = info.head_len;
             let content_length = info.content_length;
+            if content_length == 0 && info.chunked {
+                self.unread_upload = Some(log::describe_request(&self.buf[info.payload.clone()]));
+            }
             // Kept before any refusal, so the access log can name the request.
             self.head = Some(info);
             self.head_at = self.last_progress;
@@ -308,6 +325,12 @@ impl Conn {
             let arrived = (self.buf.len() - head_len) as u64;
             let wanted = arrived.min(content_length);
             if wanted < arrived {
+                self.extra_input = true;
+                self.note_unread_upload();
+            }
+            if self.unread_upload.is_some() {
+                // Its bytes may still be on their way: the close waits for them (a while, see
+                // LINGER) rather than let them reset the answer.
                 self.extra_input = true;
             }
             self.buf.truncate(head_len + wanted as usize);
@@ -402,6 +425,20 @@ impl Conn {
     /// Input arrived past the request (seen by whoever held the connection): close gently.
     pub fn note_extra_input(&mut self) {
         self.extra_input = true;
+        self.note_unread_upload();
+    }
+
+    /// Bytes came past the head of a request with CONTENT_LENGTH 0 and a chunked
+    /// Transfer-Encoding: says once that the app did not get them, and why.
+    fn note_unread_upload(&mut self) {
+        if let Some(request) = self.unread_upload.take() {
+            warning!(
+                "server",
+                "{request}: body bytes follow a head with CONTENT_LENGTH 0 and HTTP_TRANSFER_ENCODING chunked; \
+                 the app got an empty body. ashd passes a chunked upload on this way: send uploads \
+                 through ashd with a Content-Length"
+            );
+        }
     }
 
     /// Takes the complete request's bytes and body out of the connection; it is now Running.

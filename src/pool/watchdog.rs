@@ -107,7 +107,7 @@ impl RequestWatch {
         let entry = Running {
             since: Instant::now(),
             runner,
-            what: describe(request),
+            what: log::describe_request(request.header_block()),
             outbox: Arc::clone(&request.outbox),
             cut: false,
             access: access::begin(request.header_block(), request.accepted, request.head_at),
@@ -170,17 +170,6 @@ impl Shared {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Running>> {
         self.running.lock().unwrap_or_else(|e| e.into_inner())
     }
-}
-
-/// `GET /path?query` for log lines.
-fn describe(request: &Request) -> String {
-    let text = |name: &[u8]| String::from_utf8_lossy(request.header(name).unwrap_or(b"")).into_owned();
-    let uri = match request.header(b"REQUEST_URI") {
-        Some(uri) if !uri.is_empty() => String::from_utf8_lossy(uri).into_owned(),
-        _ => text(b"SCRIPT_NAME") + &text(b"PATH_INFO"),
-    };
-    let method = text(b"REQUEST_METHOD");
-    format!("{} {}", log::printable(&method, &[]), log::printable(&uri, &[]))
 }
 
 /// The Python thread ident of the calling thread (as `threading.get_ident()` gives it).

@@ -182,7 +182,9 @@ impl Scheme {
 /// `wsgi.url_scheme` (which the caller adds, with the other `wsgi.*` keys). The rules:
 ///
 /// - every header is a variable, its value the raw bytes; the first of a repeated name wins,
-///   except that a repeated `HTTP_` header is joined as a proxy would (`, `; cookies `; `);
+///   except that a repeated `HTTP_` header is joined as a proxy would (`, `; cookies `; `),
+///   `HTTP_HOST` excepted (a Host header cannot repeat: a second value comes from the
+///   frontend's configuration, as when nginx is given two `scgi_param HTTP_HOST`);
 /// - `HTTP_CONTENT_TYPE` and `HTTP_CONTENT_LENGTH` (nginx repeats them beside the CGI
 ///   variables) are left out; the first becomes `CONTENT_TYPE` when that was not sent;
 /// - `SCRIPT_NAME` and `PATH_INFO` follow [`pathinfo::split`] (with `mount`, `--script-name`);
@@ -208,7 +210,7 @@ pub fn fill_environ<'a, S: EnvironSink<'a>>(
             joined.extend_from_slice(value);
             continue;
         }
-        if !sink.add_new(name, value)? && name.starts_with(b"HTTP_") {
+        if !sink.add_new(name, value)? && joins_repeats(name) {
             let mut joined = sink.value_of(Name::Header(name))?.unwrap_or_default();
             joined.extend_from_slice(join_separator(name));
             joined.extend_from_slice(value);
@@ -263,6 +265,12 @@ const DEFAULTS: [(Var, &[u8]); 3] = [
     (Var::RequestMethod, b"GET"),
     (Var::ServerProtocol, b"HTTP/1.0"),
 ];
+
+/// Whether a repeated header's values are joined (see [`fill_environ`]); otherwise the first
+/// stands. A joined Host (`a, a:8080`) would be no host at all.
+fn joins_repeats(name: &[u8]) -> bool {
+    name.starts_with(b"HTTP_") && name != b"HTTP_HOST"
+}
 
 /// What goes between the values of a repeated HTTP header: cookies use `; ` (RFC 6265).
 fn join_separator(name: &[u8]) -> &'static [u8] {
@@ -452,6 +460,22 @@ mod tests {
         assert_eq!(get(&got, "PATH_INFO"), Some("/café"));
         assert_eq!(get(&got, "QUERY_STRING"), Some(""));
         assert_eq!(got.iter().filter(|(k, _)| k == "HTTP_COOKIE").count(), 1);
+    }
+
+    #[test]
+    fn a_repeated_host_is_not_joined_the_first_stands() {
+        // nginx with Debian's scgi_params and a second HTTP_HOST param sends both.
+        let head = block(&[
+            ("CONTENT_LENGTH", "0"),
+            ("HTTP_HOST", "example.org"),
+            ("HTTP_HOST", "example.org:8080"),
+            ("HTTP_HOST", "other"),
+        ]);
+        let got = pairs(&cgi_pairs(&head, None));
+        assert_eq!(get(&got, "HTTP_HOST"), Some("example.org"));
+        assert_eq!(got.iter().filter(|(k, _)| k == "HTTP_HOST").count(), 1);
+        assert_eq!(get(&got, "SERVER_NAME"), Some("example.org"));
+        assert_eq!(get(&got, "SERVER_PORT"), Some("80"));
     }
 
     #[test]

@@ -29,6 +29,10 @@ pub struct HeadInfo {
     pub payload: Range<usize>,
     /// The value of the `CONTENT_LENGTH` header: how many body bytes follow the head.
     pub content_length: u64,
+    /// `HTTP_TRANSFER_ENCODING` names `chunked`: the client sent its body chunked. Frontends
+    /// that de-chunk it send its real length; ashd sends `CONTENT_LENGTH` 0 and the bytes
+    /// after the head, which this lets the server notice.
+    pub chunked: bool,
 }
 
 impl HeadInfo {
@@ -122,11 +126,12 @@ pub fn parse_head(buf: &[u8], max_payload: usize) -> Result<Status<HeadInfo>, He
     if after != b',' {
         return Err(HeadError::MissingComma(after));
     }
-    let content_length = check_headers(payload)?;
+    let (content_length, chunked) = check_headers(payload)?;
     Ok(Status::Complete(HeadInfo {
         head_len: start + len + 1,
         payload: start..start + len,
         content_length,
+        chunked,
     }))
 }
 
@@ -155,14 +160,16 @@ fn parse_length(buf: &[u8], max_payload: usize) -> Result<Option<(usize, usize)>
     Ok(None)
 }
 
-/// Validates a complete header block and returns its `CONTENT_LENGTH`.
-fn check_headers(payload: &[u8]) -> Result<u64, HeadError> {
+/// Validates a complete header block and returns its `CONTENT_LENGTH`, and whether
+/// `HTTP_TRANSFER_ENCODING` names `chunked` (see [`HeadInfo::chunked`]).
+fn check_headers(payload: &[u8]) -> Result<(u64, bool), HeadError> {
     // Checking the last byte first means every field found below is NUL-terminated.
     if payload.last().is_some_and(|&b| b != 0) {
         return Err(HeadError::UnterminatedField);
     }
     let mut rest = payload;
     let mut content_length = None;
+    let mut chunked = false;
     while let Some(name) = next_field(&mut rest) {
         if name.is_empty() {
             return Err(HeadError::EmptyName);
@@ -174,9 +181,18 @@ fn check_headers(payload: &[u8]) -> Result<u64, HeadError> {
                 return Err(HeadError::DuplicateContentLength);
             }
             content_length = Some(parse_decimal(value).ok_or(HeadError::BadContentLength)?);
+        } else if name == b"HTTP_TRANSFER_ENCODING" {
+            chunked |= names_chunked(value);
         }
     }
-    content_length.ok_or(HeadError::MissingContentLength)
+    Ok((content_length.ok_or(HeadError::MissingContentLength)?, chunked))
+}
+
+/// Whether a Transfer-Encoding value lists `chunked` (any case, among others).
+fn names_chunked(value: &[u8]) -> bool {
+    value
+        .split(|b| *b == b',')
+        .any(|coding| coding.trim_ascii().eq_ignore_ascii_case(b"chunked"))
 }
 
 /// Plain ASCII decimal: no sign, no spaces, not empty; leading zeros are fine.
@@ -237,6 +253,7 @@ mod tests {
             head_len,
             payload,
             content_length,
+            chunked: false,
         })
     }
 
@@ -320,6 +337,27 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_transfer_encoding_naming_chunked_is_noted() {
+        let head = |te: &str| {
+            let block = format!("CONTENT_LENGTH\x000\x00HTTP_TRANSFER_ENCODING\x00{te}\x00");
+            format!("{}:{block},", block.len()).into_bytes()
+        };
+        let chunked = |te: &str| match parse_head(&head(te), MAX) {
+            Ok(Status::Complete(info)) => info.chunked,
+            other => panic!("{te:?}: {other:?}"),
+        };
+        assert!(chunked("chunked"));
+        assert!(chunked("gzip, Chunked"));
+        assert!(!chunked("gzip"));
+        assert!(!chunked("chunkedx"));
+        let plain = b"17:CONTENT_LENGTH\x000\x00,";
+        assert!(matches!(
+            parse_head(plain, MAX),
+            Ok(Status::Complete(HeadInfo { chunked: false, .. }))
+        ));
     }
 
     #[test]

@@ -429,12 +429,21 @@ impl<D: Dispatcher> Server<D> {
                 ),
                 Phase::Body => {
                     let (got, declared) = conn.body_progress();
+                    // ashd's htparser forwards a body only with a Content-Type, yet callscgi
+                    // sends the length: the body never comes. Say so, rather than leave a
+                    // bare 408 after a long wait.
+                    let hint = if got == 0 && !conn.has_content_type() {
+                        "; no byte came, and the request has no Content-Type: behind ashd, \
+                         whose htparser forwards a request body only with one, the client must send it"
+                    } else {
+                        ""
+                    };
                     self.refuse(
                         key,
                         &Answer {
                             status: "408 Request Timeout",
                             cause: format!(
-                                "request body stalled at {got} of {declared} bytes for {:.1} s (--body-timeout)",
+                                "request body stalled at {got} of {declared} bytes for {:.1} s (--body-timeout){hint}",
                                 self.limits.body_timeout.as_secs_f64()
                             ),
                         },

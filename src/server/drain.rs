@@ -21,15 +21,28 @@ impl<D: Dispatcher> Server<D> {
             self.collect_completions();
         }
         for signal in self.signals.read_signals() {
-            if signal == libc::SIGQUIT || (self.drain.since.is_some() && self.drain.repeat_stops_at_once) {
+            // SIGQUIT, or Ctrl-C twice at a terminal, stops at once. A repeated SIGTERM is the
+            // same request again (callscgi sends one when it replaces a server that stopped
+            // accepting; a service manager may signal every process): the drain goes on.
+            let second_sigint = signal == libc::SIGINT && self.drain.sigint_seen;
+            if signal == libc::SIGQUIT || second_sigint {
                 info!(
                     "server",
-                    "stopping at once ({} connection(s) open)",
-                    self.conns.len()
+                    "{}: stopping at once ({} connection(s) open)",
+                    if second_sigint { "SIGINT again" } else { "SIGQUIT" },
+                    self.conns.len() + self.workers_hold()
                 );
                 return Some(Exit::Immediate);
             }
-            if self.drain.since.is_some() {
+            self.drain.sigint_seen |= signal == libc::SIGINT;
+            if let Some(first) = self.drain.started_by {
+                info!(
+                    "server",
+                    "{}{}: still finishing {} open connection(s) (SIGQUIT stops at once)",
+                    sys::signal_abbrev(signal).unwrap_or("SIGTERM"),
+                    if signal == first { " again" } else { "" },
+                    self.conns.len() + self.workers_hold()
+                );
                 continue;
             }
             let name = match sys::signal_abbrev(signal) {
@@ -44,6 +57,7 @@ impl<D: Dispatcher> Server<D> {
                 self.drain.graceful_timeout.as_secs_f64()
             );
             self.drain.since = Some(Instant::now());
+            self.drain.started_by = Some(signal);
             if let Some(door) = &self.doorway {
                 door.close();
             }

@@ -97,8 +97,10 @@ struct Drain {
     graceful_timeout: Duration,
     /// Since when the loop drains, once a stop signal came.
     since: Option<Instant>,
-    /// A second SIGTERM/SIGINT stops at once (off under a master, which escalates with SIGQUIT).
-    repeat_stops_at_once: bool,
+    /// The signal that started the drain.
+    started_by: Option<i32>,
+    /// A SIGINT came: a second one (Ctrl-C twice) stops at once.
+    sigint_seen: bool,
 }
 
 /// The event loop and everything it owns.
@@ -188,7 +190,8 @@ impl<D: Dispatcher> Server<D> {
             drain: Drain {
                 graceful_timeout,
                 since: None,
-                repeat_stops_at_once: true,
+                started_by: None,
+                sigint_seen: false,
             },
             intake: Intake {
                 deferral: accept_deferral,
@@ -202,13 +205,6 @@ impl<D: Dispatcher> Server<D> {
             doorway,
             handed: Vec::new(),
         })
-    }
-
-    /// Makes a repeated SIGTERM/SIGINT only continue the drain. For a worker process: a service
-    /// manager may signal every process as the master passes the stop on; only SIGQUIT (which
-    /// the master sends on a second stop signal) stops at once.
-    pub fn set_repeat_stops_at_once(&mut self, at_once: bool) {
-        self.drain.repeat_stops_at_once = at_once;
     }
 
     /// Runs until a stop signal and the drain that follows it.
@@ -292,6 +288,7 @@ impl<D: Dispatcher> Server<D> {
             Some(timeout.map_or(QUIET_CLOSE_DELAY, |t| t.min(QUIET_CLOSE_DELAY)))
         }
     }
+
     /// Connections workers hold (see `doorway`), or handed over and not taken in yet.
     fn workers_hold(&self) -> usize {
         self.doorway.as_ref().map_or(0, |door| door.held())

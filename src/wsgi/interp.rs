@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use pyo3::ffi;
 use pyo3::prelude::*;
+use pyo3::types::PyDict;
 
 use crate::base::error::AppError;
 
@@ -110,18 +111,43 @@ pub fn initialize(program: Option<&Path>, argv: &[String]) -> Result<(), AppErro
 
 /// Configures Python's `logging` like the original: stderr (or syslog, facility daemon, when
 /// `ASHD_USESYSLOG` is set) with the `scgi-wsgi[NAME]: LEVEL: message` format, level INFO.
+/// Unlike the original, every line of a record carries the prefix (a traceback's too), and
+/// `worker_tag` (`worker PID: ` in a worker under a master) follows the level, as on the
+/// server's own lines (see `base::log`).
 ///
 /// An app that never logs does not pay for importing `logging` (about half a MiB): unless it
 /// is loaded already, the configuration happens the moment something first imports it, before
 /// any code can use it, so apps see the same set-up either way.
-pub fn configure_logging(py: Python<'_>) -> PyResult<()> {
+pub fn configure_logging(py: Python<'_>, worker_tag: &str) -> PyResult<()> {
+    // A namespace of its own: the hook and the function it calls stay out of `__main__`.
+    let namespace = PyDict::new(py);
+    namespace.set_item("__builtins__", py.import("builtins")?)?;
+    namespace.set_item("_scgi_wsgi_log_tag", worker_tag)?;
     py.run(
         cr#"
 import sys
 
 def _scgi_wsgi_configure_logging(logging):
     import os
-    _format = "scgi-wsgi[%(name)s]: %(levelname)s: %(message)s"
+    import re
+
+    control = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+
+    class PrefixEveryLine(logging.Formatter):
+        """`scgi-wsgi[NAME]: LEVEL: ` on every line of a record, its traceback included."""
+
+        def __init__(self, tag):
+            logging.Formatter.__init__(self)
+            self.tag = tag
+
+        def format(self, record):
+            text = logging.Formatter.format(self, record)
+            prefix = "scgi-wsgi[%s]: %s: %s" % (record.name, record.levelname, self.tag)
+            # Control characters as escapes, as on the server's lines: what a client sent
+            # cannot rewrite what a reader of the log sees.
+            escape = lambda m: "\\x%02x" % ord(m.group())
+            return "\n".join(prefix + control.sub(escape, line) for line in text.splitlines() or [""])
+
     handler = None
     if "ASHD_USESYSLOG" in os.environ and os.path.exists("/dev/log"):
         import logging.handlers
@@ -132,7 +158,7 @@ def _scgi_wsgi_configure_logging(logging):
             handler = None
     if handler is None:
         handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(_format))
+    handler.setFormatter(PrefixEveryLine(_scgi_wsgi_log_tag))
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(logging.INFO)
@@ -165,7 +191,7 @@ if "logging" in sys.modules:
 else:
     sys.meta_path.insert(0, _ScgiWsgiLoggingHook())
 "#,
-        None,
+        Some(&namespace),
         None,
     )
 }

@@ -19,6 +19,7 @@ def report(environ, start_response):
         ("PATH_INFO", environ["PATH_INFO"]),
         ("QUERY_STRING", environ.get("QUERY_STRING", "")),
         ("REQUEST_METHOD", environ["REQUEST_METHOD"]),
+        ("HTTP_HOST", environ.get("HTTP_HOST", "")),
         ("URL", request_uri(environ)),
         ("BODY_LEN", str(len(body))),
         ("BODY_SHA256", hashlib.sha256(body).hexdigest()),
@@ -70,8 +71,49 @@ def error(environ, start_response):
     raise RuntimeError("the app failed on purpose")
 
 
-PAGES = {"/cookies": cookies, "/big": big, "/endless": endless, "/error": error}
+def slow(environ, start_response):
+    """Sleeps QUERY_STRING seconds, then answers SLOW_BLOCKS blocks (a drain must wait for it)."""
+    sys.stderr.write("slow request started\n")
+    sys.stderr.flush()
+    time.sleep(float(environ.get("QUERY_STRING") or "2"))
+    body = BLOCK * SLOW_BLOCKS
+    start_response("200 OK", [("Content-Type", "application/octet-stream"), ("Content-Length", str(len(body)))])
+    return [body]
+
+
+SLOW_BLOCKS = 4
+
+
+def chunks(environ, start_response):
+    """Five pieces 0.2 s apart: a streamed response, each piece as soon as it is made.
+
+    With QUERY_STRING=buffered it asks nginx to buffer it after all (X-Accel-Buffering)."""
+    headers = [("Content-Type", "text/plain")]
+    if environ.get("QUERY_STRING") == "buffered":
+        headers.append(("X-Accel-Buffering", "yes"))
+    start_response("200 OK", headers)
+
+    def pieces():
+        for i in range(5):
+            if i:
+                time.sleep(0.2)
+            yield b"chunk-%d\n" % i
+
+    return pieces()
+
+
+def flask_app(environ, start_response):
+    # Imported on first use: only the Host test needs Flask.
+    from frontends_flask import app
+
+    return app(environ, start_response)
+
+
+PAGES = {"/cookies": cookies, "/big": big, "/endless": endless, "/error": error, "/slow": slow, "/chunks": chunks}
 
 
 def application(environ, start_response):
-    return PAGES.get(environ["PATH_INFO"], report)(environ, start_response)
+    path = environ["PATH_INFO"]
+    if path.startswith("/flask/"):
+        return flask_app(environ, start_response)
+    return PAGES.get(path, report)(environ, start_response)

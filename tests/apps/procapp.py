@@ -1,5 +1,6 @@
-"""Test app for worker processes: reports its pid and identity, sleeps, computes, hangs."""
+"""Test app for worker processes: reports its pid and identity, sleeps, computes, hangs, fails."""
 
+import logging
 import os
 import sys
 import time
@@ -33,6 +34,12 @@ def application(environ, start_response):
         body = b"woke up"
     elif path == "/fail":
         raise RuntimeError("deliberate failure")
+    elif path == "/log-error":
+        try:
+            raise ValueError("logged on purpose")
+        except ValueError:
+            logging.getLogger("procapp").exception("caught and logged")
+        body = b"logged"
     elif path == "/stream":
         start_response("200 OK", [("Content-Type", "text/plain")])
         return (part for part in [b"one ", b"two\n"])
