@@ -18,12 +18,15 @@
 //! - `wsgi` and `external`: the app side, embedded (pyo3) or in a worker process of another
 //!   interpreter; neither imports the other.
 //! - `app`: command line, master process, process set-up, start-up.
+//! - `client`, beside them all: the `scgi-request` program (one SCGI request, for a look or
+//!   a health check); imports nothing of the crate.
 //!
-//! The modules are private: what is public below is what the tests, benches and fuzz
-//! targets use.
+//! The modules are private: what is public below is what the binary, the Python extension
+//! module (`pyext/`), the tests, benches and fuzz targets use.
 
 mod app;
 mod base;
+mod client;
 mod external;
 mod net;
 mod pool;
@@ -32,8 +35,9 @@ mod seam;
 mod server;
 mod wsgi;
 
-pub use app::main;
+pub use app::{main, run_in_python};
 pub use base::config::Limits;
+pub use client::main as request_main;
 pub use net::conn::{Conn, Phase, ReadOutcome};
 pub use net::listen::Stream;
 pub use proto::cgi::Answer;

@@ -526,16 +526,20 @@ fn a_virtualenv_is_used_from_the_flag_or_virtual_env() {
     let site = std::path::PathBuf::from(String::from_utf8(purelib.stdout).unwrap().trim());
     std::fs::write(site.join("venvonly.py"), "MARK = 'from the venv'\n").unwrap();
     let venv_str = venv.to_str().unwrap();
-    let by_flag = start(Listen::Tcp, &["-H", venv_str, "-A", "bridgeapp"]);
-    let info = json(&by_flag.get("/interp"));
-    assert_eq!(info["prefix"], venv_str);
-    assert_eq!(info["venvonly"], "from the venv");
-    let args = bridge(&["-A", "bridgeapp"]);
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let by_env = Server::start_with(Listen::Tcp, &refs, &[("VIRTUAL_ENV", venv_str)]);
-    let info = json(&by_env.get("/interp"));
-    assert_eq!(info["prefix"], venv_str);
-    assert_eq!(info["venvonly"], "from the venv");
+    if in_pip_python() {
+        pip_form_keeps_its_own_virtualenv(venv_str);
+    } else {
+        let by_flag = start(Listen::Tcp, &["-H", venv_str, "-A", "bridgeapp"]);
+        let info = json(&by_flag.get("/interp"));
+        assert_eq!(info["prefix"], venv_str);
+        assert_eq!(info["venvonly"], "from the venv");
+        let args = bridge(&["-A", "bridgeapp"]);
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let by_env = Server::start_with(Listen::Tcp, &refs, &[("VIRTUAL_ENV", venv_str)]);
+        let info = json(&by_env.get("/interp"));
+        assert_eq!(info["prefix"], venv_str);
+        assert_eq!(info["venvonly"], "from the venv");
+    }
     // Not a virtualenv: a clear start-up error.
     let run = run_raw(
         &["-T", "127.0.0.1:0", "-H", "/nonexistent-dir", "-A", "bridgeapp"],
@@ -547,6 +551,37 @@ fn a_virtualenv_is_used_from_the_flag_or_virtual_env() {
         run.stderr.contains("virtualenv") && run.stderr.contains("pyvenv.cfg"),
         "{}",
         run.stderr
+    );
+}
+
+/// The pip-installed command runs in its own virtualenv's Python: `-H` naming another is a
+/// start-up error that says what to run instead; `VIRTUAL_ENV` naming another (a shell's
+/// activated one) is noted, and the app keeps the command's own packages.
+fn pip_form_keeps_its_own_virtualenv(other: &str) {
+    let own = pip_virtualenv().unwrap();
+    let run = run_raw(
+        &["-T", "127.0.0.1:0", "-H", other, "-A", "bridgeapp"],
+        &[],
+        Duration::from_secs(20),
+    );
+    assert_eq!(run.status.and_then(|s| s.code()), Some(1), "{}", run.stderr);
+    assert!(
+        run.stderr.contains(other) && run.stderr.contains("runs in the Python of"),
+        "{}",
+        run.stderr
+    );
+    let args = bridge(&["-A", "bridgeapp"]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let by_env = Server::start_with(Listen::Tcp, &refs, &[("VIRTUAL_ENV", other)]);
+    let info = json(&by_env.get("/interp"));
+    assert_eq!(info["prefix"], own.to_str().unwrap());
+    assert!(info["venvonly"].is_null(), "{info}");
+    assert!(
+        by_env
+            .stderr_text()
+            .contains(&format!("WARNING: VIRTUAL_ENV is {other}")),
+        "{}",
+        by_env.stderr_text()
     );
 }
 

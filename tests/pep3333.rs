@@ -559,7 +559,7 @@ fn file_wrapper_uses_sendfile() {
     let mut strace = Command::new("strace")
         .args(["-f", "-qq", "-e", "trace=sendfile", "-o"])
         .arg(&trace)
-        .arg(common::BIN)
+        .arg(common::server_program())
         .arg("-u")
         .arg(&sock)
         .args(["-p", &apps, "-A", "pep3333_app"])

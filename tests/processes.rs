@@ -540,7 +540,7 @@ fn start_activated(extra: &[&str]) -> (Server, SocketAddr) {
     command
         .arg("-c")
         .arg("LISTEN_PID=$$ LISTEN_FDS=1 exec \"$0\" \"$@\"")
-        .arg(BIN)
+        .arg(server_program())
         .args(
             external_interpreter()
                 .map(|python| vec!["--interpreter".to_string(), python])
@@ -678,7 +678,8 @@ fn privileges_are_dropped_after_binding() {
         "{gid_line}"
     );
     drop(server);
-    // The interpreter the app runs under: the embedded one, or the external one on PATH.
+    // The interpreter the app runs under: the embedded one, the external one on PATH, or the
+    // pip-installed command's.
     let python = match external_interpreter() {
         Some(command) if !command.contains('/') => std::env::split_paths(&std::env::var_os("PATH").unwrap())
             .map(|dir| dir.join(&command))
@@ -687,6 +688,11 @@ fn privileges_are_dropped_after_binding() {
             .to_string_lossy()
             .into_owned(),
         Some(path) => path,
+        // The pip-installed command's process is its virtualenv's Python (the installed one).
+        None if in_pip_python() => std::fs::canonicalize(app_python())
+            .unwrap()
+            .to_string_lossy()
+            .into_owned(),
         None => BUILD_PYTHON.to_string(),
     };
     let nobody_reaches_python = Command::new("test")

@@ -9,7 +9,7 @@ use clap::Parser;
 use std::sync::Arc;
 
 use crate::base::access::LineFormat;
-use crate::base::config::{AllowList, Config, Limits, ListenSpec, Model, ProcessConfig};
+use crate::base::config::{AllowList, Config, Launch, Limits, ListenSpec, Model, ProcessConfig};
 use crate::base::error::ConfigError;
 use crate::proto::pathinfo::Mount;
 
@@ -17,6 +17,7 @@ use crate::proto::pathinfo::Mount;
 #[derive(Parser, Debug)]
 #[command(
     name = "scgi-wsgi",
+    bin_name = "scgi-wsgi",
     version,
     about = "Serve a Python WSGI application over SCGI",
     long_about = "Serve a Python WSGI application over SCGI.\n\n\
@@ -241,6 +242,7 @@ impl Args {
         let process = self.process_config()?;
         let metrics = self.metrics.as_deref().map(parse_metrics).transpose()?;
         let allow_from = self.allow_list()?;
+        let virtualenv_from_env = self.virtualenv.is_none();
         let virtualenv = self.virtualenv.or_else(|| {
             std::env::var_os("VIRTUAL_ENV")
                 .filter(|v| !v.is_empty())
@@ -284,6 +286,8 @@ impl Args {
             return Err(invalid("--max-head", &self.max_head, "must be at least 1 byte"));
         }
         Ok(Config {
+            launch: Launch::Standalone,
+            argv: Vec::new(),
             process,
             use_application: self.application,
             no_logging: self.no_logging,
@@ -293,6 +297,7 @@ impl Args {
             backlog: self.backlog,
             defer_accept: !self.no_defer_accept,
             pdm: self.pdm,
+            virtualenv_from_env: virtualenv_from_env && virtualenv.is_some(),
             virtualenv,
             interpreter: self.interpreter.filter(|i| !i.is_empty()),
             graceful_timeout: parse_secs("--graceful-timeout", &self.graceful_timeout)?,

@@ -11,12 +11,15 @@ mod serve;
 mod setup;
 mod supervisor;
 
+use std::ffi::OsString;
 use std::process::ExitCode;
+
+use pyo3::prelude::*;
 
 use self::metrics_http::Endpoint;
 use crate::base;
 use crate::base::access;
-use crate::base::config::{Config, ListenSpec};
+use crate::base::config::{Config, Launch, ListenSpec};
 use crate::base::log::{self, fatal, info, warning};
 use crate::base::sys;
 use crate::external;
@@ -24,20 +27,48 @@ use crate::net::listen::Listener;
 use crate::server::SignalPipe;
 use crate::wsgi;
 
-/// The whole program: parse, listen, load the app, serve until told to stop.
+/// The `scgi-wsgi` binary: the whole program, with the process's own command line.
 pub fn main() -> ExitCode {
-    let args = match cli::parse_args(std::env::args_os()) {
+    ExitCode::from(run(std::env::args_os().collect(), Launch::Standalone))
+}
+
+/// The entry of the pip-installed command: the `scgi_wsgi._core` extension module calls this
+/// from the Python process that imported it (the virtualenv's interpreter), which the server
+/// then joins instead of starting one of its own. Runs the whole program with `argv` as its
+/// command line, then ends the process with the program's exit status. Python is not
+/// finalised, as the binary does not finalise the interpreter it starts: threads the app
+/// started may still be running, and the app's atexit handlers have run already.
+pub fn run_in_python(py: Python<'_>, argv: Vec<OsString>) -> ! {
+    // Python's SIGINT handler would run behind the server's own and raise KeyboardInterrupt
+    // at the next chance; the server handles SIGINT itself, as the binary does.
+    let _ = py
+        .import("signal")
+        .and_then(|signal| signal.call_method1("signal", (libc::SIGINT, 0)));
+    // SAFETY: restoring the default action has no memory-safety requirement.
+    unsafe { libc::signal(libc::SIGINT, libc::SIG_DFL) };
+    // The event loop and the master never hold the GIL: it is released for the whole run.
+    let code = py.detach(|| run(argv, Launch::InPython));
+    let _ = py.run(c"import sys\nsys.stdout.flush()\nsys.stderr.flush()", None, None);
+    std::process::exit(code.into())
+}
+
+/// The whole program: parse `argv`, listen, load the app, serve until told to stop. Returns
+/// the exit status.
+fn run(argv: Vec<OsString>, launch: Launch) -> u8 {
+    let args = match cli::parse_args(&argv) {
         Ok(args) => args,
         Err(e) => {
             let code = if e.use_stderr() { 1 } else { 0 };
             let _ = e.print();
-            return ExitCode::from(code);
+            return code;
         }
     };
-    let config = match args.into_config() {
+    let mut config = match args.into_config() {
         Ok(config) => config,
         Err(e) => return fatal(e),
     };
+    config.launch = launch;
+    config.argv = argv.iter().map(|a| a.to_string_lossy().into_owned()).collect();
     if let Err(message) = setup::early(config.process.umask, config.process.chdir.as_deref()) {
         return fatal(message);
     }
@@ -93,6 +124,10 @@ pub fn main() -> ExitCode {
             graceful_timeout: config.graceful_timeout,
             forward_usr1: config.process.access_log.is_some(),
             metrics,
+            fork: match config.launch {
+                Launch::Standalone => supervisor::plain_fork,
+                Launch::InPython => wsgi::interp::fork,
+            },
         };
         match supervisor::run(plan, listener) {
             supervisor::Role::Master(code) => code,
@@ -161,6 +196,9 @@ fn prepare_process(config: &Config, listener: &Listener) -> Result<Option<setup:
         let python = match (&config.interpreter, &config.virtualenv) {
             (Some(command), _) => external::resolve_command(command),
             (None, Some(dir)) => Some(dir.join("bin").join("python")),
+            // The pip-installed command runs in a Python that is already up, but its standard
+            // library is still to be read from where that interpreter was installed.
+            (None, None) if config.launch == Launch::InPython => std::env::current_exe().ok(),
             (None, None) => Some(std::path::PathBuf::from(wsgi::interp::BUILD_PYTHON)),
         };
         setup::drop_privileges(identity)?;

@@ -1,7 +1,6 @@
 //! The single-process server, as it runs alone (`--processes 1`) or in each worker: the app
 //! side started (embedded interpreter or external worker), then the event loop until a stop.
 
-use std::process::ExitCode;
 use std::sync::Arc;
 
 use pyo3::prelude::*;
@@ -12,7 +11,7 @@ use super::metrics_http::{self, Endpoint};
 use super::recycle;
 use super::setup::tune_malloc;
 use crate::base::access;
-use crate::base::config::Config;
+use crate::base::config::{Config, Launch};
 use crate::base::log::{self, fatal, info, warning};
 use crate::base::process::{self, Message};
 use crate::base::sys;
@@ -31,7 +30,7 @@ pub(super) fn run_server(
     listener: Listener,
     signals: Option<SignalPipe>,
     metrics: Option<Endpoint>,
-) -> ExitCode {
+) -> u8 {
     if let Some(path) = &config.process.access_log {
         if let Err(e) = access::start(path, config.process.access_log_format.clone()) {
             return fatal(format!("cannot open the access log {}: {e}", path.display()));
@@ -164,7 +163,7 @@ fn start_external(
         max_queue: config.limits.max_queue,
         watch,
     };
-    ExternalDispatcher::start(spec, std::env::args().collect())
+    ExternalDispatcher::start(spec, config.argv.clone())
 }
 
 /// SIGHUP reloads only under a master; a single process (or a worker) is not ended by it.
@@ -205,12 +204,19 @@ fn ignore_with_note(signal: libc::c_int, note: &'static [u8]) {
 }
 
 fn start_python(config: &Config) -> Result<wsgi::WsgiHandler, String> {
-    let program = match &config.virtualenv {
-        Some(dir) => Some(wsgi::interp::virtualenv_python(dir).map_err(|e| e.to_string())?),
-        None => None,
-    };
-    let argv: Vec<String> = std::env::args().collect();
-    wsgi::interp::initialize(program.as_deref(), &argv).map_err(|e| e.to_string())?;
+    match config.launch {
+        Launch::Standalone => {
+            let program = match &config.virtualenv {
+                Some(dir) => Some(wsgi::interp::virtualenv_python(dir).map_err(|e| e.to_string())?),
+                None => None,
+            };
+            wsgi::interp::initialize(program.as_deref(), &config.argv).map_err(|e| e.to_string())?;
+        }
+        Launch::InPython => {
+            wsgi::interp::join(config.virtualenv.as_deref(), config.virtualenv_from_env)
+                .map_err(|e| e.to_string())?;
+        }
+    }
     Python::attach(|py| {
         if !config.no_logging {
             wsgi::interp::configure_logging(py, &log::worker_tag())
@@ -218,7 +224,10 @@ fn start_python(config: &Config) -> Result<wsgi::WsgiHandler, String> {
         }
         wsgi::interp::prepend_paths(py, &config.module_paths)
             .map_err(|e| format!("cannot set sys.path: {e}"))?;
-        wsgi::wsgidir::register(py).map_err(|e| format!("cannot register scgi_wsgi.wsgidir: {e}"))?;
+        if config.launch == Launch::Standalone {
+            // The pip-installed form has the real package, wsgidir.py among it.
+            wsgi::wsgidir::register(py).map_err(|e| format!("cannot register scgi_wsgi.wsgidir: {e}"))?;
+        }
         if let Some(spec) = &config.pdm {
             start_pdm(py, spec);
         }
@@ -251,12 +260,7 @@ fn start_pdm(py: Python<'_>, spec: &str) {
     }
 }
 
-fn serve<D: Dispatcher>(
-    config: Config,
-    listener: Listener,
-    signals: Option<SignalPipe>,
-    pool: D,
-) -> ExitCode {
+fn serve<D: Dispatcher>(config: Config, listener: Listener, signals: Option<SignalPipe>, pool: D) -> u8 {
     let description = listener.describe();
     let signals = match signals.map_or_else(SignalPipe::install, Ok) {
         Ok(signals) => signals,
@@ -292,9 +296,9 @@ fn serve<D: Dispatcher>(
     match exit {
         Ok(Exit::Drained) => {
             info!("server", "all requests finished; exiting");
-            ExitCode::SUCCESS
+            0
         }
-        Ok(Exit::GracefulTimeout) | Ok(Exit::Immediate) => ExitCode::SUCCESS,
+        Ok(Exit::GracefulTimeout) | Ok(Exit::Immediate) => 0,
         Err(e) => fatal(format!("event loop failed: {e}")),
     }
 }

@@ -1,6 +1,8 @@
 //! The pre-fork master (`--processes N`, N > 1): it holds the listening socket, forks worker
 //! processes that each run the whole single-process server (event loop and Python), restarts
-//! workers that die, reloads on SIGHUP, drains on SIGTERM. It never initialises Python.
+//! workers that die, reloads on SIGHUP, drains on SIGTERM. It never runs app code: the binary's
+//! master never starts Python; the pip-installed command's master is the Python process that
+//! started it, which never imports the app.
 //!
 //! Workers talk back through one pipe shared by all of them (see `base::process`).
 //!
@@ -11,7 +13,6 @@
 
 use std::io;
 use std::os::fd::RawFd;
-use std::process::ExitCode;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -37,7 +38,7 @@ static SIGNAL_PIPE: AtomicI32 = AtomicI32::new(-1);
 /// serve on (the caller then runs the single-process server).
 pub enum Role {
     /// This is the master, and it is done.
-    Master(ExitCode),
+    Master(u8),
     /// This is a new worker process.
     Worker(Listener),
 }
@@ -52,6 +53,17 @@ pub struct Plan {
     pub forward_usr1: bool,
     /// The `--metrics` endpoint, which the master serves.
     pub metrics: Option<Endpoint>,
+    /// Makes a worker process: [`plain_fork`], or for a master that runs inside a Python
+    /// process, a fork that keeps that interpreter sound in the child. Called with no other
+    /// thread in the process; returns 0 in the child, as fork(2) does.
+    pub fork: fn() -> io::Result<libc::pid_t>,
+}
+
+/// fork(2), for a master with no interpreter in it.
+pub fn plain_fork() -> io::Result<libc::pid_t> {
+    // SAFETY: the master is single-threaded, so the child may run on (see
+    // `Master::become_worker`).
+    sys::check(unsafe { libc::fork() })
 }
 
 #[derive(Debug)]
@@ -205,14 +217,22 @@ pub fn run(mut plan: Plan, listener: Listener) -> Role {
         Ok(fds) => fds,
         Err(e) => {
             error!("server", "cannot set up the master process: {e}");
-            return Role::Master(ExitCode::from(1));
+            return Role::Master(1);
         }
     };
+    let threads = sys::thread_count();
+    if threads > 1 {
+        // Only the forking thread lives on in a child: a lock another one held stays held.
+        warning!(
+            "server",
+            "the master process has {threads} threads (something started at import?): a worker forked now may hang on a lock one of them held"
+        );
+    }
     let metrics = match plan_metrics(&mut plan) {
         Ok(metrics) => metrics,
         Err(e) => {
             error!("server", "cannot set up the shared counters for --metrics: {e}");
-            return Role::Master(ExitCode::from(1));
+            return Role::Master(1);
         }
     };
     let mut master = Master {
@@ -254,7 +274,7 @@ impl Master {
             }
             if self.stopping && self.workers.is_empty() {
                 info!("server", "all workers have exited; master exiting");
-                return Role::Master(ExitCode::from(self.exit_code));
+                return Role::Master(self.exit_code);
             }
             let mut fds = vec![
                 libc::pollfd {
@@ -282,7 +302,7 @@ impl Master {
             match sys::check(unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) }) {
                 Err(e) if e.kind() != io::ErrorKind::Interrupted => {
                     error!("server", "master: poll failed: {e}");
-                    return Role::Master(ExitCode::from(1));
+                    return Role::Master(1);
                 }
                 _ => {}
             }
@@ -335,9 +355,7 @@ impl Master {
             // Signals wait until the child has dropped the master's handlers: one arriving in
             // between would otherwise be written to the master's signal pipe as its own.
             let previous = set_signal_mask(&signal_set(true));
-            // SAFETY: the master is single-threaded, so the child may run on (see
-            // `become_worker`).
-            let forked = sys::check(unsafe { libc::fork() });
+            let forked = (self.plan.fork)();
             if !matches!(forked, Ok(0)) {
                 set_signal_mask(&previous);
             }

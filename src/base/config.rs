@@ -150,9 +150,25 @@ pub struct ProcessConfig {
     pub umask: Option<u32>,
 }
 
+/// How this program and its Python meet.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Launch {
+    /// The `scgi-wsgi` binary: it starts the interpreter it was built against (or runs the
+    /// app in another, with `--interpreter`).
+    #[default]
+    Standalone,
+    /// The pip-installed command: a Python process (the virtualenv's) imported the server
+    /// and runs it; its interpreter is the one already running.
+    InPython,
+}
+
 /// The validated configuration the rest of the program runs on.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// How this program and its Python meet.
+    pub launch: Launch,
+    /// The command line as given (the app's `sys.argv`).
+    pub argv: Vec<String>,
     /// Use `application` instead of calling `wmain`.
     pub use_application: bool,
     /// Leave Python's logging unconfigured.
@@ -171,6 +187,8 @@ pub struct Config {
     pub pdm: Option<String>,
     /// Virtualenv to run in, if any.
     pub virtualenv: Option<PathBuf>,
+    /// The virtualenv came from `$VIRTUAL_ENV`, not from `-H`.
+    pub virtualenv_from_env: bool,
     /// External interpreter command, when the app runs outside this process.
     pub interpreter: Option<String>,
     /// Bound on the wait for requests in flight at shutdown.

@@ -6,7 +6,6 @@
 //! worker tag: see [`worker_tag`]) shares the stream.
 
 use std::fmt::{self, Write as _};
-use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
 
 use super::sys::retry;
@@ -155,13 +154,13 @@ pub fn describe_request(header_block: &[u8]) -> String {
 
 /// Prints a start-up failure on one line and gives exit status 1. In a worker under a master
 /// (whose own line then says the worker failed) it is an ERROR line naming the worker.
-pub fn fatal(message: impl std::fmt::Display) -> ExitCode {
+pub fn fatal(message: impl std::fmt::Display) -> u8 {
     if WORKER_PID.load(Ordering::Relaxed) != 0 {
         write(Level::Error, "server", format_args!("{message}"));
     } else {
         write_stderr(format!("scgi-wsgi: {message}\n").as_bytes());
     }
-    ExitCode::from(1)
+    1
 }
 
 /// Writes bytes to fd 2 in as few calls as the kernel allows, ignoring failures (nowhere to report them).

@@ -50,6 +50,11 @@ pub fn euid() -> libc::uid_t {
     unsafe { libc::geteuid() }
 }
 
+/// How many threads this process has (1 when that cannot be read).
+pub fn thread_count() -> usize {
+    std::fs::read_dir("/proc/self/task").map_or(1, |entries| entries.count())
+}
+
 /// The conventional name of a signal (`SIGTERM`), when it is one of the common ones.
 pub fn signal_abbrev(signal: i32) -> Option<&'static str> {
     Some(match signal {

@@ -29,7 +29,7 @@ const CONFIG_VARIABLE: &str = "SCGI_WSGI_WORKER_CONFIG";
 const WORKER_FD: i32 = 3;
 /// The `scgi_wsgi.wsgidir` handler module, which the worker makes importable (the embedded
 /// interpreter has the same source: one file).
-const WSGIDIR_SOURCE: &str = include_str!("../wsgi/wsgidir.py");
+const WSGIDIR_SOURCE: &str = include_str!("../../python/scgi_wsgi/wsgidir.py");
 
 /// What starting the worker needs.
 #[derive(Debug, Clone)]

@@ -154,12 +154,65 @@ fn known_value<'py>(py: Python<'py>, value: &[u8]) -> Option<&'py Bound<'py, PyS
     })
 }
 
-/// Entries an environ holds without growing: nginx's scgi_params, a few HTTP headers, wsgi.*.
-const ENVIRON_PRESIZE: ffi::Py_ssize_t = 40;
+/// An empty dict for an environ. On CPython's full API it is sized for a typical request up
+/// front (nginx's scgi_params, a few HTTP headers, wsgi.*): growing 8 -> 16 -> 32 slots
+/// costs three rehashes.
+#[cfg(not(any(Py_LIMITED_API, PyPy)))]
+fn environ_dict(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
+    const ENVIRON_PRESIZE: ffi::Py_ssize_t = 40;
+    extern "C" {
+        // CPython's presizing dict constructor (cpython/dictobject.h, every 3.x); pyo3-ffi
+        // skips it.
+        fn _PyDict_NewPresized(minused: ffi::Py_ssize_t) -> *mut ffi::PyObject;
+    }
+    // SAFETY: a NULL result raises below; otherwise we own the new reference to a dict.
+    unsafe {
+        Ok(
+            Bound::from_owned_ptr_or_err(py, _PyDict_NewPresized(ENVIRON_PRESIZE))?
+                .cast_into_unchecked::<PyDict>(),
+        )
+    }
+}
 
-extern "C" {
-    // CPython's presizing dict constructor (cpython/dictobject.h, every 3.x); pyo3-ffi skips it.
-    fn _PyDict_NewPresized(minused: ffi::Py_ssize_t) -> *mut ffi::PyObject;
+/// An empty dict for an environ (the stable ABI and PyPy have no presizing constructor).
+#[cfg(any(Py_LIMITED_API, PyPy))]
+fn environ_dict(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
+    Ok(PyDict::new(py))
+}
+
+/// Sets `environ[key] = value` unless `key` is there already; true when it was new.
+#[cfg(not(Py_LIMITED_API))]
+#[inline(always)]
+fn set_default(
+    environ: &Bound<'_, PyDict>,
+    key: &Bound<'_, PyString>,
+    value: &Bound<'_, PyString>,
+) -> PyResult<bool> {
+    // Whether the key was new shows in the size: the value returned cannot tell, as equal
+    // short strings are often the very same object.
+    let size_before = environ.len();
+    // SAFETY: dict, key and value are live objects; the result is a borrowed reference.
+    let existing = unsafe { ffi::PyDict_SetDefault(environ.as_ptr(), key.as_ptr(), value.as_ptr()) };
+    if existing.is_null() {
+        return Err(PyErr::fetch(environ.py()));
+    }
+    Ok(environ.len() != size_before)
+}
+
+/// Sets `environ[key] = value` unless `key` is there already; true when it was new (the
+/// stable ABI has no single call for it).
+#[cfg(Py_LIMITED_API)]
+#[inline(always)]
+fn set_default(
+    environ: &Bound<'_, PyDict>,
+    key: &Bound<'_, PyString>,
+    value: &Bound<'_, PyString>,
+) -> PyResult<bool> {
+    if environ.contains(key)? {
+        return Ok(false);
+    }
+    environ.set_item(key, value)?;
+    Ok(true)
 }
 
 /// The environ dict as [`fill_environ`] fills it: names and values decoded as Latin-1, the
@@ -217,15 +270,7 @@ impl<'a> EnvironSink<'a> for DictSink<'_> {
     fn add_new(&mut self, name: &'a [u8], value: &'a [u8]) -> PyResult<bool> {
         let key = self.key(name)?;
         let value = self.value(value)?;
-        // Whether the key was new shows in the size: the value returned cannot tell, as equal
-        // short strings are often the very same object.
-        let size_before = self.environ.len();
-        // SAFETY: dict, key and value are live objects; the result is a borrowed reference.
-        let existing = unsafe { ffi::PyDict_SetDefault(self.environ.as_ptr(), key.as_ptr(), value.as_ptr()) };
-        if existing.is_null() {
-            return Err(PyErr::fetch(self.environ.py()));
-        }
-        Ok(self.environ.len() != size_before)
+        set_default(&self.environ, &key, &value)
     }
 
     #[inline(always)]
@@ -254,12 +299,7 @@ pub fn build<'py>(
     header_block: &[u8],
     consts: &EnvironConsts,
 ) -> PyResult<Bound<'py, PyDict>> {
-    // Sized for a typical request up front: growing 8 -> 16 -> 32 slots costs three rehashes.
-    // SAFETY: a NULL result raises below; otherwise we own the new reference to a dict.
-    let environ = unsafe {
-        Bound::from_owned_ptr_or_err(py, _PyDict_NewPresized(ENVIRON_PRESIZE))?
-            .cast_into_unchecked::<PyDict>()
-    };
+    let environ = environ_dict(py)?;
     let mut sink = DictSink { environ };
     let scheme = match fill_environ(header_block, consts.mount.as_ref(), &mut sink)? {
         Scheme::Https => intern!(py, "https"),

@@ -1,20 +1,32 @@
 //! Starting the embedded interpreter: the same Python the binary was built against (or a
 //! virtualenv made from it), with signal handling left to us.
 
+#[cfg(not(any(Py_LIMITED_API, PyPy)))]
 use std::ffi::CString;
+#[cfg(not(any(Py_LIMITED_API, PyPy)))]
 use std::mem::MaybeUninit;
 use std::path::{Path, PathBuf};
 
+#[cfg(not(any(Py_LIMITED_API, PyPy)))]
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use crate::base::error::AppError;
+use crate::base::log::warning;
 
 /// The interpreter executable found at build time.
 pub const BUILD_PYTHON: &str = env!("SCGI_WSGI_BUILD_PYTHON");
 /// Its major.minor version.
 pub const BUILD_PYTHON_VERSION: &str = env!("SCGI_WSGI_BUILD_PYTHON_VERSION");
+
+/// The `pyvenv.cfg` of virtualenv `dir`, or why `dir` is not one.
+fn read_pyvenv_cfg(dir: &Path) -> Result<String, AppError> {
+    std::fs::read_to_string(dir.join("pyvenv.cfg")).map_err(|e| AppError::Virtualenv {
+        path: dir.to_path_buf(),
+        reason: format!("cannot read pyvenv.cfg ({e}); is it a virtualenv?"),
+    })
+}
 
 /// Checks that `dir` is a virtualenv of our Python version and returns its interpreter path.
 pub fn virtualenv_python(dir: &Path) -> Result<PathBuf, AppError> {
@@ -22,8 +34,7 @@ pub fn virtualenv_python(dir: &Path) -> Result<PathBuf, AppError> {
         path: dir.to_path_buf(),
         reason,
     };
-    let cfg = std::fs::read_to_string(dir.join("pyvenv.cfg"))
-        .map_err(|e| fail(format!("cannot read pyvenv.cfg ({e}); is it a virtualenv?")))?;
+    let cfg = read_pyvenv_cfg(dir)?;
     let version = cfg
         .lines()
         .filter_map(|l| l.split_once('='))
@@ -44,6 +55,7 @@ pub fn virtualenv_python(dir: &Path) -> Result<PathBuf, AppError> {
     Ok(python)
 }
 
+#[cfg(not(any(Py_LIMITED_API, PyPy)))]
 fn status_error(status: ffi::PyStatus) -> AppError {
     let message = if status.err_msg.is_null() {
         "unknown error".to_string()
@@ -58,6 +70,7 @@ fn status_error(status: ffi::PyStatus) -> AppError {
 
 /// Initialises Python as if `program` had been run with `argv`, without Python signal handlers,
 /// then releases the GIL so worker threads can take it.
+#[cfg(not(any(Py_LIMITED_API, PyPy)))]
 pub fn initialize(program: Option<&Path>, argv: &[String]) -> Result<(), AppError> {
     let program = program
         .map(Path::to_path_buf)
@@ -107,6 +120,64 @@ pub fn initialize(program: Option<&Path>, argv: &[String]) -> Result<(), AppErro
         ffi::PyEval_SaveThread();
     }
     Ok(())
+}
+
+/// A stable-ABI or PyPy build is only ever the extension module, which joins the Python that
+/// imports it: neither has the API that starts an interpreter.
+#[cfg(any(Py_LIMITED_API, PyPy))]
+pub fn initialize(_program: Option<&Path>, _argv: &[String]) -> Result<(), AppError> {
+    Err(AppError::Interpreter(
+        "this scgi-wsgi is an extension module (stable ABI or PyPy): it runs inside the Python that imports it, and cannot start one".into(),
+    ))
+}
+
+/// Joins the interpreter that is already running, for the pip-installed command (a Python
+/// process imported this server): its `sys.prefix` and site-packages are the app's. A
+/// virtualenv named with `-H` must be that one; one named only by `$VIRTUAL_ENV` (a shell's
+/// activated virtualenv) is noted and otherwise left aside.
+pub fn join(virtualenv: Option<&Path>, from_env: bool) -> Result<(), AppError> {
+    let Some(dir) = virtualenv else {
+        return Ok(());
+    };
+    read_pyvenv_cfg(dir)?;
+    let prefix = Python::attach(|py| -> PyResult<PathBuf> { py.import("sys")?.getattr("prefix")?.extract() })
+        .map_err(|e| AppError::Interpreter(format!("cannot read sys.prefix: {e}")))?;
+    let same = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    };
+    if same(dir, &prefix) {
+        return Ok(());
+    }
+    if from_env {
+        warning!(
+            "server",
+            "VIRTUAL_ENV is {}, but this scgi-wsgi runs in the Python of {}: serving with that one's packages",
+            dir.display(),
+            prefix.display()
+        );
+        return Ok(());
+    }
+    Err(AppError::Virtualenv {
+        path: dir.to_path_buf(),
+        reason: format!(
+            "this scgi-wsgi runs in the Python of {}, which is another: run {}/bin/scgi-wsgi (pip install scgi-wsgi there), or leave out -H",
+            prefix.display(),
+            dir.display()
+        ),
+    })
+}
+
+/// Forks the way Python's `os.fork()` does, for a master that lives in a Python process (the
+/// pip-installed command): the interpreter's at-fork hooks run and its locks and thread state
+/// are made right in the child. Returns 0 in the child, as fork(2) does.
+pub fn fork() -> std::io::Result<libc::pid_t> {
+    Python::attach(|py| {
+        let forked = py.import("os").and_then(|os| os.call_method0("fork"));
+        forked
+            .and_then(|pid| pid.extract::<libc::pid_t>())
+            .map_err(|e| std::io::Error::other(super::app::one_line(py, &e)))
+    })
 }
 
 /// Configures Python's `logging` like the original: stderr (or syslog, facility daemon, when

@@ -531,11 +531,7 @@ fn prepare<'py>(
         .get_item(intern!(py, "REQUEST_METHOD"))
         .ok()
         .flatten()
-        .is_some_and(|method| {
-            method
-                .cast::<PyString>()
-                .is_ok_and(|m| m.to_str().is_ok_and(|m| m == "HEAD"))
-        });
+        .is_some_and(|method| method.cast::<PyString>().is_ok_and(|m| *m == "HEAD"));
     let responder = StartResponse {
         state: ResponseState {
             outbox: Arc::clone(outbox),

@@ -5,7 +5,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyModule};
 
 /// The module's Python source.
-pub const SOURCE: &str = include_str!("wsgidir.py");
+pub const SOURCE: &str = include_str!("../../python/scgi_wsgi/wsgidir.py");
 
 /// Registers the `scgi_wsgi` package in `sys.modules`, and `scgi_wsgi.wsgidir` as a module
 /// that is made when first imported: an app that does not use it does not pay for its imports.

@@ -82,6 +82,12 @@ def _interp(environ, start_response):
         info["venvonly"] = venvonly.MARK
     except ImportError:
         info["venvonly"] = None
+    try:
+        import pip_only_mark
+
+        info["pip_only"] = pip_only_mark.MARK
+    except ImportError:
+        info["pip_only"] = None
     return _json(start_response, info)
 
 

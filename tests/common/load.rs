@@ -108,10 +108,13 @@ impl Load {
     }
 }
 
-/// The worker processes of a master, from /proc: its children running this program (not an
-/// external interpreter some of them start).
+/// The worker processes of a master, from /proc: its children running what it runs (this
+/// program, or the Python of the pip-installed command; not an external interpreter some of
+/// them start).
 pub fn workers(server: &Server) -> Vec<u32> {
-    let ours = std::fs::canonicalize(BIN).unwrap();
+    let Ok(ours) = std::fs::read_link(format!("/proc/{}/exe", server.pid())) else {
+        return Vec::new();
+    };
     children(server.pid())
         .into_iter()
         .filter(|pid| std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| exe == ours))

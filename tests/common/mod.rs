@@ -604,14 +604,46 @@ pub fn external_interpreter() -> Option<String> {
     std::env::var(INTERPRETER_ENV).ok().filter(|v| !v.is_empty())
 }
 
-/// The Python the app runs under: the external interpreter, or the `python3` the binary embeds.
+/// The Python the app runs under: the external interpreter, the virtualenv's of the
+/// pip-installed command, or the `python3` the binary embeds.
 pub fn app_python() -> String {
-    external_interpreter().unwrap_or_else(|| "python3".to_string())
+    external_interpreter()
+        .or_else(|| {
+            pip_virtualenv().map(|venv| venv.join("bin").join("python").to_string_lossy().into_owned())
+        })
+        .unwrap_or_else(|| "python3".to_string())
 }
 
-/// A command for the server binary, in the mode the test run asks for.
+/// The virtualenv whose `scgi-wsgi` command the test run names ([`COMMAND_ENV`]), if any:
+/// the directory above the command's `bin/`.
+pub fn pip_virtualenv() -> Option<PathBuf> {
+    let command = std::env::var_os(COMMAND_ENV).filter(|v| !v.is_empty())?;
+    let command = std::path::absolute(PathBuf::from(command)).ok()?;
+    Some(command.parent()?.parent()?.to_path_buf())
+}
+
+/// Whether the app runs in the Python of the pip-installed command (its own, not an
+/// external interpreter's).
+pub fn in_pip_python() -> bool {
+    pip_virtualenv().is_some() && external_interpreter().is_none()
+}
+
+/// Environment variable naming the command every test server runs as, instead of the binary
+/// cargo built: the `scgi-wsgi` command of a virtualenv the checkout was `pip install`ed into
+/// (the pip-installed form, which runs the server inside that virtualenv's Python).
+pub const COMMAND_ENV: &str = "SCGI_WSGI_TEST_COMMAND";
+
+/// The server program the tests run: the command the test run names, or the binary.
+pub fn server_program() -> String {
+    std::env::var(COMMAND_ENV)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| BIN.to_string())
+}
+
+/// A command for the server, in the form and mode the test run asks for.
 pub fn server_command() -> Command {
-    let mut command = Command::new(BIN);
+    let mut command = Command::new(server_program());
     if let Some(python) = external_interpreter() {
         command.arg("--interpreter").arg(python);
     }
@@ -790,7 +822,9 @@ impl Server {
                 .stdin(stdin)
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped());
-            let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {BIN}: {e}"));
+            let mut child = cmd
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot start {}: {e}", server_program()));
             // Dropping the command closes this process's copy of an fd-0 listener.
             drop(cmd);
             let stdout = capture(child.stdout.take().expect("piped stdout"));
@@ -825,7 +859,10 @@ impl Server {
             };
             let stderr = server.stderr_text();
             drop(server);
-            panic!("server {BIN} {full_args:?} {why}; its stderr:\n{stderr}");
+            panic!(
+                "server {} {full_args:?} {why}; its stderr:\n{stderr}",
+                server_program()
+            );
         }
         unreachable!("the last attempt returns or panics")
     }
@@ -842,7 +879,7 @@ impl Server {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {BIN}: {e}"))
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", server_program()))
     }
 
     /// Takes over a server process the test started itself (stdout and stderr piped), which

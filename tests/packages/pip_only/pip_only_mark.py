@@ -1,0 +1,3 @@
+"""Installed only into the virtualenv of the pip-installed scgi-wsgi, for its tests."""
+
+MARK = "installed in the pip-installed command's virtualenv"
