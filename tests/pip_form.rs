@@ -49,6 +49,16 @@ fn json(response: &Response) -> serde_json::Value {
     serde_json::from_slice(&response.body).unwrap()
 }
 
+/// The app's sys.path, from /interp.
+fn sys_path(info: &serde_json::Value) -> Vec<&str> {
+    info["path"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect()
+}
+
 fn same_file(a: &str, b: &Path) -> bool {
     std::fs::canonicalize(a).ok() == std::fs::canonicalize(b).ok()
 }
@@ -101,12 +111,7 @@ fn with_nothing_set_the_app_sees_the_virtualenv_and_its_packages() {
         venv.display()
     );
     // sys.path: -p first, then Python's own; not the command's bin/ directory.
-    let paths: Vec<&str> = info["path"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p.as_str().unwrap())
-        .collect();
+    let paths = sys_path(&info);
     assert_eq!(paths[0], apps);
     assert!(
         !paths.iter().any(|p| Path::new(p) == venv.join("bin")),
@@ -184,12 +189,7 @@ fn python_dash_m_is_the_same_command() {
     let server = Server::adopt(child, addr);
     let info = json(&server.get("/interp"));
     assert!(same_file(info["prefix"].as_str().unwrap(), &venv), "{info}");
-    let paths: Vec<&str> = info["path"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p.as_str().unwrap())
-        .collect();
+    let paths = sys_path(&info);
     assert_eq!(paths[0], apps);
     assert!(
         !paths.iter().any(|p| p.is_empty() || same_file(p, dir.path())),

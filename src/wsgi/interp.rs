@@ -1,5 +1,6 @@
 //! Starting the embedded interpreter: the same Python the binary was built against (or a
-//! virtualenv made from it), with signal handling left to us.
+//! virtualenv made from it), with signal handling left to us; or, for the pip-installed
+//! command, joining the Python that is already running, and forking it soundly.
 
 #[cfg(not(any(Py_LIMITED_API, PyPy)))]
 use std::ffi::CString;
@@ -139,7 +140,6 @@ pub fn join(virtualenv: Option<&Path>, from_env: bool) -> Result<(), AppError> {
     let Some(dir) = virtualenv else {
         return Ok(());
     };
-    read_pyvenv_cfg(dir)?;
     let prefix = Python::attach(|py| -> PyResult<PathBuf> { py.import("sys")?.getattr("prefix")?.extract() })
         .map_err(|e| AppError::Interpreter(format!("cannot read sys.prefix: {e}")))?;
     let same = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
@@ -158,6 +158,8 @@ pub fn join(virtualenv: Option<&Path>, from_env: bool) -> Result<(), AppError> {
         );
         return Ok(());
     }
+    // Not a virtualenv at all: the same message as the binary gives.
+    read_pyvenv_cfg(dir)?;
     Err(AppError::Virtualenv {
         path: dir.to_path_buf(),
         reason: format!(
