@@ -35,7 +35,7 @@ mod seam;
 mod server;
 mod wsgi;
 
-pub use app::{main, run_in_python};
+pub use app::{default_sigint, main, run_in_python};
 pub use base::config::Limits;
 pub use client::main as request_main;
 pub use net::conn::{Conn, Phase, ReadOutcome};

@@ -24,8 +24,9 @@ fn venv() -> PathBuf {
     venv
 }
 
-/// Starts `program args` on a fresh port, with no virtualenv named anywhere, in `dir`.
-fn spawn(program: &Path, pre: &[&str], args: &[&str], dir: &Path) -> (Child, Addr) {
+/// Starts `program args` on a fresh port, with no virtualenv named anywhere (and only `env`
+/// added), in `dir`.
+fn spawn(program: &Path, pre: &[&str], args: &[&str], dir: &Path, env: &[(&str, &str)]) -> (Child, Addr) {
     let port = free_tcp_port();
     let listen = format!("127.0.0.1:{port}");
     let child = Command::new(program)
@@ -36,6 +37,7 @@ fn spawn(program: &Path, pre: &[&str], args: &[&str], dir: &Path) -> (Child, Add
         .env_remove("VIRTUAL_ENV")
         .env_remove("PYTHONHOME")
         .env_remove("PYTHONPATH")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -72,6 +74,7 @@ fn with_nothing_set_the_app_sees_the_virtualenv_and_its_packages() {
         &[],
         &["-p", &apps, "-A", "bridgeapp"],
         Path::new(env!("CARGO_MANIFEST_DIR")),
+        &[],
     );
     let server = Server::adopt(child, addr);
     let info = json(&server.get("/interp"));
@@ -127,6 +130,7 @@ fn the_example_app_answers_from_the_checkout() {
         &[],
         &["-A", "-p", "examples", "hello"],
         Path::new(env!("CARGO_MANIFEST_DIR")),
+        &[],
     );
     let server = Server::adopt(child, addr.clone());
     let response = server.get("/greeting");
@@ -185,6 +189,7 @@ fn python_dash_m_is_the_same_command() {
         &["-m", "scgi_wsgi"],
         &["-p", &apps, "-A", "bridgeapp"],
         dir.path(),
+        &[],
     );
     let server = Server::adopt(child, addr);
     let info = json(&server.get("/interp"));
@@ -195,4 +200,23 @@ fn python_dash_m_is_the_same_command() {
         !paths.iter().any(|p| p.is_empty() || same_file(p, dir.path())),
         "the working directory is on sys.path: {paths:?}"
     );
+}
+
+/// Under `-P` (or `-I`, or PYTHONSAFEPATH) Python puts no directory of its own first on
+/// sys.path: the first entry is a real one (here PYTHONPATH's, the working directory too), and
+/// it stays.
+#[test]
+fn a_safe_path_keeps_the_first_entry() {
+    let venv = venv();
+    let apps = apps_dir_str();
+    let (child, addr) = spawn(
+        &venv.join("bin/python"),
+        &["-P", "-m", "scgi_wsgi"],
+        &["-A", "bridgeapp"],
+        Path::new(&apps),
+        &[("PYTHONPATH", &apps)],
+    );
+    let server = Server::adopt(child, addr);
+    let info = json(&server.get("/interp"));
+    assert_eq!(sys_path(&info)[0], apps);
 }

@@ -48,6 +48,42 @@ fn workers_share_the_socket_and_say_multiprocess() {
     assert!(workers(&single).is_empty());
 }
 
+/// The master never imports the app (in the pip-installed form it is a Python process, and
+/// still only its workers load the app): each worker imports it once, after the fork.
+#[test]
+fn only_workers_import_the_app() {
+    let dir = TempDir::new("imports");
+    let log = dir.path().join("imports.log");
+    std::fs::write(
+        dir.path().join("importlog.py"),
+        "import os\n\
+         with open(os.environ['IMPORT_LOG'], 'a') as f:\n    f.write('%d\\n' % os.getpid())\n\
+         def application(environ, start_response):\n    \
+         start_response('200 OK', [('Content-Type', 'text/plain')])\n    \
+         return [str(os.getpid()).encode()]\n",
+    )
+    .unwrap();
+    let module_dir = dir.path().to_str().unwrap();
+    let args = ["--processes", "2", "-p", module_dir, "-A", "importlog"];
+    let server = Server::start_with(Listen::Tcp, &args, &[("IMPORT_LOG", log.to_str().unwrap())]);
+    let mut pids = wait_for_workers(&server, 2, &[]);
+    let served = pid_of(&server.get("/"));
+    assert!(
+        pids.contains(&served),
+        "{served} is not one of the workers {pids:?}"
+    );
+    // (In the external-interpreter mode, each worker's interpreter process imports it.)
+    let mut imported: Vec<u32> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|line| serving_pid(line.parse().unwrap()))
+        .collect();
+    assert!(!imported.contains(&server.pid()), "the master imported the app");
+    imported.sort_unstable();
+    pids.sort_unstable();
+    assert_eq!(imported, pids, "each worker imports the app once");
+}
+
 /// A backlog full of connections that sent half a head (stalled clients), with a complete
 /// request behind them: the stalled ones are no work for the workers, so a process takes them
 /// as fast as it can, and the request is answered at once. (Regression: with processes

@@ -5,8 +5,10 @@
 
 use pyo3::prelude::*;
 
-/// The module Python imports as `scgi_wsgi._core`.
-#[pymodule]
+/// The module Python imports as `scgi_wsgi._core`. It needs the GIL (the server's worker
+/// threads rely on it between Python calls): on a free-threaded Python, importing it turns the
+/// GIL on, as for any module that does not declare otherwise.
+#[pymodule(gil_used = true)]
 mod _core {
     use std::ffi::OsString;
 
@@ -23,6 +25,9 @@ mod _core {
     /// request, the response printed. Returns the exit status.
     #[pyfunction]
     fn request(py: Python<'_>, argv: Vec<OsString>) -> u8 {
+        // Python's SIGINT handler only sets a flag that nobody looks at while the request
+        // runs without the GIL: Ctrl-C must end the command, as it ends the binary.
+        scgi_wsgi::default_sigint(py);
         py.detach(|| scgi_wsgi::request_main(argv))
     }
 }

@@ -24,9 +24,11 @@ def main(argv=None):
     if argv is None:
         argv = sys.argv
         # Python put the directory of the command (or, for -m, the working directory) first
-        # on sys.path; the app's modules are found through -p, as with the binary.
+        # on sys.path; the app's modules are found through -p, as with the binary. Under
+        # -P, -I or PYTHONSAFEPATH it put nothing there, and the first entry is a real one.
         script_dir = os.path.dirname(os.path.abspath(argv[0])) if argv and argv[0] else None
-        if sys.path and sys.path[0] in ("", os.getcwd(), script_dir):
+        safe_path = getattr(sys.flags, "safe_path", False) or sys.flags.isolated
+        if not safe_path and sys.path and sys.path[0] in ("", os.getcwd(), script_dir):
             del sys.path[0]
     from scgi_wsgi import _core
 

@@ -39,17 +39,24 @@ pub fn main() -> ExitCode {
 /// finalised, as the binary does not finalise the interpreter it starts: threads the app
 /// started may still be running, and the app's atexit handlers have run already.
 pub fn run_in_python(py: Python<'_>, argv: Vec<OsString>) -> ! {
-    // Python's SIGINT handler would run behind the server's own and raise KeyboardInterrupt
-    // at the next chance; the server handles SIGINT itself, as the binary does.
+    default_sigint(py);
+    // The event loop and the master never hold the GIL: it is released for the whole run.
+    let code = py.detach(|| run(argv, Launch::InPython));
+    let _ = py.run(c"import sys\nsys.stdout.flush()\nsys.stderr.flush()", None, None);
+    std::process::exit(code.into())
+}
+
+/// Gives SIGINT its default action back in a Python process that runs one of this crate's
+/// programs. Python's own handler would run behind the server's and raise
+/// KeyboardInterrupt at the next chance, or, while the program runs without the GIL, only
+/// set a flag that nobody reads; the server handles SIGINT itself, as the binary does, and
+/// `scgi-request` ends on Ctrl-C.
+pub fn default_sigint(py: Python<'_>) {
     let _ = py
         .import("signal")
         .and_then(|signal| signal.call_method1("signal", (libc::SIGINT, 0)));
     // SAFETY: restoring the default action has no memory-safety requirement.
     unsafe { libc::signal(libc::SIGINT, libc::SIG_DFL) };
-    // The event loop and the master never hold the GIL: it is released for the whole run.
-    let code = py.detach(|| run(argv, Launch::InPython));
-    let _ = py.run(c"import sys\nsys.stdout.flush()\nsys.stderr.flush()", None, None);
-    std::process::exit(code.into())
 }
 
 /// The whole program: parse `argv`, listen, load the app, serve until told to stop. Returns

@@ -22,7 +22,12 @@ pub struct Identity {
 }
 
 /// Sets the umask and changes directory, first of all, so later relative paths follow.
+/// Ignores SIGXFSZ, as Python itself does at start-up (and so the original server, the
+/// pip-installed command and the external worker): a write past RLIMIT_FSIZE fails with
+/// EFBIG, an OSError the app sees, instead of killing the process with every request in it.
 pub fn early(umask: Option<u32>, chdir: Option<&Path>) -> Result<(), String> {
+    // SAFETY: setting a signal's action to ignored has no memory-safety requirement.
+    unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
     if let Some(mask) = umask {
         // SAFETY: umask has no preconditions and cannot fail.
         unsafe { libc::umask(mask as libc::mode_t) };

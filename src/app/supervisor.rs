@@ -55,15 +55,18 @@ pub struct Plan {
     pub metrics: Option<Endpoint>,
     /// Makes a worker process: [`plain_fork`], or for a master that runs inside a Python
     /// process, a fork that keeps that interpreter sound in the child. Called with no other
-    /// thread in the process; returns 0 in the child, as fork(2) does.
+    /// thread in the process; returns 0 in the child, as fork(2) does, with every signal
+    /// blocked there ([`sys::fork_with_signals_blocked`]).
     pub fork: fn() -> io::Result<libc::pid_t>,
 }
 
 /// fork(2), for a master with no interpreter in it.
 pub fn plain_fork() -> io::Result<libc::pid_t> {
-    // SAFETY: the master is single-threaded, so the child may run on (see
-    // `Master::become_worker`).
-    sys::check(unsafe { libc::fork() })
+    sys::fork_with_signals_blocked(|| {
+        // SAFETY: the master is single-threaded, so the child may run on (see
+        // `Master::become_worker`).
+        sys::check(unsafe { libc::fork() })
+    })
 }
 
 #[derive(Debug)]
@@ -152,30 +155,6 @@ fn pipe() -> io::Result<(RawFd, RawFd)> {
 fn send_signal(pid: libc::pid_t, signal: libc::c_int) {
     // SAFETY: kill has no memory-safety requirement.
     let _ = sys::check(unsafe { libc::kill(pid, signal) });
-}
-
-/// Sets the calling thread's blocked signals to `set`, returning the ones blocked before.
-fn set_signal_mask(set: &libc::sigset_t) -> libc::sigset_t {
-    // SAFETY: a zeroed sigset_t is valid; both pointers are to live sigset_t values.
-    unsafe {
-        let mut previous: libc::sigset_t = std::mem::zeroed();
-        libc::sigprocmask(libc::SIG_SETMASK, set, &mut previous);
-        previous
-    }
-}
-
-/// The set of all signals (`all`) or of none.
-fn signal_set(all: bool) -> libc::sigset_t {
-    // SAFETY: a zeroed sigset_t is valid, and filled or emptied in place.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        if all {
-            libc::sigfillset(&mut set);
-        } else {
-            libc::sigemptyset(&mut set);
-        }
-        set
-    }
 }
 
 /// The master's part of `--metrics`: the endpoint from the plan, and shared counters with a
@@ -352,14 +331,10 @@ impl Master {
             .count();
         for _ in current..self.plan.processes {
             let slot = self.metrics.as_ref().and_then(|m| m.slots.claim());
-            // Signals wait until the child has dropped the master's handlers: one arriving in
-            // between would otherwise be written to the master's signal pipe as its own.
-            let previous = set_signal_mask(&signal_set(true));
-            let forked = (self.plan.fork)();
-            if !matches!(forked, Ok(0)) {
-                set_signal_mask(&previous);
-            }
-            match forked {
+            // Signals wait until the child has dropped the master's handlers (the fork blocks
+            // them): one arriving in between would be written to the master's signal pipe as
+            // its own.
+            match (self.plan.fork)() {
                 Ok(0) => return Some(self.become_worker(slot)),
                 Err(e) => {
                     if let (Some(m), Some(slot)) = (&self.metrics, slot) {
@@ -402,7 +377,7 @@ impl Master {
             // SAFETY: restoring the default action has no memory-safety requirement.
             unsafe { libc::signal(signal, libc::SIG_DFL) };
         }
-        set_signal_mask(&signal_set(false));
+        sys::unblock_signals();
         let signal_write = SIGNAL_PIPE.swap(-1, Ordering::Relaxed);
         for fd in [signal_write, self.signal_read, self.message_read] {
             // SAFETY: the master's own descriptors, which this process no longer uses.

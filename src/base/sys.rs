@@ -55,6 +55,50 @@ pub fn thread_count() -> usize {
     std::fs::read_dir("/proc/self/task").map_or(1, |entries| entries.count())
 }
 
+/// Runs `fork` (fork(2), or a fork done through an interpreter) with every signal blocked,
+/// so that none is taken in the child before it has put its own handlers in place. The
+/// parent's mask is restored; the child starts with every signal blocked and opens them with
+/// [`unblock_signals`] once it is ready. Block as late as possible: whatever `fork` waits for
+/// first (an interpreter's lock) should be taken before calling this.
+pub fn fork_with_signals_blocked(fork: impl FnOnce() -> io::Result<libc::pid_t>) -> io::Result<libc::pid_t> {
+    let previous = set_signal_mask(&signal_set(true));
+    let forked = fork();
+    if !matches!(forked, Ok(0)) {
+        set_signal_mask(&previous);
+    }
+    forked
+}
+
+/// Unblocks every signal of the calling thread (a child of [`fork_with_signals_blocked`]).
+pub fn unblock_signals() {
+    set_signal_mask(&signal_set(false));
+}
+
+/// Sets the calling thread's blocked signals to `set`, returning the ones blocked before.
+fn set_signal_mask(set: &libc::sigset_t) -> libc::sigset_t {
+    // SAFETY: a zeroed sigset_t is valid; both pointers are to live sigset_t values. With a
+    // valid `how` and set, sigprocmask cannot fail.
+    unsafe {
+        let mut previous: libc::sigset_t = std::mem::zeroed();
+        libc::sigprocmask(libc::SIG_SETMASK, set, &mut previous);
+        previous
+    }
+}
+
+/// The set of all signals (`all`) or of none.
+fn signal_set(all: bool) -> libc::sigset_t {
+    // SAFETY: a zeroed sigset_t is valid, and filled or emptied in place.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        if all {
+            libc::sigfillset(&mut set);
+        } else {
+            libc::sigemptyset(&mut set);
+        }
+        set
+    }
+}
+
 /// The conventional name of a signal (`SIGTERM`), when it is one of the common ones.
 pub fn signal_abbrev(signal: i32) -> Option<&'static str> {
     Some(match signal {

@@ -15,6 +15,7 @@ use pyo3::types::PyDict;
 
 use crate::base::error::AppError;
 use crate::base::log::warning;
+use crate::base::sys;
 
 /// The interpreter executable found at build time.
 pub const BUILD_PYTHON: &str = env!("SCGI_WSGI_BUILD_PYTHON");
@@ -172,13 +173,19 @@ pub fn join(virtualenv: Option<&Path>, from_env: bool) -> Result<(), AppError> {
 
 /// Forks the way Python's `os.fork()` does, for a master that lives in a Python process (the
 /// pip-installed command): the interpreter's at-fork hooks run and its locks and thread state
-/// are made right in the child. Returns 0 in the child, as fork(2) does.
+/// are made right in the child. Returns 0 in the child, as fork(2) does. Signals are blocked
+/// only around the fork itself, once the GIL is held: a thread that keeps the GIL delays the
+/// fork, not the delivery of a signal.
 pub fn fork() -> std::io::Result<libc::pid_t> {
     Python::attach(|py| {
-        let forked = py.import("os").and_then(|os| os.call_method0("fork"));
-        forked
-            .and_then(|pid| pid.extract::<libc::pid_t>())
-            .map_err(|e| std::io::Error::other(super::app::one_line(py, &e)))
+        let os = py
+            .import("os")
+            .map_err(|e| std::io::Error::other(super::app::one_line(py, &e)))?;
+        sys::fork_with_signals_blocked(|| {
+            os.call_method0("fork")
+                .and_then(|pid| pid.extract::<libc::pid_t>())
+                .map_err(|e| std::io::Error::other(super::app::one_line(py, &e)))
+        })
     })
 }
 
