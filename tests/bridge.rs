@@ -583,6 +583,17 @@ fn pip_form_keeps_its_own_virtualenv(other: &str) {
         "{}",
         by_env.stderr_text()
     );
+    // One that is no virtualenv at all (a stale variable) is noted and left aside the same way.
+    let stale = "/nonexistent/virtualenv";
+    let by_stale = Server::start_with(Listen::Tcp, &refs, &[("VIRTUAL_ENV", stale)]);
+    assert_eq!(json(&by_stale.get("/interp"))["prefix"], own.to_str().unwrap());
+    assert!(
+        by_stale
+            .stderr_text()
+            .contains(&format!("WARNING: VIRTUAL_ENV is {stale}")),
+        "{}",
+        by_stale.stderr_text()
+    );
 }
 
 fn start_failure(args: &[&str]) -> String {
