@@ -220,3 +220,47 @@ fn a_safe_path_keeps_the_first_entry() {
     let info = json(&server.get("/interp"));
     assert_eq!(sys_path(&info)[0], apps);
 }
+
+/// `multiprocessing`'s spawn and forkserver start methods (forkserver is the default on Linux
+/// from Python 3.14) have each child import the parent's main module again: the `scgi-wsgi`
+/// script, or under `python -m scgi_wsgi` the `scgi_wsgi.__main__` module. Neither may start
+/// a second server in the child.
+#[test]
+fn multiprocessing_children_do_not_start_the_server_again() {
+    let venv = venv();
+    let dir = TempDir::new("multiprocessing");
+    std::fs::write(
+        dir.path().join("mpapp.py"),
+        "import multiprocessing\n\
+         \n\
+         def square(n):\n    return n * n\n\
+         \n\
+         def application(environ, start_response):\n    \
+         with multiprocessing.get_context('spawn').Pool(1) as pool:\n        \
+         result = pool.apply(square, (7,))\n    \
+         start_response('200 OK', [('Content-Type', 'text/plain')])\n    \
+         return [b'%d\\n' % result]\n",
+    )
+    .unwrap();
+    let module_dir = dir.path().to_str().unwrap();
+    for (program, pre) in [
+        ("bin/scgi-wsgi", &[][..]),
+        ("bin/python", &["-m", "scgi_wsgi"][..]),
+    ] {
+        let (child, addr) = spawn(
+            &venv.join(program),
+            pre,
+            &["-p", module_dir, "-A", "mpapp"],
+            dir.path(),
+            &[],
+        );
+        let server = Server::adopt(child, addr);
+        let response = server.get("/");
+        assert_eq!(
+            (response.status, response.text()),
+            (200, "49\n".to_string()),
+            "{program} {pre:?}: {}",
+            server.stderr_text()
+        );
+    }
+}
