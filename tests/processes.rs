@@ -84,6 +84,33 @@ fn only_workers_import_the_app() {
     assert_eq!(imported, pids, "each worker imports the app once");
 }
 
+/// The app's own child processes are not the server: a `multiprocessing` pool forked from a
+/// worker (the fork start method, the default before Python 3.14) is ended with SIGTERM when
+/// the app leaves it, and that SIGTERM must not reach the server's handler (which used to
+/// take it for its own and drain and exit). With and without a master.
+#[test]
+fn the_apps_forked_children_do_not_take_the_servers_signals() {
+    let apps = apps_dir_str();
+    for processes in ["1", "2"] {
+        let server = Server::start(&["--processes", processes, "-p", &apps, "-A", "procapp"]);
+        for _ in 0..3 {
+            let r = server.get("/pool");
+            assert_eq!(
+                (r.status, r.text()),
+                (200, "0 1 4 9".to_string()),
+                "{}",
+                server.stderr_text()
+            );
+        }
+        // Still serving, in the same processes, with nothing stopped.
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(server.get("/pid").status, 200);
+        let log = server.stderr_text();
+        assert!(!log.contains("SIGTERM"), "--processes {processes}: {log}");
+        assert!(!log.contains("exited"), "--processes {processes}: {log}");
+    }
+}
+
 /// A backlog full of connections that sent half a head (stalled clients), with a complete
 /// request behind them: the stalled ones are no work for the workers, so a process takes them
 /// as fast as it can, and the request is answered at once. (Regression: with processes

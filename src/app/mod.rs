@@ -76,6 +76,13 @@ fn run(argv: Vec<OsString>, launch: Launch) -> u8 {
     };
     config.launch = launch;
     config.argv = argv.iter().map(|a| a.to_string_lossy().into_owned()).collect();
+    if let Err(e) = sys::default_signals_in_forked_children() {
+        // (Only ENOMEM.) The app's own forks then keep the server's handlers.
+        warning!(
+            "server",
+            "cannot register the fork handler that resets signals in the app's child processes: {e}"
+        );
+    }
     if let Err(message) = setup::early(config.process.umask, config.process.chdir.as_deref()) {
         return fatal(message);
     }

@@ -74,6 +74,40 @@ pub fn unblock_signals() {
     set_signal_mask(&signal_set(false));
 }
 
+/// The signals this program catches, in a worker or a master.
+const CAUGHT: [libc::c_int; 7] = [
+    libc::SIGTERM,
+    libc::SIGINT,
+    libc::SIGQUIT,
+    libc::SIGHUP,
+    libc::SIGCHLD,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+];
+
+/// Gives every child forked from now on the default actions for the signals this program
+/// catches. The app may fork (`multiprocessing`'s fork start method, the default before
+/// Python 3.14, or `os.fork()`), and the child would otherwise run the server's handlers,
+/// which write to the server's own pipes: a pool's SIGTERM to its worker process, as
+/// `Pool.terminate()` sends, reached the server as its own and made it drain and exit. This
+/// program's own forks put their handlers back themselves. Call it once.
+pub fn default_signals_in_forked_children() -> io::Result<()> {
+    // SAFETY: the child handler only calls signal(2), which is async-signal-safe, so it may
+    // run in the child of a process with other threads.
+    match unsafe { libc::pthread_atfork(None, None, Some(caught_signals_to_default)) } {
+        0 => Ok(()),
+        error => Err(io::Error::from_raw_os_error(error)),
+    }
+}
+
+extern "C" fn caught_signals_to_default() {
+    for signal in CAUGHT {
+        // SAFETY: signal(2) is async-signal-safe and restoring a default action has no
+        // memory-safety requirement; it cannot fail for these signals.
+        unsafe { libc::signal(signal, libc::SIG_DFL) };
+    }
+}
+
 /// Sets the calling thread's blocked signals to `set`, returning the ones blocked before.
 fn set_signal_mask(set: &libc::sigset_t) -> libc::sigset_t {
     // SAFETY: a zeroed sigset_t is valid; both pointers are to live sigset_t values. With a

@@ -1,9 +1,14 @@
 """Test app for worker processes: reports its pid and identity, sleeps, computes, hangs, fails."""
 
 import logging
+import multiprocessing
 import os
 import sys
 import time
+
+
+def _square(n):
+    return n * n
 
 
 def application(environ, start_response):
@@ -43,6 +48,11 @@ def application(environ, start_response):
     elif path == "/stream":
         start_response("200 OK", [("Content-Type", "text/plain")])
         return (part for part in [b"one ", b"two\n"])
+    elif path == "/pool":
+        # Child processes forked from the server's (multiprocessing's fork start method, the
+        # default before Python 3.14); leaving the block terminates them with SIGTERM.
+        with multiprocessing.get_context(query or "fork").Pool(2) as pool:
+            body = b" ".join(b"%d" % n for n in pool.map(_square, range(4)))
     else:
         start_response("404 Not Found", [("Content-Type", "text/plain")])
         return [b"not found\n"]
