@@ -111,6 +111,39 @@ fn the_apps_forked_children_do_not_take_the_servers_signals() {
     }
 }
 
+/// A child the app forks and keeps (a pool made at import, fork start method) does not hold
+/// the listening socket: once the server stops accepting, a new connection is refused at once
+/// (callscgi then starts a new server) instead of waiting in a backlog nobody takes.
+#[test]
+fn the_apps_forked_children_do_not_hold_the_listening_socket() {
+    let apps = apps_dir_str();
+    for listen in [Listen::Tcp, Listen::Fd0] {
+        let args = ["-p", &apps, "-A", "procapp"];
+        let mut server = Server::start_with(listen, &args, &[("PROCAPP_FORK_POOL", "1")]);
+        let mut slow = server.connect();
+        slow.write_all(
+            &ScgiRequest::get("/sleep")
+                .set_header("QUERY_STRING", "3")
+                .encode(),
+        )
+        .unwrap();
+        assert!(server.wait_for_log("sleeping in", Duration::from_secs(10)));
+        server.signal(libc::SIGTERM);
+        assert!(server.wait_for_log("no longer accepting", Duration::from_secs(10)));
+        let refused = wait_until(Duration::from_secs(2), || Stream::connect(&server.addr).is_err());
+        assert!(
+            refused,
+            "{listen:?}: connections still accepted after SIGTERM\n{}",
+            server.stderr_text()
+        );
+        let (raw, _) = slow.read_until_eof(Duration::from_secs(10));
+        assert_eq!(Response::parse(raw).status, 200, "{}", server.stderr_text());
+        assert!(server
+            .wait_exit(Duration::from_secs(30))
+            .is_some_and(|s| s.success()));
+    }
+}
+
 /// A backlog full of connections that sent half a head (stalled clients), with a complete
 /// request behind them: the stalled ones are no work for the workers, so a process takes them
 /// as fast as it can, and the request is answered at once. (Regression: with processes

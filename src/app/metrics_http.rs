@@ -47,6 +47,11 @@ impl Endpoint {
         })
     }
 
+    /// The descriptor of its listening socket.
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        self.listener.raw_fd()
+    }
+
     /// Where it listens, for log lines.
     pub fn describe(&self) -> String {
         self.listener.describe()

@@ -20,6 +20,7 @@ use self::metrics_http::Endpoint;
 use crate::base;
 use crate::base::access;
 use crate::base::config::{Config, Launch, ListenSpec};
+use crate::base::fork;
 use crate::base::log::{self, fatal, info, warning};
 use crate::base::sys;
 use crate::external;
@@ -76,11 +77,11 @@ fn run(argv: Vec<OsString>, launch: Launch) -> u8 {
     };
     config.launch = launch;
     config.argv = argv.iter().map(|a| a.to_string_lossy().into_owned()).collect();
-    if let Err(e) = sys::default_signals_in_forked_children() {
-        // (Only ENOMEM.) The app's own forks then keep the server's handlers.
+    if let Err(e) = fork::guard_app_forks() {
+        // The app's own forks then keep the server's handlers and sockets.
         warning!(
             "server",
-            "cannot register the fork handler that resets signals in the app's child processes: {e}"
+            "cannot guard the app's child processes from the server's signals and sockets: {e}"
         );
     }
     if let Err(message) = setup::early(config.process.umask, config.process.chdir.as_deref()) {
@@ -168,6 +169,10 @@ fn open_sockets(config: &Config) -> Result<(Listener, Option<Endpoint>), String>
         ));
     }
     let metrics = config.metrics.as_ref().map(Endpoint::open).transpose()?;
+    fork::hide_from_app_forks(listener.raw_fd());
+    if let Some(endpoint) = &metrics {
+        fork::hide_from_app_forks(endpoint.raw_fd());
+    }
     if let Some(endpoint) = &metrics {
         base::metrics::enable();
         info!("server", "metrics at /metrics on {}", endpoint.describe());

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use super::metrics::{self, RestartReason, Restarts};
 use super::metrics_http::Endpoint;
+use crate::base::fork;
 use crate::base::log::{debug, error, info, warning};
 use crate::base::metrics::{Counters, SharedSlots};
 use crate::base::process::{self, Message};
@@ -56,13 +57,13 @@ pub struct Plan {
     /// Makes a worker process: [`plain_fork`], or for a master that runs inside a Python
     /// process, a fork that keeps that interpreter sound in the child. Called with no other
     /// thread in the process; returns 0 in the child, as fork(2) does, with every signal
-    /// blocked there ([`sys::fork_with_signals_blocked`]).
+    /// blocked there ([`fork::fork_with_signals_blocked`]).
     pub fork: fn() -> io::Result<libc::pid_t>,
 }
 
 /// fork(2), for a master with no interpreter in it.
 pub fn plain_fork() -> io::Result<libc::pid_t> {
-    sys::fork_with_signals_blocked(|| {
+    fork::fork_with_signals_blocked(|| {
         // SAFETY: the master is single-threaded, so the child may run on (see
         // `Master::become_worker`).
         sys::check(unsafe { libc::fork() })
@@ -377,7 +378,7 @@ impl Master {
             // SAFETY: restoring the default action has no memory-safety requirement.
             unsafe { libc::signal(signal, libc::SIG_DFL) };
         }
-        sys::unblock_signals();
+        fork::unblock_signals();
         let signal_write = SIGNAL_PIPE.swap(-1, Ordering::Relaxed);
         for fd in [signal_write, self.signal_read, self.message_read] {
             // SAFETY: the master's own descriptors, which this process no longer uses.

@@ -14,8 +14,8 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use crate::base::error::AppError;
+use crate::base::fork;
 use crate::base::log::warning;
-use crate::base::sys;
 
 /// The interpreter executable found at build time.
 pub const BUILD_PYTHON: &str = env!("SCGI_WSGI_BUILD_PYTHON");
@@ -181,7 +181,7 @@ pub fn fork() -> std::io::Result<libc::pid_t> {
         let os = py
             .import("os")
             .map_err(|e| std::io::Error::other(super::app::one_line(py, &e)))?;
-        sys::fork_with_signals_blocked(|| {
+        fork::fork_with_signals_blocked(|| {
             os.call_method0("fork")
                 .and_then(|pid| pid.extract::<libc::pid_t>())
                 .map_err(|e| std::io::Error::other(super::app::one_line(py, &e)))

@@ -11,6 +11,11 @@ def _square(n):
     return n * n
 
 
+# A pool forked at import, kept for the life of the process (the child processes hold copies
+# of every descriptor the server had open then).
+POOL = multiprocessing.get_context("fork").Pool(1) if os.environ.get("PROCAPP_FORK_POOL") else None
+
+
 def application(environ, start_response):
     path = environ.get("PATH_INFO", "")
     query = environ.get("QUERY_STRING", "")
