@@ -6,8 +6,8 @@
 //!
 //! - `proto`: pure byte logic (SCGI head parser, SCRIPT_NAME/PATH_INFO rule, CGI environ
 //!   rules and the server's own answers); imports nothing of the crate.
-//! - `base`: validated configuration, errors, log, access log, process-wide flags, the one
-//!   checked-syscall helper.
+//! - `base`: validated configuration, errors, log, access log, metrics counters, process-wide
+//!   flags, forks, the one checked-syscall helper.
 //! - `seam`: what the loop and the app side share: `Request`, `Outbox`, `Notifier`.
 //! - `net`: listening sockets, and one connection's state machine (where a request is
 //!   assembled).
