@@ -58,6 +58,9 @@ pub fn set(
             return info!("server", "SIGUSR2: no request is running in the app");
         }
         let stacks = source.stacks(&runners, STACK_TIMEOUT);
+        // A request may have ended while the stacks were read: its runner is left out.
+        let still_busy = busy();
+        let mut told = false;
         for runner in &runners {
             match stacks.iter().find(|(r, _)| r == runner) {
                 Some((_, stack)) => info!(
@@ -65,12 +68,17 @@ pub fn set(
                     "SIGUSR2: {what} {runner} runs a request; its Python stack, most recent call last:\n{}",
                     stack.trim_end()
                 ),
+                None if !still_busy.contains(runner) => continue,
                 None => info!(
                     "server",
                     "SIGUSR2: {what} {runner} runs a request; its Python stack could not be read (it runs no Python now, or the interpreter was not let go of within {:.0} s)",
                     STACK_TIMEOUT.as_secs_f64()
                 ),
             }
+            told = true;
+        }
+        if !told {
+            info!("server", "SIGUSR2: no request is running in the app any more");
         }
     }));
 }
