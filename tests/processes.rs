@@ -144,6 +144,41 @@ fn the_apps_forked_children_do_not_hold_the_listening_socket() {
     }
 }
 
+/// An app that sets its own SIGTERM handler at import does not take the server's stop signal
+/// away (Python would run that handler only on the main thread, which here runs the event
+/// loop, so SIGTERM was lost and the server could not be stopped): the server puts its own
+/// handler back and says so, with and without a master.
+#[test]
+fn an_app_that_takes_the_servers_signals_at_import_does_not_keep_them() {
+    let apps = apps_dir_str();
+    for processes in ["1", "2"] {
+        let mut server = Server::start(&["--processes", processes, "-p", &apps, "-A", "signalapp"]);
+        assert_eq!(server.get("/").status, 200);
+        server.signal(libc::SIGTERM);
+        let status = server.wait_exit(Duration::from_secs(10));
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "--processes {processes}: {status:?}\n{}",
+            server.stderr_text()
+        );
+        if external_interpreter().is_none() {
+            // (A worker under a master installs its stop handlers after the import anyway.)
+            let taken = if processes == "1" {
+                "SIGTERM, SIGUSR1"
+            } else {
+                "SIGUSR1"
+            };
+            assert!(
+                server
+                    .stderr_text()
+                    .contains(&format!("the app set its own handler for {taken} at import")),
+                "{}",
+                server.stderr_text()
+            );
+        }
+    }
+}
+
 /// A backlog full of connections that sent half a head (stalled clients), with a complete
 /// request behind them: the stalled ones are no work for the workers, so a process takes them
 /// as fast as it can, and the request is answered at once. (Regression: with processes

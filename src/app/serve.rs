@@ -24,6 +24,17 @@ use crate::server::{Exit, Server, SignalPipe};
 use crate::wsgi;
 use crate::wsgi::stacks::PythonStacks;
 
+/// The signals a serving process handles: stop (TERM, INT, QUIT), reload or its note (HUP),
+/// log reopening or its note (USR1), stacks (USR2).
+const SERVER_SIGNALS: [libc::c_int; 6] = [
+    libc::SIGTERM,
+    libc::SIGINT,
+    libc::SIGQUIT,
+    libc::SIGHUP,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+];
+
 /// The single-process server: what runs in each worker, or alone with --processes 1.
 pub(super) fn run_server(
     config: Config,
@@ -64,10 +75,27 @@ pub(super) fn run_server(
         tune_malloc();
         return serve(config, listener, signals, dispatcher);
     }
+    // The server's signals stay the server's: an app that sets a handler of its own at
+    // import (Python runs it only on the main thread, which here never runs Python, so the
+    // signal would be lost) gets a warning, and the server's handler back. (Those the server
+    // installs only after the import, in a worker under a master, replace the app's then.)
+    let ours = sys::SignalActions::save(&SERVER_SIGNALS);
     let handler = match start_python(&config) {
         Ok(handler) => handler,
         Err(message) => return fatal(message),
     };
+    let taken: Vec<&str> = ours
+        .restore_changed()
+        .into_iter()
+        .map(|signal| sys::signal_abbrev(signal).unwrap_or("a signal"))
+        .collect();
+    if !taken.is_empty() {
+        warning!(
+            "server",
+            "the app set its own handler for {taken} at import; this server handles {taken} itself (see SIGNALS in the manual), so its own handler is back (an app can run code at exit with atexit)",
+            taken = taken.join(", ")
+        );
+    }
     tune_malloc();
     let handler: Arc<dyn RequestHandler> = match watch {
         Some(watch) => {

@@ -55,6 +55,49 @@ pub fn thread_count() -> usize {
     std::fs::read_dir("/proc/self/task").map_or(1, |entries| entries.count())
 }
 
+/// The actions of some signals, saved to be put back (see [`SignalActions::restore_changed`]).
+pub struct SignalActions(Vec<(libc::c_int, libc::sigaction)>);
+
+impl SignalActions {
+    /// The current actions of those of `signals` that have a handler now (not the default
+    /// action, not ignored).
+    pub fn save(signals: &[libc::c_int]) -> SignalActions {
+        let mut saved = Vec::new();
+        for &signal in signals {
+            // SAFETY: a zeroed sigaction is valid to be filled in; a null new action only
+            // reads the current one.
+            let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
+            // SAFETY: `action` is a live sigaction to write into.
+            let read = check(unsafe { libc::sigaction(signal, std::ptr::null(), &mut action) });
+            if read.is_ok() && action.sa_sigaction != libc::SIG_DFL && action.sa_sigaction != libc::SIG_IGN {
+                saved.push((signal, action));
+            }
+        }
+        SignalActions(saved)
+    }
+
+    /// Puts back every saved action that something has changed since (an app that set its
+    /// own handler at import), and returns those signals.
+    pub fn restore_changed(&self) -> Vec<libc::c_int> {
+        let mut restored = Vec::new();
+        for (signal, saved) in &self.0 {
+            // SAFETY: as in `save`.
+            let mut now: libc::sigaction = unsafe { std::mem::zeroed() };
+            // SAFETY: `now` is a live sigaction to write into.
+            if check(unsafe { libc::sigaction(*signal, std::ptr::null(), &mut now) }).is_err() {
+                continue;
+            }
+            if now.sa_sigaction != saved.sa_sigaction {
+                // SAFETY: `saved` is an action this process had installed for `signal`.
+                if check(unsafe { libc::sigaction(*signal, saved, std::ptr::null_mut()) }).is_ok() {
+                    restored.push(*signal);
+                }
+            }
+        }
+        restored
+    }
+}
+
 /// The conventional name of a signal (`SIGTERM`), when it is one of the common ones.
 pub fn signal_abbrev(signal: i32) -> Option<&'static str> {
     Some(match signal {
