@@ -179,6 +179,22 @@ fn an_app_that_takes_the_servers_signals_at_import_does_not_keep_them() {
     }
 }
 
+/// The socket callscgi passes on fd 0 is not the app's standard input, nor its child
+/// processes': they read /dev/null (the socket moves to a descriptor of its own).
+#[test]
+fn the_listening_socket_on_fd_0_is_not_the_apps_standard_input() {
+    let apps = apps_dir_str();
+    let server = Server::start_with(Listen::Fd0, &["-p", &apps, "-A", "procapp"], &[]);
+    let r = server.get("/stdin");
+    assert_eq!(
+        (r.status, r.text()),
+        (200, "/dev/null /dev/null".to_string()),
+        "{}",
+        server.stderr_text()
+    );
+    assert_eq!(server.get("/pid").status, 200);
+}
+
 /// A backlog full of connections that sent half a head (stalled clients), with a complete
 /// request behind them: the stalled ones are no work for the workers, so a process takes them
 /// as fast as it can, and the request is answered at once. (Regression: with processes

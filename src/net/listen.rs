@@ -311,9 +311,34 @@ fn sockopt_int(fd: RawFd, level: libc::c_int, name: libc::c_int) -> io::Result<l
 /// The first descriptor systemd's socket activation passes (`SD_LISTEN_FDS_START`).
 pub const ACTIVATED_FD: RawFd = 3;
 
-/// Takes over an already listening socket, e.g. the one callscgi passes on fd 0.
+/// Takes over an already listening socket, e.g. the one callscgi passes on fd 0. A listening
+/// socket on fd 0 moves to a descriptor of its own, and fd 0 becomes /dev/null: the app's
+/// child processes then get an empty standard input, not the listening socket (or, with the
+/// socket close-on-exec, no standard input at all).
 pub fn from_fd(fd: RawFd) -> Result<Listener, ListenError> {
+    if fd == 0 && sockopt_int(0, libc::SOL_SOCKET, libc::SO_ACCEPTCONN).is_ok_and(|v| v != 0) {
+        if let Ok(moved) = move_off_stdin() {
+            return adopt(moved, ListenError::Fd0NotListening);
+        }
+    }
     adopt(fd, ListenError::Fd0NotListening)
+}
+
+/// Copies fd 0 to a new close-on-exec descriptor and puts /dev/null on fd 0; returns the copy.
+fn move_off_stdin() -> io::Result<RawFd> {
+    let null = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")?;
+    // SAFETY: fcntl(F_DUPFD_CLOEXEC) takes and returns descriptor numbers only.
+    let moved = sys::check(unsafe { libc::fcntl(0, libc::F_DUPFD_CLOEXEC, 3) })?;
+    // SAFETY: dup2 takes descriptor numbers only; both are open.
+    if let Err(e) = sys::check(unsafe { libc::dup2(null.as_raw_fd(), 0) }) {
+        // SAFETY: `moved` was made above and is owned by nothing else.
+        let _ = sys::check(unsafe { libc::close(moved) });
+        return Err(e);
+    }
+    Ok(moved)
 }
 
 /// Takes over listening socket `fd`; `not_listening` words the error when it is not one.

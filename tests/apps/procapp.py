@@ -3,6 +3,7 @@
 import logging
 import multiprocessing
 import os
+import subprocess
 import sys
 import time
 
@@ -53,6 +54,15 @@ def application(environ, start_response):
     elif path == "/stream":
         start_response("200 OK", [("Content-Type", "text/plain")])
         return (part for part in [b"one ", b"two\n"])
+    elif path == "/stdin":
+        # What the app's standard input is, and a child process's.
+        child = subprocess.run(
+            [sys.executable, "-c", "import os; print(os.path.realpath('/proc/self/fd/0'))"],
+            stdout=subprocess.PIPE,
+            check=True,
+        )
+        own = os.path.realpath("/proc/self/fd/0")
+        body = ("%s %s" % (own, child.stdout.decode().strip())).encode()
     elif path == "/pool":
         # Child processes forked from the server's (multiprocessing's fork start method, the
         # default before Python 3.14); leaving the block terminates them with SIGTERM.
