@@ -127,6 +127,9 @@ impl<D: Dispatcher> Server<D> {
             match result {
                 Ok(stream) if !admitted(&stream, self.limits.allow_from.as_deref()) => continue,
                 Ok(stream) => {
+                    if self.intake.starved.is_some() {
+                        self.accepting_again("descriptors free again");
+                    }
                     let key = self.adopt(stream);
                     accepted += 1;
                     if self.conns.get(key).is_some_and(|c| c.phase == Phase::Body) {
@@ -134,14 +137,7 @@ impl<D: Dispatcher> Server<D> {
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if let Some(starved) = self.intake.starved.take().filter(|s| s.warned) {
-                        info!(
-                            "server",
-                            "accepting normally again: every waiting connection taken after {:.1} s of failed accepts ({} failures)",
-                            starved.since.elapsed().as_secs_f64(),
-                            starved.failures
-                        );
-                    }
+                    self.accepting_again("every waiting connection taken");
                     return;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -212,6 +208,19 @@ impl<D: Dispatcher> Server<D> {
         self.handed = handed;
     }
 
+    /// Ends an episode of failed accepts (out of descriptors), with a line if it was warned
+    /// about: `how` says what showed it over.
+    fn accepting_again(&mut self, how: &str) {
+        if let Some(starved) = self.intake.starved.take().filter(|s| s.warned) {
+            info!(
+                "server",
+                "accepting normally again ({how}) after {:.1} s of failed accepts ({} failures)",
+                starved.since.elapsed().as_secs_f64(),
+                starved.failures
+            );
+        }
+    }
+
     /// Follows the doorway's mode: the loop accepts only in loop mode (see `doorway`).
     pub(super) fn follow_doorway(&mut self) {
         let Some(door) = &self.doorway else { return };
@@ -235,6 +244,8 @@ impl<D: Dispatcher> Server<D> {
             self.listening = true;
             self.accept_all();
         } else {
+            // The worker threads accept again (they step aside while descriptors lack).
+            self.accepting_again("worker threads accept again");
             Doorway::unwatch_in(self.poll.as_raw_fd(), fd);
             self.listening = false;
             self.intake.pending = false;
