@@ -703,11 +703,21 @@ def _left_to_the_front(signum, frame):
     pass
 
 
+def _default_signals():
+    for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGUSR1", "SIGUSR2"):
+        signal.signal(getattr(signal, name), signal.SIG_DFL)
+
+
 def main():
     # Started with these ignored; a handler instead (not inherited across exec) gives the
     # app's own child processes the usual defaults back.
     for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGUSR1", "SIGUSR2"):
         signal.signal(getattr(signal, name), _left_to_the_front)
+    # A process the app forks (multiprocessing's fork start method) is not this worker: it
+    # gets the default actions back, or a pool's SIGTERM to it (Pool.terminate) would be
+    # ignored and the app would wait for it for ever.
+    if hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=_default_signals)
     config = json.loads(os.environ.pop("SCGI_WSGI_WORKER_CONFIG"))
     global LOG_TAG
     LOG_TAG = config["log_tag"]
